@@ -1,0 +1,240 @@
+"""Loading expert/amateur models and checking that a pair can be contrasted.
+
+A :class:`ModelSpec` names one checkpoint: a hub name (with optional revision) or a local
+directory, optionally a ``gguf_file`` inside it. Loading goes through transformers'
+``Auto*`` classes; GGUF checkpoints are dequantized by transformers and then rebuilt as a
+plain model (``plain=True``) wherever a saveable/mergeable model is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass
+class ModelSpec:
+    """One checkpoint, as a config group entry (``model_pair.expert`` / ``model_pair.amateur``)."""
+
+    name_or_path: str
+    """Hub name (``Qwen/Qwen2.5-Math-1.5B``) or a local directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); ignored for local directories."""
+    gguf_file: str | None = None
+    """File name of a GGUF checkpoint inside ``name_or_path`` (dequantized on load)."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16."""
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off unless a config turns it on."""
+    tokenizer: str | None = None
+    """Load the tokenizer from here instead of ``name_or_path`` (same gguf_file rules)."""
+
+    @classmethod
+    def from_any(cls, spec: Any) -> "ModelSpec":
+        if isinstance(spec, ModelSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(name_or_path=spec)
+        d = dict(spec)
+        d.pop("_target_", None)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model spec: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        if not d.get("name_or_path"):
+            raise ValueError("model spec: name_or_path is required (a hub name or a local directory)")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def is_local(self) -> bool:
+        return Path(os.path.expanduser(self.name_or_path)).exists()
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        try:
+            return DTYPES[self.dtype]
+        except KeyError:
+            raise ValueError(f"model dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}") from None
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def display_name(self) -> str:
+        name = self.name_or_path.rstrip("/")
+        return f"{name}/{self.gguf_file}" if self.gguf_file else name
+
+    def identity(self) -> dict:
+        """What determines this model's outputs, for cache keys.
+
+        Hub models: name + revision. Local files: resolved path, size, mtime and a hash of the
+        first and last MiB of the weights file(s) (fast on multi-GB files, changes with them).
+        """
+        ident: dict[str, Any] = {"dtype": self.dtype}
+        if not self.is_local:
+            ident.update(hub=self.name_or_path, revision=self.revision or "main")
+            return ident
+        root = Path(os.path.expanduser(self.name_or_path)).resolve()
+        if self.gguf_file:
+            files = [root / self.gguf_file]
+        else:
+            files = sorted(p for p in root.iterdir() if p.suffix in {".safetensors", ".bin", ".json", ".model", ".gguf"})
+        ident["local"] = str(root)
+        ident["files"] = [_file_fingerprint(f) for f in files]
+        return ident
+
+
+def _file_fingerprint(path: Path) -> dict:
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > (2 << 20):
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return {"name": path.name, "size": st.st_size, "mtime": int(st.st_mtime), "sha256_ends": h.hexdigest()[:16]}
+
+
+def _check_exists(spec: ModelSpec, what: str) -> None:
+    path = Path(os.path.expanduser(spec.name_or_path))
+    looks_local = spec.name_or_path.startswith(("/", ".", "~")) or path.exists()
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"{what}.name_or_path: no such directory {spec.name_or_path!r}")
+    if spec.gguf_file and path.exists() and not (path / spec.gguf_file).is_file():
+        raise FileNotFoundError(
+            f"{what}.gguf_file: {spec.gguf_file!r} not found in {spec.name_or_path!r} "
+            "(run ../shared/tools/fetch-offline-models, or set LIGHTREASONER_MODELS)"
+        )
+
+
+def load_tokenizer(spec: ModelSpec, what: str = "model", padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    _check_exists(spec, what)
+    src = spec.tokenizer or spec.name_or_path
+    kwargs: dict[str, Any] = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    if spec.gguf_file and not spec.tokenizer:
+        kwargs["gguf_file"] = spec.gguf_file
+    tok = AutoTokenizer.from_pretrained(os.path.expanduser(src), **kwargs)
+    tok.padding_side = padding_side
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: ModelSpec, what: str = "model", plain: bool = False, dtype: torch.dtype | None = None):
+    """Load a causal LM in eval mode on its device.
+
+    ``plain=True`` rebuilds a GGUF-loaded model from its config and state dict, so that
+    ``save_pretrained``/peft merging work (transformers refuses to save GGUF-flagged models).
+    ``dtype`` overrides the spec's dtype (e.g. float32 for merging).
+    """
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(spec, what)
+    dtype = dtype or spec.torch_dtype
+    kwargs: dict[str, Any] = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=dtype)
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(spec.name_or_path), **kwargs)
+    if spec.gguf_file and plain:
+        model = _rebuild_plain(model, dtype)
+    model.to(spec.resolved_device())
+    model.eval()
+    return model
+
+
+def _rebuild_plain(model, dtype: torch.dtype):
+    """A copy of ``model`` built from its config (no GGUF flag), same weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    for attr in ("gguf_file", "_gguf_file"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    plain.load_state_dict(model.state_dict(), assign=True, strict=False)
+    if getattr(plain.config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain.to(dtype)
+
+
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """End-of-sequence ids: the tokenizer's plus the generation config's."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
+    return sorted(ids)
+
+
+@dataclass
+class VocabCheck:
+    shared_width: int
+    differing_special: list[tuple[str, int | None, int | None]] = field(default_factory=list)
+
+
+def check_pair_tokenizers(tok_e, tok_a, expert_name: str = "expert", amateur_name: str = "amateur") -> VocabCheck:
+    """Check the pair agrees on the regular vocabulary (same token -> same id).
+
+    Differences among special/added tokens are a warning that names them; any other mismatch
+    raises one clear error naming both models.
+    """
+    ve, va = tok_e.get_vocab(), tok_a.get_vocab()
+    special_e = set(getattr(tok_e, "all_special_tokens", [])) | {t.content for t in tok_e.added_tokens_decoder.values()}
+    special_a = set(getattr(tok_a, "all_special_tokens", [])) | {t.content for t in tok_a.added_tokens_decoder.values()}
+    special = special_e | special_a
+    regular_e = {t: i for t, i in ve.items() if t not in special}
+    regular_a = {t: i for t, i in va.items() if t not in special}
+    bad = [t for t, i in regular_e.items() if regular_a.get(t, i) != i]
+    missing = len(set(regular_e) ^ set(regular_a))
+    if bad or (missing and min(len(regular_e), len(regular_a)) and missing > 0.001 * max(len(regular_e), len(regular_a))):
+        example = ", ".join(f"{t!r}: {regular_e[t]} vs {regular_a[t]}" for t in bad[:3])
+        raise ValueError(
+            f"model_pair: tokenizers of expert {expert_name!r} and amateur {amateur_name!r} disagree on the regular "
+            f"vocabulary ({len(bad)} tokens with different ids, {missing} present in only one"
+            + (f"; e.g. {example}" if example else "")
+            + "); a LightReasoner pair must share one tokenizer"
+        )
+    differing = sorted(
+        (t, ve.get(t), va.get(t)) for t in special if ve.get(t) != va.get(t)
+    )
+    if differing:
+        names = ", ".join(f"{t} ({i} vs {j})" for t, i, j in differing[:10])
+        log.warning(
+            "model_pair: expert %s and amateur %s differ in %d special/added tokens: %s",
+            expert_name, amateur_name, len(differing), names,
+        )
+    return VocabCheck(shared_width=min(len(ve), len(va)), differing_special=differing)
+
+
+def spec_json(spec: ModelSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)

@@ -1,0 +1,61 @@
+"""The record types that flow between stages (see docs/DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+SCORED_TRACE_KEYS = (
+    "problem_id",
+    "question_sha",
+    "prompt_ids",
+    "trace_ids",
+    "finished",
+    "kl",
+    "max_logp_e",
+    "cand_offsets",
+    "cand_ids",
+    "cand_logp_e",
+    "cand_logp_a",
+)
+"""Keys of a scored trace (a plain dict, one per problem, tensors on CPU)."""
+
+
+@dataclass
+class TraceSample:
+    """One trace's kept steps, ready for training (one forward pass covers all of them).
+
+    ``positions[j]`` indexes ``input_ids``: the logits there predict kept step ``steps[j]``,
+    whose soft label is ``target_ids[j]`` with weights ``target_w[j]`` (summing to 1).
+    """
+
+    problem_id: str
+    input_ids: torch.Tensor  # int64 [L]
+    positions: torch.Tensor  # int64 [k]
+    steps: torch.Tensor  # int64 [k]
+    target_ids: list[torch.Tensor] = field(default_factory=list)  # k x int64 [c_j]
+    target_w: list[torch.Tensor] = field(default_factory=list)  # k x float32 [c_j]
+    kl: torch.Tensor | None = None  # float32 [k]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.positions.numel())
+
+    def split_steps(self) -> list["TraceSample"]:
+        """One sample per kept step, each truncated after its position (the published layout)."""
+        out = []
+        for j in range(self.num_steps):
+            p = int(self.positions[j])
+            out.append(
+                TraceSample(
+                    problem_id=self.problem_id,
+                    input_ids=self.input_ids[: p + 1].clone(),
+                    positions=self.positions[j : j + 1].clone(),
+                    steps=self.steps[j : j + 1].clone(),
+                    target_ids=[self.target_ids[j]],
+                    target_w=[self.target_w[j]],
+                    kl=None if self.kl is None else self.kl[j : j + 1].clone(),
+                )
+            )
+        return out
