@@ -23,6 +23,22 @@ SCORED_TRACE_KEYS = (
 
 
 @dataclass
+class Problem:
+    """One benchmark/training problem as every stage sees it."""
+
+    id: str
+    """``"{dataset}/{split}/{index in file order}"``."""
+    question: str
+    """The user turn given to the model (for multiple choice: with the options A-D inlined)."""
+    answer: str
+    """Gold answer as text (numbers as written, LaTeX for LaTeX answers, a letter A-D for choice)."""
+    answer_type: str
+    """numeric | latex | choice | asdiv (how ``answers.is_equivalent`` compares)."""
+    meta: dict = field(default_factory=dict)
+    """Raw fields of the source row that evaluation reports may want (subject, level, ...)."""
+
+
+@dataclass
 class TraceSample:
     """One trace's kept steps, ready for training (one forward pass covers all of them).
 
