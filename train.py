@@ -1,0 +1,33 @@
+"""lightreasoner entry point: ``python train.py [stage=sample|distill|evaluate|all] [overrides]``.
+
+    python train.py                                  # the offline demo, end to end
+    python train.py experiment=coder_cpu             # the real offline Qwen2.5-Coder pair, CPU-sized
+    python train.py -m sampling.beta=0.2,0.4,0.6     # a grid: traces are generated once (cache)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import lightreasoner.config  # noqa: F401  (registers the config resolvers)
+from lightreasoner.pipeline import run
+
+log = logging.getLogger("lightreasoner")
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
