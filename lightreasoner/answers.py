@@ -1,0 +1,384 @@
+"""Final-answer extraction and equivalence with the gold answer.
+
+``extract_answer`` takes the last ``\\boxed{…}`` (or ``\\fbox{…}``, nested braces handled, also
+``\\boxed 5``), else the text after "The answer is", else the last number; for multiple choice
+it returns a letter A-D.
+
+``is_equivalent`` compares by ``answer_type`` (see ``records.Problem.answer_type``):
+
+- ``numeric`` (GSM8K, SVAMP): numbers with thousands separators, ``$``/``\\$``, trailing units,
+  ``%``, fractions; relative tolerance 1e-4. Anything that is not a plain number goes to
+  math-verify.
+- ``latex`` (MATH500, Minerva, OlympiadBench): normalised string equality, then plain numbers,
+  then math-verify (gold given to it as LaTeX, ``$…$``).
+- ``asdiv``: the unit in parentheses is dropped (``"9 (apples)"`` → 9); ratios and times
+  (``"3:4"``, ``"3:30 p.m."``) and fractions (``"5/2"``) are kept whole; ordinals (``"6th"``)
+  compare as their number or their text; words compare as normalised text.
+- ``choice`` (MMLU-STEM): by letter.
+
+math-verify runs in a separate worker process with a deadline: a pathological input (or
+one that hangs inside C code, where signals cannot interrupt it) counts as wrong and the
+worker is restarted, so it can never stall an evaluation. It also makes the check safe to
+call from any thread (math-verify's own timeouts use ``signal.alarm``, main thread only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import re
+import time
+from fractions import Fraction
+
+log = logging.getLogger(__name__)
+
+ANSWER_TYPES = ("numeric", "latex", "asdiv", "choice")
+REL_TOL = 1e-4
+CHOICES = "ABCD"
+
+# --------------------------------------------------------------------------- extraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_ANSWER_IS_RE = re.compile(
+    r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*[:\s]*(.+)", re.IGNORECASE
+)
+_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete ``\\boxed{…}`` / ``\\fbox{…}`` / ``\\boxed x`` in order.
+
+    Braces are matched (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``); a box left unclosed
+    (an output cut off at ``max_new_tokens``) is skipped.
+    """
+    out = []
+    for m in _BOX_RE.finditer(text):
+        i = m.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if depth == 0 and j < len(text):
+                out.append(text[i + 1 : j].strip())
+        elif i > m.end():  # "\boxed 5": up to whitespace or the end of the math
+            tail = re.match(r"[^\s$]+", text[i:])
+            if tail:
+                out.append(tail.group(0).rstrip(".,;"))
+    return out
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete box in ``text``, or None."""
+    boxes = boxed_contents(text)
+    return boxes[-1] if boxes else None
+
+
+def _answer_is(text: str) -> str | None:
+    """Text after the last "The answer is" / "Answer:" up to the end of that line."""
+    matches = list(_ANSWER_IS_RE.finditer(text))
+    if not matches:
+        return None
+    ans = matches[-1].group(1).strip().split("\n")[0].strip()
+    ans = re.sub(r"[.。]\s*$", "", ans).strip().strip("$").strip()
+    return ans or None
+
+
+def _last_number(text: str) -> str | None:
+    nums = _NUMBER_RE.findall(text)
+    return nums[-1] if nums else None
+
+
+def _choice_letter(text: str) -> str | None:
+    """The option letter in a short answer: ``B``, ``(B)``, ``\\text{B}``, ``B. 42 kg``, ``B)``."""
+    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", text).strip().strip("$").strip()
+    m = re.match(r"^\(?([A-Da-d])\)?(?:$|[.):\s])", s)
+    if m and (len(s) == 1 or not s[1:2].isalpha()):
+        return m.group(1).upper()
+    m = re.search(r"\(([A-D])\)", s)
+    if m:
+        return m.group(1)
+    m = re.search(r"\b(?:option|choice)\s*\(?([A-D])\b", s, re.IGNORECASE)
+    return m.group(1).upper() if m else None
+
+
+def extract_answer(text: str, answer_type: str) -> str | None:
+    """The final answer in a model output, or None when there is none.
+
+    Last box, else "The answer is …", else the last number. For ``choice``: the letter from
+    the box, else from "The answer is …", else the last ``(X)`` in the text.
+    """
+    if text is None:
+        return None
+    if answer_type == "choice":
+        for cand in (last_boxed(text), _answer_is(text)):
+            if cand:
+                letter = _choice_letter(cand)
+                if letter:
+                    return letter
+        paren = re.findall(r"\(([A-D])\)", text)
+        return paren[-1] if paren else None
+    box = last_boxed(text)
+    if box is not None:
+        return box
+    said = _answer_is(text)
+    if said:
+        return said
+    return _last_number(text)
+
+
+# --------------------------------------------------------------------------- numbers
+
+_UNIT_TAIL = r"(?:\s*(?:\\text\{[^{}]*\}|\\mathrm\{[^{}]*\}|\\mbox\{[^{}]*\}|[A-Za-z][A-Za-z .'/]*)?\s*(?:\^\{?\d\}?)?)"
+
+_TEXT_UNIT_TAIL = r"(?:\s*\\(?:text|mathrm|mbox)\{[^{}]*\}\s*(?:\^\{?\d\}?)?)"
+
+
+def _clean_latex(s: str) -> str:
+    s = s.strip()
+    s = s.replace("\\$", "").replace("$", "")
+    s = re.sub(r"(\d)\\,(\d{3})", r"\1,\2", s)  # 1\,000
+    s = re.sub(r"\\(?:left|right|displaystyle|!)(?![A-Za-z])", "", s)
+    s = re.sub(r"\\[,;: ]", " ", s)
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = s.replace("{,}", ",").replace("\\%", "%").replace("−", "-")
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def to_number(s: str, units: bool = True) -> tuple[float, bool] | None:
+    """``(value, is_percent)`` when ``s`` is a plain number, else None.
+
+    Accepts thousands separators (``1,000``), ``$``/``\\$``, a sign, decimals, ``a/b`` and
+    ``\\frac{a}{b}`` (also ``\\dfrac``), a trailing ``%``/``\\%``/``percent``, and trailing
+    units (``12 apples``, ``5\\text{ cm}``, ``4 m^2``). ``1,2`` (a list) is not a number.
+    ``units=False`` (LaTeX answers, where ``5x`` is an expression) allows only units written
+    as ``\\text{…}``/``\\mathrm{…}``.
+    """
+    if s is None:
+        return None
+    t = _clean_latex(s)
+    t = re.sub(r"^\\text\{([^{}]*)\}$", r"\1", t).strip()
+    sign = 1.0
+    m = re.match(r"^([-+])\s*(.*)$", t)
+    if m:
+        sign, t = (-1.0 if m.group(1) == "-" else 1.0), m.group(2)
+    t = re.sub(r"^\((.*)\)$", r"\1", t).strip()  # "-(1/3)"
+    m = re.match(r"^([-+])\s*(.*)$", t)
+    if m:
+        sign, t = sign * (-1.0 if m.group(1) == "-" else 1.0), m.group(2)
+    num = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
+    patterns = [
+        (rf"^\\frac\{{({num})\}}\{{({num})\}}", "frac"),
+        (rf"^\\frac(\d)(\d)", "frac"),
+        (rf"^({num})\s*/\s*({num})", "frac"),
+        (rf"^({num})", "num"),
+    ]
+    for pat, kind in patterns:
+        m = re.match(pat, t)
+        if not m:
+            continue
+        rest = t[m.end():].strip()
+        percent = False
+        pm = re.match(r"^(?:%|percent\b)\s*(.*)$", rest)
+        if pm:
+            percent, rest = True, pm.group(1).strip()
+        if rest and not re.fullmatch(_UNIT_TAIL if units else _TEXT_UNIT_TAIL, rest):
+            return None
+        vals = [float(g.replace(",", "")) for g in m.groups()]
+        if kind == "frac":
+            if vals[1] == 0:
+                return None
+            return sign * vals[0] / vals[1], percent
+        return sign * vals[0], percent
+    return None
+
+
+def numbers_equal(pred: str, gold: str, units: bool = True) -> bool | None:
+    """Numeric comparison (rel. tol. 1e-4); a percent answer matches ``x`` or ``x/100``.
+
+    None when either side is not a plain number.
+    """
+    p, g = to_number(pred, units), to_number(gold, units)
+    if p is None or g is None:
+        return None
+    (pv, p_pct), (gv, g_pct) = p, g
+    candidates = [pv]
+    if p_pct and not g_pct:
+        candidates.append(pv / 100)
+    if g_pct and not p_pct:
+        candidates.append(pv * 100)
+    return any(math.isclose(c, gv, rel_tol=REL_TOL, abs_tol=1e-9) for c in candidates)
+
+
+# --------------------------------------------------------------------------- text forms
+
+def normalize_text(s: str) -> str:
+    """Lower case, ``\\text{}`` unwrapped, punctuation and spaces and a leading "the" dropped."""
+    s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
+    s = s.replace("$", "").replace("\\", "").lower()
+    s = re.sub(r"^\s*the\s+", "", s)
+    s = re.sub(r"[^\w:/]+", "", s)
+    return s
+
+
+def _latex_key(s: str) -> str:
+    """Whitespace-free LaTeX with cosmetic commands removed (a cheap equality before math-verify)."""
+    s = _clean_latex(s)
+    s = re.sub(r"\\(?:text|mathrm|mbox)\{\s*\}", "", s)
+    return re.sub(r"\s+", "", s).rstrip(".")
+
+
+def _asdiv_gold(gold: str) -> str:
+    """ASDiv gold without its unit in parentheses: ``"9 (apples)"`` → ``"9"``."""
+    return re.sub(r"\s*\((?=[^()]*[A-Za-z])[^()]*\)\s*$", "", gold.strip()).strip() or gold.strip()
+
+
+def _ratio(s: str) -> Fraction | None:
+    """``a:b`` (or ``a/b``, ``\\frac{a}{b}``) as a fraction, integers only."""
+    t = _clean_latex(s).replace(" ", "")
+    m = re.fullmatch(r"(\d+):(\d+)", t) or re.fullmatch(r"(\d+)/(\d+)", t) or re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", t)
+    if not m or int(m.group(2)) == 0:
+        return None
+    return Fraction(int(m.group(1)), int(m.group(2)))
+
+
+def _asdiv_equal(pred: str, gold: str) -> bool:
+    g = _asdiv_gold(gold)
+    if re.fullmatch(r"\d+:\d+", g.replace(" ", "")):  # a ratio or a clock time, kept whole
+        if normalize_text(pred) == normalize_text(g):
+            return True
+        gr, pr = _ratio(g), _ratio(pred)
+        return gr is not None and pr is not None and ":" in _clean_latex(pred) and gr == pr
+    ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", g)
+    if ordinal:
+        g = ordinal.group(1)
+        pm = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", normalize_text(pred))
+        if pm:
+            pred = pm.group(1)
+    same = numbers_equal(pred, g)
+    if same is not None:
+        return same
+    if to_number(g) is not None:  # numeric gold, non-numeric prediction
+        return False
+    return normalize_text(pred) == normalize_text(g)
+
+
+# --------------------------------------------------------------------------- math-verify worker
+
+def _as_latex(s: str) -> str:
+    """An answer as LaTeX math for math-verify: ``$…$`` around it (inner ``$`` removed)."""
+    return "$" + s.replace("$", "").strip() + "$"
+
+
+def _worker_main(conn) -> None:
+    """Worker process: answer ``(pred, gold, seconds)`` requests with math-verify verdicts."""
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    conn.send("ready")
+    while True:
+        try:
+            pred, gold, seconds = conn.recv()
+        except EOFError:
+            return
+        try:
+            g = parse(_as_latex(gold), parsing_timeout=seconds)
+            p = parse(_as_latex(pred), parsing_timeout=seconds)
+            ok = bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=seconds))
+        except Exception:  # noqa: BLE001 - any failure to verify counts as wrong
+            ok = False
+        conn.send(ok)
+
+
+class _Verifier:
+    """One long-lived math-verify worker (spawned on first use, restarted after a timeout)."""
+
+    STARTUP_S = 120.0
+
+    def __init__(self) -> None:
+        self.proc = None
+        self.conn = None
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="lightreasoner-math-verify")
+        proc.start()
+        child.close()
+        if not parent.poll(self.STARTUP_S) or parent.recv() != "ready":
+            proc.kill()
+            raise RuntimeError("answers: the math-verify worker process did not start")
+        self.proc, self.conn = proc, parent
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.join(5)
+        self.proc = self.conn = None
+
+    def verify(self, pred: str, gold: str, deadline_s: float) -> bool:
+        """math-verify's verdict, or False when it takes longer than ``deadline_s`` seconds."""
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        inner = max(1, math.ceil(deadline_s))
+        t0 = time.monotonic()
+        try:
+            self.conn.send((pred, gold, inner))
+            if self.conn.poll(deadline_s):
+                return bool(self.conn.recv())
+        except (EOFError, OSError, BrokenPipeError):
+            pass
+        log.warning(
+            "answers: math-verify gave no verdict within %.1fs for pred %r vs gold %r; counted as wrong",
+            time.monotonic() - t0, pred[:80], gold[:80],
+        )
+        self.stop()
+        return False
+
+
+_VERIFIER = _Verifier()
+
+
+def math_verify_equal(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
+    """math-verify's equivalence of two LaTeX answers, time-limited (see module docstring)."""
+    return _VERIFIER.verify(pred, gold, timeout_s)
+
+
+# --------------------------------------------------------------------------- equivalence
+
+def is_equivalent(pred: str | None, gold: str, answer_type: str, timeout_s: float = 5.0) -> bool:
+    """Whether the extracted answer ``pred`` matches ``gold`` (see the module docstring).
+
+    ``timeout_s`` bounds one math-verify comparison; running out counts as wrong.
+    """
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer_type: expected one of {ANSWER_TYPES}, got {answer_type!r}")
+    if pred is None or not str(pred).strip():
+        return False
+    pred, gold = str(pred).strip(), str(gold).strip()
+    if answer_type == "choice":
+        p = pred.upper() if pred.upper() in CHOICES else _choice_letter(pred)
+        g = gold.upper() if gold.upper() in CHOICES else CHOICES[int(gold)] if gold.isdigit() else None
+        return p is not None and p == g
+    if answer_type == "asdiv":
+        return _asdiv_equal(pred, gold)
+    if answer_type == "numeric":
+        same = numbers_equal(pred, gold)
+        if same is not None:
+            return same
+        return math_verify_equal(pred, gold, timeout_s)
+    # latex
+    if _latex_key(pred) == _latex_key(gold):
+        return True
+    same = numbers_equal(pred, gold, units=False)
+    if same is not None:
+        return same
+    return math_verify_equal(pred, gold, timeout_s)
