@@ -236,8 +236,8 @@ def _latex_key(s: str) -> str:
     return re.sub(r"\s+", "", s).rstrip(".")
 
 
-def _asdiv_gold(gold: str) -> str:
-    """ASDiv gold without its unit in parentheses: ``"9 (apples)"`` → ``"9"``."""
+def _drop_unit(gold: str) -> str:
+    """An ASDiv answer without its unit in parentheses: ``"9 (apples)"`` → ``"9"``."""
     return re.sub(r"\s*\((?=[^()]*[A-Za-z])[^()]*\)\s*$", "", gold.strip()).strip() or gold.strip()
 
 
@@ -251,7 +251,7 @@ def _ratio(s: str) -> Fraction | None:
 
 
 def _asdiv_equal(pred: str, gold: str) -> bool:
-    g = _asdiv_gold(gold)
+    g, pred = _drop_unit(gold), _drop_unit(pred)
     if re.fullmatch(r"\d+:\d+", g.replace(" ", "")):  # a ratio or a clock time, kept whole
         if normalize_text(pred) == normalize_text(g):
             return True

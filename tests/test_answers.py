@@ -58,6 +58,7 @@ CASES = [
     ("\\boxed{9}", "asdiv", "9 (apples)", "9", True),
     ("\\boxed{9 apples}", "asdiv", "9 (apples)", "9 apples", True),
     ("\\boxed{8}", "asdiv", "9 (apples)", "8", False),
+    ("\\boxed{9 (apples)}", "asdiv", "9 (apples)", "9 (apples)", True),
     ("\\boxed{3:4}", "asdiv", "3:4", "3:4", True),
     ("\\boxed{6:8}", "asdiv", "3:4", "6:8", True),
     ("\\boxed{3}", "asdiv", "3:4", "3", False),  # the leading number of a ratio is not the answer
