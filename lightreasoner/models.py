@@ -138,7 +138,9 @@ def load_tokenizer(spec: ModelSpec, what: str = "model", padding_side: str = "le
     src = spec.tokenizer or spec.name_or_path
     kwargs: dict[str, Any] = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     if spec.gguf_file and not spec.tokenizer:
-        kwargs["gguf_file"] = spec.gguf_file
+        # the dequantized copy holds the converted tokenizer (GGUF conversion is slow)
+        src = str(_ensure_dequantized(spec, spec.torch_dtype))
+        kwargs = {}
     tok = AutoTokenizer.from_pretrained(os.path.expanduser(src), **kwargs)
     tok.padding_side = padding_side
     if tok.pad_token_id is None:
@@ -146,12 +148,26 @@ def load_tokenizer(spec: ModelSpec, what: str = "model", padding_side: str = "le
     return tok
 
 
+def cache_root() -> Path:
+    """The shared cache (``LIGHTREASONER_CACHE``, default ``~/.cache/lightreasoner``)."""
+    return Path(os.path.expanduser(os.environ.get("LIGHTREASONER_CACHE", "~/.cache/lightreasoner")))
+
+
+def dequantized_dir(spec: ModelSpec, dtype: torch.dtype) -> Path:
+    """Where a GGUF checkpoint's dequantized copy (plain safetensors + tokenizer) is kept."""
+    ident = json.dumps({"id": spec.identity(), "dtype": str(dtype), "format": 2}, sort_keys=True)
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_root() / "dequantized" / f"{Path(spec.gguf_file).stem}-{key}"
+
+
 def load_model(spec: ModelSpec, what: str = "model", plain: bool = False, dtype: torch.dtype | None = None):
     """Load a causal LM in eval mode on its device.
 
-    ``plain=True`` rebuilds a GGUF-loaded model from its config and state dict, so that
-    ``save_pretrained``/peft merging work (transformers refuses to save GGUF-flagged models).
-    ``dtype`` overrides the spec's dtype (e.g. float32 for merging).
+    GGUF checkpoints are dequantized once and kept as a plain checkpoint in the shared cache
+    (``dequantized/``), so later loads are fast and the model is always a plain one that
+    ``save_pretrained`` and peft merging accept (transformers refuses to save GGUF-flagged
+    models). ``dtype`` overrides the spec's dtype (e.g. float32 for merging). ``plain`` is
+    accepted for clarity at call sites that save or merge; loads are always plain.
     """
     from transformers import AutoModelForCausalLM
 
@@ -159,27 +175,66 @@ def load_model(spec: ModelSpec, what: str = "model", plain: bool = False, dtype:
     dtype = dtype or spec.torch_dtype
     kwargs: dict[str, Any] = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code, dtype=dtype)
     if spec.gguf_file:
-        kwargs["gguf_file"] = spec.gguf_file
-    model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(spec.name_or_path), **kwargs)
-    if spec.gguf_file and plain:
-        model = _rebuild_plain(model, dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(_ensure_dequantized(spec, dtype)), dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(spec.name_or_path), **kwargs)
     model.to(spec.resolved_device())
     model.eval()
     return model
+
+
+def _ensure_dequantized(spec: ModelSpec, dtype: torch.dtype) -> Path:
+    """Dequantize ``spec``'s GGUF file into the cache once (atomic publish; safe if raced)."""
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = dequantized_dir(spec, dtype)
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").is_file():
+            return out
+        log.info("dequantizing %s once into %s", spec.display_name(), out)
+        src = os.path.expanduser(spec.name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, gguf_file=spec.gguf_file, dtype=dtype, trust_remote_code=spec.trust_remote_code
+        )
+        model = _rebuild_plain(model, dtype)
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "lightreasoner.json").write_text(json.dumps({"kind": "dequantized", "base": spec.to_dict()}, indent=2))
+            tmp.replace(out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _rebuild_plain(model, dtype: torch.dtype):
     """A copy of ``model`` built from its config (no GGUF flag), same weights."""
     from transformers import AutoModelForCausalLM
 
-    config = model.config
-    for attr in ("gguf_file", "_gguf_file"):
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for attr in ("gguf_file", "_gguf_file", "quantization_config"):
         if hasattr(config, attr):
             delattr(config, attr)
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    plain.load_state_dict(model.state_dict(), assign=True, strict=False)
-    if getattr(plain.config, "tie_word_embeddings", False):
+    result = plain.load_state_dict(model.state_dict(), assign=True, strict=False)
+    tied = {"lm_head.weight"} if getattr(plain.config, "tie_word_embeddings", False) else set()
+    missing = set(result.missing_keys) - tied
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"rebuilding the GGUF model lost weights: missing {sorted(missing)[:5]}, unexpected {result.unexpected_keys[:5]}")
+    if tied:
         plain.tie_weights()
     plain.generation_config = model.generation_config
     return plain.to(dtype)
