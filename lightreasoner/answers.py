@@ -26,10 +26,16 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
+import json
+import os
 import re
+import select
+import subprocess
+import sys
+import threading
 import time
 from fractions import Fraction
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -278,70 +284,86 @@ def _as_latex(s: str) -> str:
     return "$" + s.replace("$", "").strip() + "$"
 
 
-def _worker_main(conn) -> None:
-    """Worker process: answer ``(pred, gold, seconds)`` requests with math-verify verdicts."""
+def worker_main() -> None:
+    """The worker process: JSON lines ``[pred, gold, seconds]`` on stdin → ``1``/``0`` on stdout."""
+    import json
+    import sys
+
     from math_verify import parse, verify
 
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    conn.send("ready")
-    while True:
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    out = sys.stdout
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
         try:
-            pred, gold, seconds = conn.recv()
-        except EOFError:
-            return
-        try:
+            pred, gold, seconds = json.loads(line)
             g = parse(_as_latex(gold), parsing_timeout=seconds)
             p = parse(_as_latex(pred), parsing_timeout=seconds)
             ok = bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=seconds))
         except Exception:  # noqa: BLE001 - any failure to verify counts as wrong
             ok = False
-        conn.send(ok)
+        out.write("1\n" if ok else "0\n")
+        out.flush()
 
 
 class _Verifier:
-    """One long-lived math-verify worker (spawned on first use, restarted after a timeout)."""
+    """One long-lived math-verify worker process (started on first use, restarted after a timeout).
+
+    A plain ``python -c`` child talking JSON lines over pipes: unlike ``multiprocessing``'s
+    spawn it never re-imports the caller's ``__main__`` script.
+    """
 
     STARTUP_S = 120.0
 
     def __init__(self) -> None:
-        self.proc = None
-        self.conn = None
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+
+    def _readline(self, timeout_s: float) -> str | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, timeout_s))
+        return self.proc.stdout.readline() if ready else None
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="lightreasoner-math-verify")
-        proc.start()
-        child.close()
-        if not parent.poll(self.STARTUP_S) or parent.recv() != "ready":
-            proc.kill()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from lightreasoner.answers import worker_main; worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
+        )
+        if self._readline(self.STARTUP_S) != "ready\n":
+            self.stop()
             raise RuntimeError("answers: the math-verify worker process did not start")
-        self.proc, self.conn = proc, parent
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.kill()
-            self.proc.join(5)
-        self.proc = self.conn = None
+            self.proc.wait(5)
+            for stream in (self.proc.stdin, self.proc.stdout):
+                stream.close()
+        self.proc = None
 
     def verify(self, pred: str, gold: str, deadline_s: float) -> bool:
         """math-verify's verdict, or False when it takes longer than ``deadline_s`` seconds."""
-        if self.proc is None or not self.proc.is_alive():
-            self._start()
-        inner = max(1, math.ceil(deadline_s))
-        t0 = time.monotonic()
-        try:
-            self.conn.send((pred, gold, inner))
-            if self.conn.poll(deadline_s):
-                return bool(self.conn.recv())
-        except (EOFError, OSError, BrokenPipeError):
-            pass
-        log.warning(
-            "answers: math-verify gave no verdict within %.1fs for pred %r vs gold %r; counted as wrong",
-            time.monotonic() - t0, pred[:80], gold[:80],
-        )
-        self.stop()
-        return False
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            inner = max(1, math.ceil(deadline_s))
+            t0 = time.monotonic()
+            try:
+                self.proc.stdin.write(json.dumps([pred, gold, inner]) + "\n")
+                self.proc.stdin.flush()
+                reply = self._readline(deadline_s)
+                if reply in ("1\n", "0\n"):
+                    return reply == "1\n"
+            except (OSError, ValueError):
+                pass
+            log.warning(
+                "answers: math-verify gave no verdict within %.1fs for pred %r vs gold %r; counted as wrong",
+                time.monotonic() - t0, pred[:80], gold[:80],
+            )
+            self.stop()
+            return False
 
 
 _VERIFIER = _Verifier()

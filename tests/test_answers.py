@@ -118,7 +118,7 @@ def test_worker_killed_past_deadline_then_restarted():
     # A deadline far below what the comparison needs: the worker is killed, the verdict is False,
     # and the next comparison gets a fresh worker.
     assert answers._VERIFIER.verify("2^{2^{2^{2^{9^{9^{9}}}}}}", "5", deadline_s=0.05) is False
-    assert answers._VERIFIER.proc is None
+    assert answers._VERIFIER.proc is None  # killed
     assert answers.math_verify_equal("\\sqrt{117}", "3\\sqrt{13}") is True
 
 

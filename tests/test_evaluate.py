@@ -1,0 +1,214 @@
+"""Evaluation stage on tiny random models: generation, per-problem files, resume, comparisons, report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightreasoner import evaluate as ev
+from lightreasoner.benchmarks import dataset_config
+from lightreasoner.models import ModelSpec
+from lightreasoner.tiny import CHATML_TEMPLATE, build_char_tokenizer, build_tiny_model, save_pair_member
+
+BENCHMARKS = ["gsm8k", "math500", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_models")
+    tok = build_char_tokenizer()
+    base = build_tiny_model(tok, seed=3, hidden_size=32, num_layers=2)
+    base.generation_config.do_sample = True  # a checkpoint that samples: greedy must override it
+    base.generation_config.temperature = 0.7
+    other_tok = build_char_tokenizer()
+    other_tok.chat_template = CHATML_TEMPLATE.replace("<|im_start|>assistant\n", "<|im_start|>assistant\n\n")
+    return {
+        "base": str(save_pair_member(base, tok, root / "base")),
+        "other_template": str(save_pair_member(base, other_tok, root / "other")),
+    }
+
+
+def _benches(data_dir, names=BENCHMARKS):
+    return [dataset_config(n, data_dir) for n in names]
+
+
+def _cfg(**kw):
+    return {"batch_size": 2, "max_problems": 3, "max_new_tokens": 5, "system_prompt": None, "baseline": "base", **kw}
+
+
+def test_generate_batched_equals_one_at_a_time(tiny_dirs):
+    from lightreasoner.models import load_model, load_tokenizer
+
+    spec = ModelSpec(name_or_path=tiny_dirs["base"])
+    model, tok = load_model(spec), load_tokenizer(spec)
+    prompts = ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "Hi", "A much longer prompt, with more characters in it."]
+    batched = ev.generate_batched(model, tok, prompts, max_new_tokens=7, batch_size=3, progress=False)
+    single = [ev.generate_batched(model, tok, [p], max_new_tokens=7, batch_size=1, progress=False)[0] for p in prompts]
+    assert [r["token_ids"] for r in batched] == [r["token_ids"] for r in single]
+    assert all(r["cut_off"] and r["num_tokens"] == 7 for r in batched)  # random model: no eos in 7 tokens
+    # an id generated at step 2 treated as end-of-sequence: cut there, not cut off, eos counted, not decoded
+    stop = single[0]["token_ids"][2]
+    first = single[0]["token_ids"].index(stop)
+    res = ev.generate_batched(model, tok, prompts[:1], max_new_tokens=7, batch_size=1, eos_token_ids=[stop], progress=False)[0]
+    assert res["token_ids"] == single[0]["token_ids"][: first + 1]
+    assert not res["cut_off"] and res["num_tokens"] == first + 1
+    assert res["text"] == tok.decode(single[0]["token_ids"][:first], skip_special_tokens=True)
+
+
+def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, monkeypatch):
+    models = [
+        {"name": "base", "ref": ModelSpec(name_or_path=tiny_dirs["base"]).to_dict()},
+        {"name": "same", "ref": tiny_dirs["base"]},  # the same weights as a plain directory
+    ]
+    out = tmp_path / "eval"
+    report = ev.evaluate(models, _benches(data_dir), _cfg(), out, progress=False)
+
+    assert {(r["model"], r["benchmark"]) for r in report["results"]} == {(m, b) for m in ("base", "same") for b in BENCHMARKS}
+    for r in report["results"]:
+        rows = [json.loads(line) for line in Path(r["path"]).read_text().splitlines()]
+        assert [row["id"] for row in rows] == [f"{r['benchmark']}/test/{i}" for i in range(3)]
+        assert set(rows[0]) == {"id", "question", "gold", "generated", "extracted", "correct", "cut_off", "num_tokens", "seconds"}
+        assert r["n"] == 3 and r["regenerated"] == 3
+        assert r["accuracy"] == sum(row["correct"] for row in rows) / 3
+        assert r["cut_off_frac"] == sum(row["cut_off"] for row in rows) / 3
+        assert 0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1
+        assert all(row["num_tokens"] <= 5 for row in rows)
+    mmlu = [json.loads(x) for x in (out / "base" / "mmlu_stem.jsonl").read_text().splitlines()]
+    assert mmlu[0]["gold"] == "C" and "\nA. " in mmlu[0]["question"]
+    # identical weights and settings: paired differences are exactly zero
+    assert len(report["comparisons"]) == 7
+    assert all(c["diff"] == 0 and c["mcnemar_p"] == 1.0 and c["ci95"] == [0.0, 0.0] for c in report["comparisons"])
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["prompt"]["system"].startswith("Please reason step by step, and put your final answer")
+    assert "<<QUESTION>>" in saved["prompt"]["templates"]["base"]["example"]
+    assert saved["generation"]["max_new_tokens"]["gsm8k"] == 5 and saved["generation"]["do_sample"] is False
+    assert saved["models"]["base"]["spec"]["name_or_path"] == tiny_dirs["base"]
+    assert saved["summary"]["base"]["gsm8k"] == report["summary"]["base"]["gsm8k"]
+    md = (out / "report.md").read_text()
+    assert "| base | gsm8k | 3 |" in md and "Paired comparisons" in md
+
+    # resume: nothing is regenerated
+    calls = []
+    real = ev.generate_batched
+
+    def counting(model, tokenizer, prompts, *a, **k):
+        calls.append(len(prompts))
+        return real(model, tokenizer, prompts, *a, **k)
+
+    monkeypatch.setattr(ev, "generate_batched", counting)
+    again = ev.evaluate(models, _benches(data_dir), _cfg(), out, progress=False)
+    assert calls == []
+    assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
+    assert all(r["regenerated"] == 0 for r in again["results"])
+
+    # an interrupted write (truncated last line) regenerates exactly that problem
+    f = out / "same" / "svamp.jsonl"
+    text = f.read_text()
+    f.write_text(text[: len(text) - 20])
+    third = ev.evaluate(models, _benches(data_dir, ["svamp"]), _cfg(), out, progress=False)
+    assert calls == [1]
+    assert {r["model"]: r["regenerated"] for r in third["results"]} == {"base": 0, "same": 1}
+    assert [json.loads(x)["id"] for x in f.read_text().splitlines()] == [f"svamp/test/{i}" for i in range(3)]
+
+    # resuming under different generation settings is refused
+    with pytest.raises(ValueError, match="different settings.*max_new_tokens"):
+        ev.evaluate(models, _benches(data_dir, ["svamp"]), _cfg(max_new_tokens=6), out, progress=False)
+
+
+def test_paired_comparison_refuses_mismatched_settings(tiny_dirs, data_dir, tmp_path):
+    models = [{"name": "base", "ref": tiny_dirs["base"]}, {"name": "other", "ref": tiny_dirs["other_template"]}]
+    report = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(max_problems=2), tmp_path, progress=False)
+    (comp,) = report["comparisons"]
+    assert "refused" in comp and "template_fingerprint" in comp["refused"]
+    assert "refused" in (tmp_path / "report.md").read_text()
+
+    run = lambda model, mnt, correct: {  # noqa: E731
+        "model": model,
+        "settings": {"benchmark": "b", "max_new_tokens": mnt, "system_prompt": "s"},
+        "rows": [{"id": str(i), "question": "q", "correct": c} for i, c in enumerate(correct)],
+    }
+    with pytest.raises(ValueError, match="refused.*max_new_tokens"):
+        ev.paired_comparison(run("a", 512, [1, 0]), run("b", 256, [1, 1]))
+    ok = ev.paired_comparison(run("a", 512, [1, 0, 0, 1]), run("b", 512, [1, 1, 1, 1]))
+    assert ok["diff"] == 0.5 and ok["only_model_correct"] == 2 and ok["only_baseline_correct"] == 0
+    assert ok["mcnemar_p"] == 0.5
+
+
+def test_statistics_against_hand_values():
+    lo, hi = ev.wilson_interval(8, 10)
+    assert math.isclose(lo, 0.4901624, abs_tol=1e-6) and math.isclose(hi, 0.9433178, abs_tol=1e-6)
+    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+    assert ev.mcnemar_exact_p(1, 9) == 2 * 11 / 1024
+    assert ev.mcnemar_exact_p(0, 0) == 1.0 and ev.mcnemar_exact_p(5, 5) == 1.0
+    assert ev.mcnemar_exact_p(0, 3000) < 1e-300
+    rng = np.random.default_rng(1)
+    a = rng.random(400) < 0.5
+    b = a.copy()
+    b[rng.choice(400, 40, replace=False)] = True
+    lo, hi = ev.paired_bootstrap_ci(a, b)
+    diff = b.mean() - a.mean()
+    assert lo < diff < hi and 0 < lo and hi < 0.2
+    assert ev.paired_bootstrap_ci(a, b) == (lo, hi)  # fixed seed
+
+
+def test_lora_adapter_directory(tiny_dirs, data_dir, tmp_path):
+    distill = pytest.importorskip("lightreasoner.distill", reason="lightreasoner/distill.py (engineer C) not present yet")
+    if not hasattr(distill, "load_adapted_model"):
+        pytest.skip("lightreasoner.distill.load_adapted_model not written yet")
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from lightreasoner.models import load_model, load_tokenizer
+
+    spec = ModelSpec(name_or_path=tiny_dirs["base"])
+    torch.manual_seed(0)
+    peft_model = get_peft_model(load_model(spec), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    load_tokenizer(spec).save_pretrained(adapter)  # as distill.save_adapter writes it
+    (adapter / "lightreasoner.json").write_text(json.dumps({"kind": "lora_adapter", "base": spec.to_dict(), "sample_key": "test"}))
+
+    report = ev.evaluate([{"name": "tuned", "ref": str(adapter)}], _benches(data_dir, ["gsm8k"]), _cfg(max_problems=2), tmp_path / "eval", progress=False)
+    assert report["models"]["tuned"]["kind"] == "lora_adapter"
+    assert report["models"]["tuned"]["base"]["name_or_path"] == tiny_dirs["base"]
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "tuned" / "gsm8k.jsonl").read_text().splitlines()]
+
+    tok = load_tokenizer(spec)
+    direct = PeftModel.from_pretrained(load_model(spec), str(adapter)).eval()
+    from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt
+
+    prompts = [chat_prompt(tok, r["question"], EVAL_SYSTEM) for r in rows]
+    expect = ev.generate_batched(direct, tok, prompts, 5, 2, progress=False)
+    base_out = ev.generate_batched(load_model(spec), tok, prompts, 5, 2, progress=False)
+    assert [r["generated"] for r in rows] == [e["text"] for e in expect]
+    assert [e["token_ids"] for e in expect] != [b["token_ids"] for b in base_out]  # the adapter is really applied
+
+
+def test_log_report(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    report = {
+        "results": [{"model": "base", "benchmark": "gsm8k", "n": 3, "accuracy": 1 / 3, "ci95": [0.06, 0.79], "cut_off_frac": 1.0,
+                     "tokens_per_s": 10.0, "gen_s": 1.0, "wall_s": 1.5}],
+        "comparisons": [{"benchmark": "gsm8k", "model": "tuned", "baseline": "base", "n": 3, "diff": 0.25, "ci95": [0.0, 0.5], "mcnemar_p": 0.5}],
+    }
+    csv = CSVLogger(tmp_path, name="logs")
+    ev.log_report(report, csv)
+    text = Path(csv.log_dir, "metrics.csv").read_text()
+    assert "eval/base/gsm8k/accuracy" in text and "eval/tuned/gsm8k/diff_vs_base" in text
+
+    class FakeWandb(WandbLogger):
+        def __init__(self):
+            self.tables = []
+
+        def log_table(self, key, columns=None, data=None, **kw):
+            self.tables.append((key, columns, data))
+
+    w = FakeWandb()
+    ev.log_report(report, w)
+    assert [t[0] for t in w.tables] == ["eval/results", "eval/paired_comparisons"]
+    assert w.tables[0][2][0][:4] == ["base", "gsm8k", "3", "33.3"]
