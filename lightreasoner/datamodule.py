@@ -391,7 +391,7 @@ class DistillDataModule(LightningDataModule):
         return self.steps_per_batch * self.accumulate_grad_batches
 
     def setup(self, stage: str | None = None) -> None:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is None:
             return
         if trainer.world_size > 1:
@@ -415,7 +415,7 @@ class DistillDataModule(LightningDataModule):
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict) and "batch_index" in batch and self._trainer is not None and self._trainer.training:
+        if isinstance(batch, dict) and "batch_index" in batch and self.trainer is not None and self.trainer.training:
             self.batch_sampler.mark_consumed(batch["epoch"], batch["batch_index"])
         return batch
 

@@ -1,0 +1,464 @@
+"""Stage 2: LoRA distillation of the expert on the contrastive soft labels, adapter I/O, merge.
+
+:class:`DistillModule` wraps the expert (a :class:`~lightreasoner.models.ModelSpec`; GGUF
+experts are rebuilt as plain models so peft and saving work) in a peft LoRA model and trains it
+to minimise ``KL(vC_t || softmax(logits_t))`` at every kept position of a batch from
+:class:`~lightreasoner.datamodule.DistillDataModule`. The decoder runs once over each padded
+sequence; the output embedding is applied only at the kept positions (``[K, V]`` logits, the
+softmax over the model's full logit width, so special tokens can be targets). The loss of each
+optimizer update is the mean over its kept steps, accumulation included.
+
+Adapters are saved with the full base spec and the sample key (:func:`save_adapter`), reloaded
+alone (:func:`load_adapted_model`) and merged into a standalone full-precision model
+(:func:`merge_adapter`). Every directory is written into a temporary sibling and renamed into
+place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from . import models
+from .contrast import distill_loss, soft_label_entropy
+from .models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_LORA",
+    "DEFAULT_OPTIMIZER",
+    "DEFAULT_SCHEDULER",
+    "DistillModule",
+    "save_adapter",
+    "load_adapted_model",
+    "merge_adapter",
+    "read_meta",
+    "lora_config",
+    "build_optimizer",
+    "schedule_lambda",
+]
+
+META_FILE = "lightreasoner.json"
+
+DEFAULT_LORA: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+"""Published LoRA setting (rank 8, alpha 16, dropout 0.05 on q_proj and v_proj)."""
+
+DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 5e-5, "weight_decay": 0.0}
+"""Published optimizer (the HF Trainer's AdamW at lr 5e-5, weight decay 0)."""
+
+DEFAULT_SCHEDULER: dict[str, Any] = {"type": "linear", "warmup_steps": 0}
+"""Published schedule: linear decay to 0 over ``max_steps``, no warm-up."""
+
+SCHEDULER_TYPES = ("linear", "cosine", "constant")
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers → plain Python (other values unchanged)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return obj
+
+
+def lora_config(lora: Mapping | None):
+    """peft ``LoraConfig`` from ``{r, alpha, dropout, target_modules, ...}`` (published defaults).
+
+    Extra keys are passed to ``LoraConfig`` as they are (e.g. ``init_lora_weights``, ``bias``).
+    """
+    from peft import LoraConfig, TaskType
+
+    cfg = dict(DEFAULT_LORA)
+    cfg.update(_plain(dict(lora or {})))
+    unknown_ok = set(LoraConfig.__dataclass_fields__)
+    r = int(cfg.pop("r"))
+    alpha = cfg.pop("alpha")
+    dropout = float(cfg.pop("dropout"))
+    targets = list(cfg.pop("target_modules"))
+    bad = set(cfg) - unknown_ok
+    if bad:
+        raise ValueError(f"peft/lora: unknown field(s) {sorted(bad)}")
+    if r < 1:
+        raise ValueError(f"lora.r: expected >= 1, got {r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"lora.dropout: expected 0 <= dropout < 1, got {dropout}")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type=TaskType.CAUSAL_LM,
+        **cfg,
+    )
+
+
+def _lora_summary(peft_model) -> dict:
+    c = peft_model.peft_config[peft_model.active_adapter]
+    targets = c.target_modules
+    targets = sorted(targets) if isinstance(targets, (set, list, tuple)) else targets
+    return {"r": c.r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target_modules": targets}
+
+
+def build_optimizer(spec: Any, params) -> torch.optim.Optimizer:
+    """Optimizer from a callable (``params -> Optimizer``, e.g. a Hydra partial) or a
+    ``_target_`` mapping (Hydra style; ``_partial_`` allowed); ``None`` → published AdamW."""
+    if spec is None:
+        spec = DEFAULT_OPTIMIZER
+    spec = _plain(spec)
+    if isinstance(spec, Mapping):
+        if "_target_" not in spec:
+            raise ValueError(f"optimizer: expected a `_target_` entry (e.g. torch.optim.AdamW), got keys {sorted(spec)}")
+        from hydra.utils import instantiate
+
+        d = {k: v for k, v in spec.items() if k != "_partial_"}
+        d["_partial_"] = True
+        spec = instantiate(d)
+    if not callable(spec):
+        raise TypeError(f"optimizer: expected a callable or a `_target_` mapping, got {type(spec).__name__}")
+    return spec(params)
+
+
+def schedule_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per optimizer step, as the HF Trainer's schedules.
+
+    ``linear``: warm-up from 0, then linear decay to 0 at ``total_steps``; ``cosine``: warm-up,
+    then half a cosine to 0; ``constant``: warm-up, then 1.
+    """
+    if kind not in SCHEDULER_TYPES:
+        raise ValueError(f"scheduler.type: expected one of {SCHEDULER_TYPES}, got {kind!r}")
+    warmup_steps = int(warmup_steps)
+    total_steps = max(1, int(total_steps))
+    if warmup_steps < 0:
+        raise ValueError(f"scheduler.warmup_steps: expected >= 0, got {warmup_steps}")
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    return f
+
+
+class DistillModule(LightningModule):
+    """The expert with LoRA adapters, trained on kept-step soft labels.
+
+    Args:
+        expert: the expert's :class:`ModelSpec` (or its dict / a path). GGUF experts are
+            loaded dequantized and rebuilt plain (``plain=True``).
+        lora: LoRA fields ``{r, alpha, dropout, target_modules}`` (published defaults) plus
+            any other ``peft.LoraConfig`` field.
+        optimizer: a callable ``params -> Optimizer`` (e.g. a Hydra partial) or a ``_target_``
+            mapping; default AdamW, lr 5e-5, weight decay 0.
+        scheduler: ``{type: linear|cosine|constant, warmup_steps: int}``; default linear decay
+            to 0 over ``max_steps`` without warm-up. Stepped once per optimizer update.
+        max_steps: optimizer updates the schedule spans; default the Trainer's ``max_steps``
+            (or its estimated stepping batches when that is unset).
+        sample_key: the selection the samples came from (recorded with saved adapters).
+        repeat_warn_epochs: warn when the budget repeats the samples more than this many times.
+        model: an already built causal LM to use instead of loading ``expert`` (its weights
+            must be those ``expert`` names, since saved adapters record ``expert`` as base).
+    """
+
+    def __init__(
+        self,
+        expert: ModelSpec | Mapping | str,
+        lora: Mapping | None = None,
+        optimizer: Any = None,
+        scheduler: Mapping | None = None,
+        max_steps: int | None = None,
+        sample_key: str | None = None,
+        repeat_warn_epochs: float = 3.0,
+        model: torch.nn.Module | None = None,
+    ):
+        super().__init__()
+        from peft import get_peft_model
+
+        self.expert_spec = ModelSpec.from_any(_plain(expert))
+        self.lora = {**DEFAULT_LORA, **_plain(dict(lora or {}))}
+        sched = {**DEFAULT_SCHEDULER, **_plain(dict(scheduler or {}))}
+        unknown = set(sched) - {"type", "warmup_steps"}
+        if unknown:
+            raise ValueError(f"scheduler: unknown field(s) {sorted(unknown)}; expected type, warmup_steps")
+        schedule_lambda(sched["type"], sched["warmup_steps"], 1)  # validate now, not at fit time
+        self.scheduler_cfg = sched
+        self.optimizer_spec = optimizer
+        self.max_steps = max_steps
+        self.sample_key = sample_key
+        self.repeat_warn_epochs = float(repeat_warn_epochs)
+        self.save_hyperparameters(
+            {
+                "expert": self.expert_spec.to_dict(),
+                "lora": self.lora,
+                "optimizer": _plain(optimizer) if (optimizer is None or isinstance(_plain(optimizer), Mapping)) else repr(optimizer),
+                "scheduler": sched,
+                "max_steps": max_steps,
+                "sample_key": sample_key,
+            }
+        )
+        if model is None:
+            model = models.load_model(self.expert_spec, "expert", plain=bool(self.expert_spec.gguf_file))
+        model.config.use_cache = False
+        self.model = get_peft_model(model, lora_config(self.lora))
+        self.model.train()
+        # Only the LoRA weights are saved in (and restored from) Lightning checkpoints.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ forward / loss
+    def step_logits(self, batch: Mapping[str, Any]) -> Tensor:
+        """``[K, V]`` logits at the batch's kept positions (output embedding applied only there)."""
+        base = self.model.get_base_model()
+        decoder = base.get_decoder()
+        out = decoder(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        )
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        h = hidden[batch["loss_rows"], batch["loss_cols"]]
+        logits = base.get_output_embeddings()(h)
+        cfg = base.config
+        scale = getattr(cfg, "logit_scale", None)
+        if isinstance(scale, (int, float)) and scale != 1:
+            logits = logits * scale
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Loss of one micro-batch and its statistics (no logging).
+
+        ``loss`` = sum of per-step KLs × ``accumulate / update_steps``: after Lightning divides
+        by ``accumulate_grad_batches``, each update's gradient is that of the mean over its kept
+        steps. Also returns ``per_step`` ``[K]``, ``mean_loss``, ``kl`` (the samples' mean KL at
+        the kept steps) and ``entropy`` (mean soft-label entropy).
+        """
+        logits = self.step_logits(batch)
+        per_step = distill_loss(logits, batch["target_ids"], batch["target_w"])
+        loss = per_step.sum() * (int(batch["accumulate"]) / int(batch["update_steps"]))
+        kl = batch["kl"]
+        kl_mean = kl[~torch.isnan(kl)].mean() if bool((~torch.isnan(kl)).any()) else kl.new_tensor(float("nan"))
+        return {
+            "loss": loss,
+            "per_step": per_step.detach(),
+            "mean_loss": per_step.detach().mean(),
+            "kl": kl_mean,
+            "entropy": soft_label_entropy(batch["target_w"]).mean(),
+        }
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.accumulate_grad_batches != int(batch["accumulate"]):
+            raise ValueError(
+                f"accumulate_grad_batches: the Trainer uses {self.trainer.accumulate_grad_batches} but the batches "
+                f"were built for {batch['accumulate']}; set both to the same value"
+            )
+        out = self.compute_loss(batch)
+        bs = int(batch["num_steps"])
+        self.log("train/loss", out["mean_loss"], on_step=True, prog_bar=True, batch_size=bs)
+        self.log("train/kl", out["kl"], on_step=True, batch_size=bs)
+        self.log("train/soft_label_entropy", out["entropy"], on_step=True, batch_size=bs)
+        self.log("train/update_steps", float(batch["update_steps"]), on_step=True, batch_size=bs)
+        opt = self.optimizers(use_pl_optimizer=False)
+        self.log("train/lr", float(opt.param_groups[0]["lr"]), on_step=True, prog_bar=True, batch_size=bs)
+        return out["loss"]
+
+    # ------------------------------------------------------------------ optimisation
+    def _total_steps(self) -> int:
+        if self.max_steps:
+            return int(self.max_steps)
+        trainer = self._trainer
+        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        if trainer is not None:
+            return int(trainer.estimated_stepping_batches)
+        raise ValueError("max_steps: set DistillModule(max_steps=...) or the Trainer's max_steps")
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = build_optimizer(self.optimizer_spec, params)
+        f = schedule_lambda(self.scheduler_cfg["type"], self.scheduler_cfg["warmup_steps"], self._total_steps())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self._trainer, "datamodule", None)
+        upe = getattr(dm, "num_updates_per_epoch", None)
+        if not upe:
+            return
+        total = self._total_steps()
+        epochs = total / upe
+        if epochs > self.repeat_warn_epochs:
+            log.warning(
+                "distill budget: %d updates x ~%d kept steps = %.1f passes over the %d selected kept steps "
+                "(%d updates per pass); the samples repeat many times over: sample more problems or lower max_steps",
+                total, dm.steps_per_update, epochs, dm.num_kept_steps, upe,
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self._trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = self._trainable_names() - set(checkpoint.get("state_dict", {}))
+        if missing:
+            raise ValueError(
+                f"checkpoint: {len(missing)} LoRA weight(s) missing (e.g. {sorted(missing)[0]}); "
+                "was it written by a DistillModule with the same LoRA setting?"
+            )
+
+
+# ---------------------------------------------------------------------- adapter I/O
+def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` into a temporary sibling of ``out_dir``, then rename it into place."""
+    out_dir = Path(out_dir).expanduser()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
+    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    """The ``lightreasoner.json`` of an adapter or merged-model directory."""
+    p = Path(model_dir).expanduser() / META_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{model_dir}: no {META_FILE} (not an adapter saved by lightreasoner.distill)")
+    return json.loads(p.read_text())
+
+
+def save_adapter(
+    module_or_peft_model,
+    out_dir: str | Path,
+    base_spec: ModelSpec | Mapping | str,
+    sample_key: str | None,
+    extra: Mapping | None = None,
+) -> Path:
+    """Save the LoRA adapter, the base tokenizer and ``lightreasoner.json``, atomically.
+
+    ``lightreasoner.json`` = ``{"kind": "lora_adapter", "base": <ModelSpec dict incl. gguf_file
+    and dtype>, "sample_key": ..., "lora": {r, alpha, dropout, target_modules}, **extra}``.
+    """
+    peft_model = module_or_peft_model.model if isinstance(module_or_peft_model, DistillModule) else module_or_peft_model
+    spec = ModelSpec.from_any(_plain(base_spec))
+    tokenizer = models.load_tokenizer(spec, "expert")
+    meta = {"kind": "lora_adapter", "base": spec.to_dict(), "sample_key": sample_key, "lora": _lora_summary(peft_model)}
+    for k, v in _plain(dict(extra or {})).items():
+        if k in meta:
+            raise ValueError(f"save_adapter: extra key {k!r} would overwrite a reserved field")
+        meta[k] = v
+
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_json(tmp / META_FILE, meta)
+
+    return _atomic_dir(Path(out_dir), write)
+
+
+def _tokenizer_from_dir(model_dir: Path):
+    return models.load_tokenizer(ModelSpec(name_or_path=str(model_dir)), "adapter", padding_side="left")
+
+
+def load_adapted_model(adapter_dir: str | Path, device: str | None = None, merge: bool = False):
+    """Rebuild the base from the saved spec and attach the adapter → ``(model, tokenizer)``.
+
+    ``device`` overrides the spec's device; ``merge=True`` returns the merged plain model
+    (GGUF bases are rebuilt plain first). A merged-model directory (``kind: merged``) is loaded
+    at the base spec's dtype. The model is in eval mode; the tokenizer pads on the left (for generation).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = Path(adapter_dir).expanduser()
+    meta = read_meta(adapter_dir)
+    spec = ModelSpec.from_any(meta["base"])
+    if device is not None:
+        spec.device = device
+    if meta.get("kind") == "merged":
+        # stored in float32; run at the base spec's dtype, as the base model would be
+        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=spec.torch_dtype)
+        model.to(spec.resolved_device()).eval()
+        return model, _tokenizer_from_dir(adapter_dir)
+    if meta.get("kind") != "lora_adapter":
+        raise ValueError(f"{adapter_dir}: {META_FILE} kind {meta.get('kind')!r} is not 'lora_adapter' or 'merged'")
+    base = models.load_model(spec, "adapter base", plain=merge and bool(spec.gguf_file))
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    if merge:
+        model = model.merge_and_unload()
+    model.to(spec.resolved_device())
+    model.eval()
+    return model, _tokenizer_from_dir(adapter_dir)
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, device: str = "cpu") -> Path:
+    """Merge an adapter into its base in full precision (float32) → a standalone model dir.
+
+    The base is rebuilt from the saved spec (GGUF dequantized and rebuilt plain), the adapter
+    merged (``merge_and_unload``), and the model, tokenizer and ``lightreasoner.json``
+    (``{"kind": "merged", "base": ..., "adapter": {...}, "dtype": "float32"}``) written
+    atomically. Load it with ``load_adapted_model(out_dir)`` or as a plain local ModelSpec.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir).expanduser()
+    meta = read_meta(adapter_dir)
+    if meta.get("kind") != "lora_adapter":
+        raise ValueError(f"{adapter_dir}: {META_FILE} kind {meta.get('kind')!r} is not 'lora_adapter'")
+    spec = ModelSpec.from_any(meta["base"])
+    load_spec = ModelSpec.from_any({**spec.to_dict(), "device": device})
+    base = models.load_model(load_spec, "adapter base", plain=True, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).merge_and_unload()
+    merged.eval()
+    tokenizer = _tokenizer_from_dir(adapter_dir)
+    adapter_info = {k: v for k, v in meta.items() if k not in ("kind", "base")}
+    adapter_info["path"] = str(adapter_dir.resolve())
+    out_meta = {"kind": "merged", "base": spec.to_dict(), "adapter": adapter_info, "dtype": "float32"}
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_json(tmp / META_FILE, out_meta)
+
+    return _atomic_dir(Path(out_dir), write)
+
