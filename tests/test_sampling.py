@@ -170,3 +170,33 @@ def test_mismatched_tokenizers_rejected(pair):
     sampler = ContrastiveSampler(expert_model=expert, amateur_model=amateur, tokenizer=tok, amateur_tokenizer=other, settings=SETTINGS)
     with pytest.raises(ValueError, match="disagree"):
         sampler.predict_step(_batch(tok, QUESTIONS[:1])[0])
+
+
+def test_left_padding_with_absolute_position_models():
+    """GPT-2 (learned absolute positions) for both roles: wrong position ids would show here
+    (rotary models are shift-invariant, so the Llama pair cannot catch that)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lightreasoner import tiny
+
+    tok = tiny.build_char_tokenizer()
+    models = []
+    for seed, extra in ((0, 2), (1, 0)):
+        torch.manual_seed(seed)
+        cfg = GPT2Config(vocab_size=len(tok) + extra, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                         bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        m = GPT2LMHeadModel(cfg).eval()
+        with torch.no_grad():
+            m.lm_head.weight = torch.nn.Parameter(m.transformer.wte.weight.detach().clone() * 20)
+            m.transformer.wpe.weight.mul_(50)  # make positions matter
+            if extra:
+                m.lm_head.weight[len(tok):] = 0.0
+        m.config.tie_word_embeddings = False
+        m.generation_config.eos_token_id = tok.eos_token_id
+        m.generation_config.pad_token_id = tok.pad_token_id
+        models.append(m)
+    expert, amateur = models
+    batch, prompts = _batch(tok, QUESTIONS[:3])
+    recs = ContrastiveSampler(expert_model=expert, amateur_model=amateur, tokenizer=tok, settings=SETTINGS).predict_step(batch)
+    for r in recs:
+        assert_matches_reference(r, expert, amateur, tok, SETTINGS["alpha_min"], SETTINGS["max_candidates"], SETTINGS["max_new_tokens"])
