@@ -616,6 +616,8 @@ def print_report(report: dict) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that no column is truncated
+        console = Console(width=160)
     for title, (cols, rows) in (("evaluation", _table_rows(report)), ("paired comparisons", _comparison_rows(report))):
         if not rows:
             continue

@@ -212,3 +212,16 @@ def test_log_report(tmp_path):
     ev.log_report(report, w)
     assert [t[0] for t in w.tables] == ["eval/results", "eval/paired_comparisons"]
     assert w.tables[0][2][0][:4] == ["base", "gsm8k", "3", "33.3"]
+
+
+def test_read_rows_tolerates_only_a_truncated_last_line(tmp_path):
+    f = tmp_path / "b.jsonl"
+    f.write_text('{"id": "a"}\n{"id": "b"}')  # complete last row, newline not yet written
+    assert list(ev.read_rows(f)) == ["a", "b"]
+    assert f.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    f.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "gen')
+    assert list(ev.read_rows(f)) == ["a", "b"]
+    assert f.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    f.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')
+    with pytest.raises(ValueError, match=r"b\.jsonl:2: malformed JSON"):
+        ev.read_rows(f)
