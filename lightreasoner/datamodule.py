@@ -21,7 +21,9 @@ Ordering is deterministic given ``seed``: the unpacked layout reshuffles its exa
 epoch; the packed layout groups traces into micro-batches once (from a seeded permutation) and
 reshuffles the order of those micro-batches every epoch, so every epoch has the same number of
 micro-batches (Lightning reads the loader's length once). The loader is resumable: a
-checkpoint taken mid-epoch resumes with the next unseen micro-batch of the same epoch order.
+checkpoint taken mid-epoch resumes with the next unseen micro-batch of the same epoch order
+(pass the module as ``trainer.fit(..., datamodule=dm)``: its ``on_before_batch_transfer`` hook
+records which micro-batches training has consumed). One process only (no DDP).
 
 Collated batches (dict):
 

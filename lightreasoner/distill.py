@@ -84,7 +84,7 @@ def lora_config(lora: Mapping | None):
     from peft import LoraConfig, TaskType
 
     cfg = dict(DEFAULT_LORA)
-    cfg.update(_plain(dict(lora or {})))
+    cfg.update(dict(_plain(lora) or {}))
     unknown_ok = set(LoraConfig.__dataclass_fields__)
     r = int(cfg.pop("r"))
     alpha = cfg.pop("alpha")
@@ -194,8 +194,8 @@ class DistillModule(LightningModule):
         from peft import get_peft_model
 
         self.expert_spec = ModelSpec.from_any(_plain(expert))
-        self.lora = {**DEFAULT_LORA, **_plain(dict(lora or {}))}
-        sched = {**DEFAULT_SCHEDULER, **_plain(dict(scheduler or {}))}
+        self.lora = {**DEFAULT_LORA, **dict(_plain(lora) or {})}
+        sched = {**DEFAULT_SCHEDULER, **dict(_plain(scheduler) or {})}
         unknown = set(sched) - {"type", "warmup_steps"}
         if unknown:
             raise ValueError(f"scheduler: unknown field(s) {sorted(unknown)}; expected type, warmup_steps")
@@ -373,17 +373,20 @@ def save_adapter(
     base_spec: ModelSpec | Mapping | str,
     sample_key: str | None,
     extra: Mapping | None = None,
+    tokenizer=None,
 ) -> Path:
     """Save the LoRA adapter, the base tokenizer and ``lightreasoner.json``, atomically.
 
     ``lightreasoner.json`` = ``{"kind": "lora_adapter", "base": <ModelSpec dict incl. gguf_file
     and dtype>, "sample_key": ..., "lora": {r, alpha, dropout, target_modules}, **extra}``.
+    ``tokenizer`` defaults to the one ``base_spec`` names (pass it to skip re-loading).
     """
     peft_model = module_or_peft_model.model if isinstance(module_or_peft_model, DistillModule) else module_or_peft_model
     spec = ModelSpec.from_any(_plain(base_spec))
-    tokenizer = models.load_tokenizer(spec, "expert")
+    if tokenizer is None:
+        tokenizer = models.load_tokenizer(spec, "expert")
     meta = {"kind": "lora_adapter", "base": spec.to_dict(), "sample_key": sample_key, "lora": _lora_summary(peft_model)}
-    for k, v in _plain(dict(extra or {})).items():
+    for k, v in dict(_plain(extra) or {}).items():
         if k in meta:
             raise ValueError(f"save_adapter: extra key {k!r} would overwrite a reserved field")
         meta[k] = v

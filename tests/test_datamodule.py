@@ -160,6 +160,17 @@ def test_loader_resumes_mid_epoch_at_the_next_unseen_batch():
     assert nxt[0] == (2, 0) and len(nxt) == len(full)
 
 
+def test_worker_processes_give_the_same_batches():
+    samples = make_samples(n=6, seed=6)
+    dm = DistillDataModule(samples, steps_per_batch=3, num_workers=1, padding_side="left")
+    got = list(dm.train_dataloader())
+    want = dm.epoch_batches(0)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a["problem_ids"] == b["problem_ids"] and a["update_steps"] == b["update_steps"]
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["target_w"], b["target_w"])
+
+
 def test_bad_samples_give_one_clear_error():
     s = make_samples(n=2)
     bad = TraceSample("bad", s[0].input_ids, s[0].input_ids.new_tensor([999]), s[0].steps[:1], s[0].target_ids[:1], s[0].target_w[:1])

@@ -368,6 +368,29 @@ def test_optimizer_and_schedule_configs():
         schedule_lambda("step", 0, 10)
 
 
+def test_hydra_style_configs_are_accepted(tiny_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {
+            "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]},
+            "optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.0},
+            "scheduler": {"type": "cosine", "warmup_steps": 1},
+        }
+    )
+    module = DistillModule(
+        OmegaConf.create({"name_or_path": str(tiny_dir), "device": "cpu"}),
+        lora=cfg.lora, optimizer=cfg.optimizer, scheduler=cfg.scheduler, max_steps=4,
+    )
+    assert module.model.peft_config["default"].r == 2
+    assert sorted(module.model.peft_config["default"].target_modules) == ["q_proj"]
+    conf = module.configure_optimizers()
+    assert isinstance(conf["optimizer"], torch.optim.AdamW)
+    assert conf["lr_scheduler"]["scheduler"].get_last_lr()[0] == 0.0  # warm-up starts at 0
+    with pytest.raises(ValueError, match="scheduler"):
+        DistillModule(ModelSpec(str(tiny_dir), device="cpu"), scheduler={"type": "linear", "warmup": 3})
+
+
 def test_gguf_expert_is_rebuilt_plain_and_recorded(tiny_dir, vocab, tmp_path, monkeypatch):
     """A GGUF-style spec: loaded with plain=True for training and merging; gguf_file recorded.
 
