@@ -23,7 +23,9 @@ with only the missing batches and ends with the same samples as an uninterrupted
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -219,8 +221,6 @@ class TraceCache:
             "problem_ids": ids,
             "records": [{k: _to_cpu(r[k]) for k in SCORED_TRACE_KEYS} for r in records],
         }
-        import io
-
         buf = io.BytesIO()
         torch.save(payload, buf)
         path = self.shard_dir / shard_name(ids)
@@ -356,7 +356,9 @@ def git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -523,8 +525,7 @@ def run_sampling(
 
 
 def dataclass_dict(obj: Any) -> dict:
-    import dataclasses
-
+    """A dataclass instance as a plain dict."""
     return dataclasses.asdict(obj)
 
 
