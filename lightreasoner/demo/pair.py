@@ -1,0 +1,455 @@
+"""The demo's tiny expert/amateur pair: built, trained from scratch, measured and cached.
+
+:func:`prepare_demo` is the entry point (``train.py`` calls it when the composed config has
+a ``demo`` key): it generates the synthetic task's splits, builds the task tokenizer, trains
+an expert and a weaker amateur (small transformers Llama models) with
+:class:`lightreasoner.sft.TraceSFTModule` on the training solutions, measures both models'
+greedy accuracy on validation problems with the evaluation prompt, and caches everything
+under ``{cache_dir}/demo/{key}/`` where ``key`` hashes the demo config::
+
+    {key}/expert/      save_pretrained model + tokenizer
+    {key}/amateur/     save_pretrained model + tokenizer
+    {key}/data/        train.jsonl, validation.jsonl, test.jsonl
+    {key}/manifest.json  config, validation accuracies, train times, library versions
+
+The directory is built under a temporary name and renamed into place at the end (under a
+file lock), so an interrupted build leaves nothing half-written and only the first run pays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightreasoner import prompts
+from lightreasoner.demo.task import DemoProblem, TaskConfig, build_demo_tokenizer, generate_splits, write_splits
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bumped whenever the task generator, tokenizer or training code changes its output."""
+
+TRAIN_SYSTEMS = (prompts.SAMPLING_SYSTEM, prompts.EVAL_SYSTEM)
+"""The pair is trained on every problem under both system messages (sampling and evaluation)."""
+
+
+@dataclass
+class MemberConfig:
+    """Architecture and training of one model of the pair (``demo.expert`` / ``demo.amateur``)."""
+
+    hidden_size: int = 96
+    """Model width."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (key/value heads: half of them)."""
+    intermediate_size: int = 256
+    """MLP width."""
+    seed: int = 0
+    """Initialisation and data-order seed."""
+    train_steps: int = 300
+    """Optimizer steps (each on ``batch_size`` traces)."""
+    batch_size: int = 64
+    """Traces per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    schedule: str = "cosine"
+    """constant | linear | cosine, after the warm-up (see ``TraceSFTModule``)."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine schedule as a fraction of ``lr``."""
+
+
+@dataclass
+class DemoConfig:
+    """The whole demo build (``demo`` in the composed config; see conf/demo/default.yaml)."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    expert: MemberConfig = field(default_factory=MemberConfig)
+    amateur: MemberConfig = field(default_factory=lambda: MemberConfig(hidden_size=64, num_layers=2, intermediate_size=128, train_steps=150))
+    eval_problems: int = 500
+    """Validation problems scored (greedy, evaluation prompt) for the manifest; 0 skips."""
+    eval_batch_size: int = 250
+    """Problems per generation batch when scoring."""
+    max_new_tokens: int = 64
+    """Generation limit when scoring (the longest solution is under 50 tokens)."""
+    num_threads: int | None = None
+    """torch CPU threads while building (``None``: torch's default; not part of the cache key)."""
+    progress: bool = True
+    """Show progress bars while training (not part of the cache key)."""
+
+    @classmethod
+    def from_any(cls, cfg: Any) -> "DemoConfig":
+        """From a ``DemoConfig``, a dict or an OmegaConf node; unknown fields are an error."""
+        if isinstance(cfg, DemoConfig):
+            return cfg
+        if cfg is None:
+            return cls()
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:  # omegaconf is a dependency; plain dicts work without it
+            pass
+        d = dict(cfg)
+        sub = {"task": TaskConfig, "expert": MemberConfig, "amateur": MemberConfig}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if k in sub:
+                out[k] = _dataclass_from(sub[k], v or {}, f"demo.{k}")
+            elif k in {f.name for f in fields(cls)}:
+                out[k] = v
+            else:
+                raise ValueError(f"demo: unknown field {k!r}; expected some of {sorted(f.name for f in fields(cls))}")
+        if "amateur" not in out:
+            out["amateur"] = cls().amateur
+        cfg = cls(**out)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        t = self.task
+        if not (1 <= t.min_steps <= t.max_steps):
+            raise ValueError(f"demo.task: need 1 <= min_steps <= max_steps, got {t.min_steps}, {t.max_steps}")
+        if t.train_size < 1 or t.validation_size < 0 or t.test_size < 0:
+            raise ValueError("demo.task: train_size must be >= 1, validation_size and test_size >= 0")
+        if t.max_value < 10 or t.max_operand < 2 or t.max_factor < 2:
+            raise ValueError("demo.task: need max_value >= 10, max_operand >= 2, max_factor >= 2")
+        for name in ("expert", "amateur"):
+            m = getattr(self, name)
+            if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
+                raise ValueError(f"demo.{name}: hidden_size must split into num_heads heads of even size")
+            if m.train_steps < 1 or m.batch_size < 1 or m.lr <= 0:
+                raise ValueError(f"demo.{name}: train_steps, batch_size and lr must be positive")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"demo.num_threads: expected null or >= 1, got {self.num_threads}")
+        if self.max_new_tokens < 1 or self.eval_batch_size < 1:
+            raise ValueError("demo: max_new_tokens and eval_batch_size must be >= 1")
+
+    def key_dict(self) -> dict:
+        """Everything that determines the built pair (what the cache key hashes)."""
+        d = asdict(self)
+        d.pop("progress")
+        d.pop("num_threads")
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def key(self) -> str:
+        blob = json.dumps(self.key_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dataclass_from(cls, d: Any, what: str):
+    d = dict(d)
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
+    return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring (greedy generation with the evaluation prompt)
+
+@torch.no_grad()
+def greedy_generate(
+    model,
+    tokenizer,
+    questions: list[str],
+    system: str | None = prompts.EVAL_SYSTEM,
+    batch_size: int = 250,
+    max_new_tokens: int = 64,
+) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped) of each question's chat prompt."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(questions), batch_size):
+        texts = [prompts.chat_prompt(tokenizer, q, system) for q in questions[i : i + batch_size]]
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = gen[:, enc["input_ids"].shape[1] :]
+        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def score(model, tokenizer, problems: list[DemoProblem] | list[dict], system: str | None = prompts.EVAL_SYSTEM,
+          batch_size: int = 250, max_new_tokens: int = 64) -> dict:
+    """Greedy accuracy of ``model`` on ``problems`` (and how many outputs hold a ``\\boxed{}``).
+
+    Answers are extracted and compared exactly as the evaluation stage does
+    (:func:`lightreasoner.answers.extract_answer` / ``is_equivalent``, numeric).
+    """
+    from lightreasoner.answers import extract_answer, is_equivalent
+
+    rows = [p.to_row() if isinstance(p, DemoProblem) else p for p in problems]
+    if not rows:
+        return {"n": 0, "accuracy": None, "boxed_fraction": None}
+    texts = greedy_generate(model, tokenizer, [r["question"] for r in rows], system, batch_size, max_new_tokens)
+    correct = [is_equivalent(extract_answer(t, "numeric"), r["answer"], "numeric") for t, r in zip(texts, rows)]
+    return {
+        "n": len(rows),
+        "accuracy": sum(correct) / len(rows),
+        "boxed_fraction": sum("\\boxed{" in t for t in texts) / len(rows),
+        "examples": [{"question": r["question"], "output": t, "answer": r["answer"]} for r, t in zip(rows[:3], texts)],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Training one member
+
+
+def build_member(tokenizer, m: MemberConfig, max_positions: int = 512):
+    """A randomly initialised Llama model of the member's size for ``tokenizer``."""
+    from lightreasoner.tiny import build_tiny_model
+
+    return build_tiny_model(
+        tokenizer,
+        seed=m.seed,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        intermediate_size=m.intermediate_size,
+        max_positions=max_positions,
+    )
+
+
+def train_member(model, tokenizer, examples: list[dict], m: MemberConfig, name: str = "model",
+                 progress: bool = True, work_dir: str | Path | None = None) -> dict:
+    """Train ``model`` in place with :class:`TraceSFTModule` for ``m.train_steps`` steps (CPU).
+
+    ``examples``: encoded traces (:func:`lightreasoner.sft.encode_traces`). Returns
+    ``{"seconds", "steps", "final_loss", "params"}``.
+    """
+    import lightning as L
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from lightreasoner.sft import TraceSFTModule, collate_traces
+
+    module = TraceSFTModule(
+        model, lr=m.lr, weight_decay=m.weight_decay, warmup_steps=m.warmup_steps, max_steps=m.train_steps,
+        schedule=m.schedule, min_lr_ratio=m.min_lr_ratio,
+    )
+    gen = torch.Generator().manual_seed(m.seed)
+    pad = int(tokenizer.pad_token_id)
+    loader = DataLoader(
+        examples,
+        batch_size=m.batch_size,
+        sampler=RandomSampler(examples, generator=gen),
+        collate_fn=lambda b: collate_traces(b, pad),
+        drop_last=len(examples) > m.batch_size,
+    )
+    losses: list[float] = []
+
+    class _Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    work = Path(work_dir or tempfile.mkdtemp(prefix="lr-demo-train-"))
+    with _QuietLightning(), warnings.catch_warnings():
+        for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*"):
+            warnings.filterwarnings("ignore", message=message)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=m.train_steps,
+            max_epochs=-1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            num_sanity_val_steps=0,
+            default_root_dir=str(work),
+            callbacks=[_Record()],
+        )
+        if progress:
+            print(f"demo: training the {name} ({n_params(model) / 1e6:.2f}M parameters, {m.train_steps} steps)", flush=True)
+        torch.manual_seed(m.seed)
+        model.train()
+        t0 = time.perf_counter()
+        trainer.fit(module, train_dataloaders=loader)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    tail = losses[-20:]
+    return {
+        "seconds": round(seconds, 2),
+        "steps": trainer.global_step,
+        "final_loss": round(sum(tail) / max(1, len(tail)), 4),
+        "params": n_params(model),
+    }
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class _QuietLightning:
+    """Lightning's info lines (accelerator, tips) off while building; levels restored after."""
+
+    NAMES = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.rank_zero")
+
+    def __enter__(self):
+        self.levels = {n: logging.getLogger(n).level for n in self.NAMES}
+        for n in self.NAMES:
+            logging.getLogger(n).setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        for n, level in self.levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------
+# Building and caching the pair
+
+
+def build_pair(cfg: DemoConfig, out_dir: str | Path) -> dict:
+    """Generate the task, train both models and write everything under ``out_dir``.
+
+    Returns the manifest (also written to ``out_dir/manifest.json``).
+    """
+    from lightreasoner.sft import encode_traces
+    from lightreasoner.tiny import save_pair_member
+
+    out = Path(out_dir)
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _build_pair(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_pair(cfg: DemoConfig, out: Path) -> dict:
+    from lightreasoner.sft import encode_traces
+    from lightreasoner.tiny import save_pair_member
+
+    t_start = time.perf_counter()
+    splits = generate_splits(cfg.task)
+    files = write_splits(splits, out / "data")
+    tokenizer = build_demo_tokenizer()
+    rows = [(p.question, p.solution) for p in splits["train"]]
+    examples = encode_traces(tokenizer, rows, TRAIN_SYSTEMS)
+    max_len = max(len(e["input_ids"]) for e in examples)
+    max_positions = max(256, 2 * (max_len + cfg.max_new_tokens))
+    val = splits["validation"][: cfg.eval_problems]
+    members: dict[str, dict] = {}
+    for name in ("expert", "amateur"):
+        m: MemberConfig = getattr(cfg, name)
+        model = build_member(tokenizer, m, max_positions=max_positions)
+        stats = train_member(model, tokenizer, examples, m, name=name, progress=cfg.progress, work_dir=out / "_work")
+        t0 = time.perf_counter()
+        val_stats = score(model, tokenizer, val, prompts.EVAL_SYSTEM, cfg.eval_batch_size, cfg.max_new_tokens)
+        stats["validation_eval_seconds"] = round(time.perf_counter() - t0, 2)
+        stats["validation"] = val_stats
+        save_pair_member(model, tokenizer, out / name)
+        members[name] = stats
+        if cfg.progress and val_stats["accuracy"] is not None:
+            print(
+                f"demo: {name}: validation accuracy {val_stats['accuracy']:.1%} on {val_stats['n']} problems "
+                f"(trained in {stats['seconds']:.0f}s, final loss {stats['final_loss']:.3f})",
+                flush=True,
+            )
+    shutil.rmtree(out / "_work", ignore_errors=True)
+    manifest = {
+        "key": cfg.key(),
+        "config": cfg.key_dict(),
+        "files": {s: str(Path("data") / p.name) for s, p in files.items()},
+        "split_sizes": {s: len(v) for s, v in splits.items()},
+        "vocab_size": len(tokenizer),
+        "max_trace_tokens": max_len,
+        "members": members,
+        "build_seconds": round(time.perf_counter() - t_start, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _versions() -> dict:
+    import lightning
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "lightning": lightning.__version__,
+            "python": platform.python_version()}
+
+
+def _dirs(root: Path) -> dict:
+    return {
+        "expert_dir": str(root / "expert"),
+        "amateur_dir": str(root / "amateur"),
+        "data_dir": str(root / "data"),
+        "manifest": str(root / "manifest.json"),
+    }
+
+
+def demo_root(demo_cfg: Any, cache_dir: str | Path) -> Path:
+    """Where the pair for ``demo_cfg`` lives (built or not)."""
+    cfg = DemoConfig.from_any(demo_cfg)
+    return Path(os.path.expanduser(str(cache_dir))) / "demo" / cfg.key()
+
+
+def prepare_demo(demo_cfg: Any, cache_dir: str | Path) -> dict:
+    """The demo pair and data for ``demo_cfg``, built on first use and cached.
+
+    Returns ``{"expert_dir", "amateur_dir", "data_dir", "manifest"}`` (absolute paths under
+    ``{cache_dir}/demo/{key}/``). Safe when several processes call it at once: one builds,
+    the others wait on the lock and reuse the result.
+    """
+    from filelock import FileLock
+
+    cfg = DemoConfig.from_any(demo_cfg)
+    final = demo_root(cfg, cache_dir)
+    if (final / "manifest.json").is_file():
+        log.info("demo: reusing the cached pair in %s", final)
+        return _dirs(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if (final / "manifest.json").is_file():
+            return _dirs(final)
+        if final.exists():  # not ours and not complete (no manifest): never trust it
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            if cfg.progress:
+                print(f"demo: building the tiny expert/amateur pair (first run only) in {final}", flush=True)
+            manifest = build_pair(cfg, tmp)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if cfg.progress:
+        print(f"demo: pair built in {manifest['build_seconds']:.0f}s", flush=True)
+    return _dirs(final)
+
+
+def load_manifest(dirs_or_root: dict | str | Path) -> dict:
+    """The manifest of a built demo (from :func:`prepare_demo`'s result or its directory)."""
+    path = Path(dirs_or_root["manifest"]) if isinstance(dirs_or_root, dict) else Path(dirs_or_root) / "manifest.json"
+    return json.loads(path.read_text())
