@@ -168,13 +168,14 @@ def sample_stage(cfg: DictConfig, state: RunState) -> None:
     samples = select(records, beta=float(s.beta), alpha=float(s.alpha), first_step=int(s.first_step), alpha_min=float(s.alpha_min))
     stats = selection_stats(records, samples)
     state.samples, state.sample_key = samples, cache.key
-    state.selection = {"trace_cache": str(cache.root), "problems": len(problems), **stats}
+    state.selection = {"trace_cache": str(cache.path), "problems": len(problems), **stats}
     if cfg.distill.export_published:
-        from lightreasoner.selection import export_published
         from lightreasoner.models import load_tokenizer
+        from lightreasoner.selection import export_samples
 
         questions = {p.id: p.question for p in problems}
-        export_published(samples, questions, load_tokenizer(expert_spec(cfg), "model_pair.expert"), state.out_dir / "samples.jsonl")
+        tokenizer = load_tokenizer(expert_spec(cfg), "model_pair.expert")
+        export_samples(samples, state.out_dir / "samples.jsonl", tokenizer, questions)
     log.info("selection: %s", json.dumps(state.selection))
 
 
@@ -192,9 +193,9 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
     tokenizer = load_tokenizer(expert, "model_pair.expert")
     samples = state.samples
     if cfg.distill.import_published:
-        from lightreasoner.selection import import_published
+        from lightreasoner.selection import import_samples
 
-        samples = import_published(cfg.distill.import_published, tokenizer, system_prompt=cfg.sampling.system_prompt)
+        samples = import_samples(cfg.distill.import_published, tokenizer, system_prompt=cfg.sampling.system_prompt)
         state.sample_key = f"published:{Path(cfg.distill.import_published).name}"
     if not samples:
         raise ValueError(
@@ -213,9 +214,10 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
     module = DistillModule(
         expert=expert,
         lora=OmegaConf.to_container(cfg.peft, resolve=True),
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         max_steps=int(cfg.trainer.max_steps),
+        sample_key=state.sample_key,
     )
     ckpt_dir = state.out_dir / "checkpoints"
     logger = build_logger(cfg)
@@ -231,6 +233,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         base_spec=expert,
         sample_key=state.sample_key,
         extra={"selection": state.selection, "max_steps": int(cfg.trainer.max_steps)},
+        tokenizer=tokenizer,
     )
     if cfg.distill.merge:
         state.merged_dir = merge_adapter(state.adapter_dir, state.out_dir / "merged")
