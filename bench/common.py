@@ -1,0 +1,75 @@
+"""Shared set-up for the benchmarks: the offline Coder pair (or a tiny pair) and GSM8K prompts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from lightreasoner.benchmarks import dataset_config, load_problems
+from lightreasoner.models import ModelSpec, load_model, load_tokenizer
+
+MODELS = Path(os.environ.get("LIGHTREASONER_MODELS", Path.home() / ".cache" / "lightreasoner" / "models"))
+EXPERT_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+AMATEUR_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+
+def coder_specs() -> tuple[ModelSpec, ModelSpec]:
+    return (
+        ModelSpec(str(MODELS), gguf_file=EXPERT_GGUF, dtype="float32", device="auto"),
+        ModelSpec(str(MODELS), gguf_file=AMATEUR_GGUF, dtype="float32", device="auto"),
+    )
+
+
+def tiny_pair(root: Path) -> tuple[ModelSpec, ModelSpec]:
+    """A small random pair on disk (smoke runs of the benchmark scripts)."""
+    from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+
+    tok = build_char_tokenizer()
+    e = save_pair_member(build_tiny_model(tok, seed=1, hidden_size=64, num_layers=2), tok, root / "expert")
+    a = save_pair_member(build_tiny_model(tok, seed=2, hidden_size=32, num_layers=1), tok, root / "amateur")
+    return ModelSpec(str(e), device="cpu"), ModelSpec(str(a), device="cpu")
+
+
+def load_pair(expert: ModelSpec, amateur: ModelSpec):
+    tok = load_tokenizer(expert, "expert")
+    return tok, load_model(expert, "expert"), load_model(amateur, "amateur")
+
+
+def gsm8k_train(n: int):
+    return load_problems(dataset_config("gsm8k"), split="train", max_problems=n)
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def gib(self) -> float:
+        return self.peak / 2**30
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

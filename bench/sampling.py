@@ -1,0 +1,140 @@
+"""Contrastive sampling: this sampler vs the published code's cost structure, side by side.
+
+Published structure (per problem): batch-1 greedy generation by the expert (its scores kept),
+then one amateur forward pass per prefix (prompt + y_<t) for every step t. This sampler:
+batched generation (raw logits kept) + ONE teacher-forced amateur pass per batch + chunked
+per-step scoring. Both arms compute the same quantities (KL, candidates) on the same models
+and problems; the slow arm may use fewer problems.
+
+    python bench/sampling.py                         # offline Coder pair, 32 problems, batch 16
+    python bench/sampling.py --problems 16 --slow-problems 1 --max-new-tokens 128
+    python bench/sampling.py --tiny                  # smoke run on tiny random models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakRSS, coder_specs, gsm8k_train, load_pair, sync, tiny_pair  # noqa: E402
+
+from lightreasoner import contrast  # noqa: E402
+from lightreasoner.models import eos_token_ids  # noqa: E402
+from lightreasoner.prompts import SAMPLING_SYSTEM, encode_prompts  # noqa: E402
+from lightreasoner.sampling import ContrastiveSampler, SamplingSettings, make_batch, question_sha  # noqa: E402
+
+
+@torch.no_grad()
+def published_arm(tok, expert, amateur, prompt_ids, max_new_tokens, alpha_min=0.01, max_candidates=256):
+    """Batch-1 generation, then every prefix re-encoded by the amateur. Returns (seconds, gen seconds, steps)."""
+    eos = eos_token_ids(tok, expert)
+    dev = next(expert.parameters()).device
+    t0 = time.perf_counter()
+    gen_s, steps = 0.0, 0
+    for p in prompt_ids:
+        ids = torch.tensor([p], device=dev)
+        g0 = time.perf_counter()
+        out = expert.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+            output_logits=True, return_dict_in_generate=True, eos_token_id=eos, pad_token_id=tok.pad_token_id,
+        )
+        sync()
+        gen_s += time.perf_counter() - g0
+        trace = out.sequences[0, len(p):]
+        for t in range(trace.numel()):
+            prefix = out.sequences[:, : len(p) + t]
+            la = amateur(input_ids=prefix).logits[:, -1].float().log_softmax(-1)
+            le = out.logits[t].float().log_softmax(-1)
+            contrast.kl_shared(le, la)
+            contrast.top_candidates(le, la, alpha_min, max_candidates)
+            steps += 1
+            if int(trace[t]) in eos:
+                break
+    sync()
+    return time.perf_counter() - t0, gen_s, steps
+
+
+def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tokens):
+    """This sampler, batch by batch; generation time measured inside the same calls."""
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, system_prompt=SAMPLING_SYSTEM)
+    sampler = ContrastiveSampler(settings=settings, expert_model=expert, amateur_model=amateur, tokenizer=tok).setup_models()
+    gen_s = [0.0]
+    orig = expert.generate
+
+    def timed_generate(*a, **k):
+        g0 = time.perf_counter()
+        r = orig(*a, **k)
+        sync()
+        gen_s[0] += time.perf_counter() - g0
+        return r
+
+    expert.generate = timed_generate
+    peaks, steps = [], 0
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, len(problems), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(problems))))
+            batch = make_batch([problems[i].id for i in chunk], [question_sha(problems[i].question) for i in chunk], [prompt_ids[i] for i in chunk])
+            with PeakRSS() as mem:
+                recs = sampler.score_batch(batch)
+            peaks.append(round(mem.gib, 2))
+            steps += sum(int(r["trace_ids"].numel()) for r in recs)
+        sync()
+    finally:
+        expert.generate = orig
+    return time.perf_counter() - t0, gen_s[0], steps, peaks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=32, help="problems for this sampler")
+    ap.add_argument("--slow-problems", type=int, default=1, help="problems for the published-structure arm")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--tiny", action="store_true", help="tiny random models instead of the Coder pair")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    specs = tiny_pair(Path(tempfile.mkdtemp())) if args.tiny else coder_specs()
+    tok, expert, amateur = load_pair(*specs)
+    problems = gsm8k_train(max(args.problems, args.slow_problems))
+    prompt_ids = encode_prompts(tok, [p.question for p in problems], SAMPLING_SYSTEM)
+    print(f"device={next(expert.parameters()).device} threads={torch.get_num_threads()} expert={specs[0].display_name()}")
+
+    # warm-up (first-call allocations) on one short problem
+    fast_arm(tok, expert, amateur, problems[:1], prompt_ids[:1], 1, 4)
+
+    slow_s, slow_gen, slow_steps = published_arm(tok, expert, amateur, prompt_ids[: args.slow_problems], args.max_new_tokens)
+    fast_s, fast_gen, fast_steps, peaks = fast_arm(
+        tok, expert, amateur, problems[: args.problems], prompt_ids[: args.problems], args.batch_size, args.max_new_tokens
+    )
+    slow_pps = args.slow_problems / slow_s
+    fast_pps = args.problems / fast_s
+    res = {
+        "published_structure": {"problems": args.slow_problems, "seconds": round(slow_s, 1), "generation_s": round(slow_gen, 1),
+                                "per_problem_s": round(slow_s / args.slow_problems, 2), "problems_per_s": round(slow_pps, 4), "steps": slow_steps},
+        "this_sampler": {"problems": args.problems, "batch_size": args.batch_size, "seconds": round(fast_s, 1),
+                         "generation_s": round(fast_gen, 1), "per_problem_s": round(fast_s / args.problems, 2),
+                         "problems_per_s": round(fast_pps, 4), "steps": fast_steps,
+                         "beyond_generation_fraction": round((fast_s - fast_gen) / fast_gen, 3),
+                         "peak_rss_gib_per_batch": peaks},
+        "speedup": round(fast_pps / slow_pps, 2),
+        "max_new_tokens": args.max_new_tokens,
+    }
+    print(json.dumps(res, indent=2))
+    print(f"speedup {res['speedup']}x  ({fast_pps:.4f} vs {slow_pps:.4f} problems/s); "
+          f"work beyond batched generation = {100 * res['this_sampler']['beyond_generation_fraction']:.1f}% of generation time; "
+          f"peak RSS per batch {peaks} GiB")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
