@@ -95,8 +95,8 @@ def generate_batched(
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size}")
     eos = list(eos_token_ids or lr_models.eos_token_ids(tokenizer, model))
     eos_set = set(eos)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = next(model.parameters()).device
+    gen_cfg = lr_models.neutral_generation_config(model, tokenizer, max_new_tokens, eos)
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     results: list[dict] = []
@@ -106,19 +106,8 @@ def generate_batched(
             chunk = prompts[start : start + batch_size]
             t0 = time.perf_counter()
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    max_new_tokens=int(max_new_tokens),
-                    do_sample=False,
-                    num_beams=1,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    eos_token_id=eos,
-                    pad_token_id=pad_id,
-                )
+            with torch.inference_mode(), lr_models.using_generation_config(model, gen_cfg):
+                out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=gen_cfg)
             new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
             seconds = (time.perf_counter() - t0) / len(chunk)
             batch = []

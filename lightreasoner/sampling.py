@@ -29,7 +29,15 @@ import torch
 from lightning import LightningModule
 
 from . import contrast
-from .models import ModelSpec, check_pair_tokenizers, eos_token_ids, load_model, load_tokenizer
+from .models import (
+    ModelSpec,
+    check_pair_tokenizers,
+    eos_token_ids,
+    load_model,
+    load_tokenizer,
+    neutral_generation_config,
+    using_generation_config,
+)
 from .prompts import SAMPLING_SYSTEM
 
 log = logging.getLogger(__name__)
@@ -222,37 +230,20 @@ class ContrastiveSampler(LightningModule):
         self._checked = True
 
     def generation_config(self):
-        """A fresh ``GenerationConfig`` for the trace: the checkpoint's special ids, our settings.
-
-        Only ``bos/pad`` ids are taken from the expert's own generation config (the eos ids are
-        ``models.eos_token_ids``); every other decoding/processing field keeps transformers'
-        neutral default (no penalties, no length constraints), so a checkpoint that turns on
-        sampling or a repetition penalty does not change the traces. ``score_batch`` installs
-        it as the model's generation config for the call, because ``generate`` fills unset
-        fields from the model's own config.
-        """
-        from transformers import GenerationConfig
-
+        """The trace's ``GenerationConfig`` (``models.neutral_generation_config``): the
+        checkpoint's bos/pad ids, our settings, nothing else of the checkpoint's config, so a
+        checkpoint that turns on sampling or a repetition penalty does not change the traces."""
         s = self.settings
-        own = getattr(self.expert_model, "generation_config", None)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = getattr(own, "pad_token_id", None)
-        if pad is None:
-            pad = self._eos[0]
-        return GenerationConfig(
-            bos_token_id=getattr(own, "bos_token_id", None),
-            pad_token_id=int(pad),
-            eos_token_id=list(self._eos),
-            max_new_tokens=int(s.max_new_tokens),
-            min_new_tokens=0,
-            do_sample=bool(s.do_sample),
-            temperature=float(s.temperature) if s.do_sample else None,
-            top_p=float(s.top_p) if s.do_sample else None,
-            num_beams=1,
+        return neutral_generation_config(
+            self.expert_model,
+            self.tokenizer,
+            s.max_new_tokens,
+            self._eos,
+            do_sample=s.do_sample,
+            temperature=s.temperature,
+            top_p=s.top_p,
             output_logits=True,
             return_dict_in_generate=True,
-            use_cache=True,
         )
 
     # --------------------------------------------------------------- the work
@@ -288,12 +279,8 @@ class ContrastiveSampler(LightningModule):
         gen_cfg = self.generation_config()
         # generate() fills every unset field from model.generation_config (e.g. a checkpoint's
         # repetition_penalty or temperature); swap in our config for the call so nothing leaks in.
-        own_cfg = expert.generation_config
-        expert.generation_config = gen_cfg
-        try:
+        with using_generation_config(expert, gen_cfg):
             out = expert.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg)
-        finally:
-            expert.generation_config = own_cfg
         gen = out.sequences[:, plen:]  # [B, T']
         exp_logits = out.logits  # T' x [B, V_e], raw
         t_max = gen.shape[1]
