@@ -334,7 +334,7 @@ def print_summary(summary: dict) -> None:
         ("dataset", summary["dataset"]),
         ("beta / alpha", f"{summary['beta']} / {summary['alpha']}"),
     ]
-    for k in ("problems", "kept_steps", "kept_fraction", "steps_per_trace", "mean_kl_kept"):
+    for k in ("problems", "steps", "kept_steps", "kept_step_fraction", "kept_steps_per_trace", "mean_kl_kept"):
         if k in sel:
             rows.append((k, f"{sel[k]:.4g}" if isinstance(sel[k], float) else str(sel[k])))
     if summary.get("adapter_dir"):
