@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightreasoner.config import PROJECT_ROOT
@@ -34,6 +35,7 @@ class RunState:
     selection: dict = field(default_factory=dict)
     adapter_dir: Path | None = None
     merged_dir: Path | None = None
+    tuned_tokens: int | None = None
     report: dict | None = None
     wall_s: dict = field(default_factory=dict)
 
@@ -130,6 +132,22 @@ def _timed(state: RunState, name: str):
     return _T()
 
 
+class TunedTokenCounter(Callback):
+    """Counts the kept steps (= tuned tokens) the fine-tune trained on; survives resume."""
+
+    def __init__(self):
+        self.tuned_tokens = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.tuned_tokens += int(batch["num_steps"])
+
+    def state_dict(self):
+        return {"tuned_tokens": self.tuned_tokens}
+
+    def load_state_dict(self, state_dict):
+        self.tuned_tokens = int(state_dict["tuned_tokens"])
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -221,12 +239,17 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
     )
     ckpt_dir = state.out_dir / "checkpoints"
     logger = build_logger(cfg)
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=max(1, int(cfg.trainer.max_steps) // 5))]
+    counter = TunedTokenCounter()
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=max(1, int(cfg.trainer.max_steps) // 5)),
+        counter,
+    ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    state.tuned_tokens = counter.tuned_tokens
     state.adapter_dir = save_adapter(
         module,
         state.out_dir / "adapter",
@@ -314,6 +337,7 @@ def write_summary(cfg: DictConfig, state: RunState) -> None:
         "selection": state.selection,
         "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,
         "merged_dir": str(state.merged_dir) if state.merged_dir else None,
+        "tuned_tokens": state.tuned_tokens,
         "wall_s": state.wall_s,
         "eval": (state.report or {}).get("summary") if state.report else None,
     }
@@ -337,6 +361,8 @@ def print_summary(summary: dict) -> None:
     for k in ("problems", "steps", "kept_steps", "kept_step_fraction", "kept_steps_per_trace", "mean_kl_kept"):
         if k in sel:
             rows.append((k, f"{sel[k]:.4g}" if isinstance(sel[k], float) else str(sel[k])))
+    if summary.get("tuned_tokens") is not None:
+        rows.append(("tuned tokens (kept steps trained)", str(summary["tuned_tokens"])))
     if summary.get("adapter_dir"):
         rows.append(("adapter", summary["adapter_dir"]))
     if summary.get("merged_dir"):
