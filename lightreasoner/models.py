@@ -68,6 +68,14 @@ class ModelSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_identity(cls, ident: dict) -> "ModelSpec":
+        """Back from :meth:`identity` (e.g. a cache key) to a loadable spec."""
+        if "hub" in ident:
+            return cls(ident["hub"], revision=ident.get("revision"), dtype=ident.get("dtype", "float32"))
+        gguf = next((f["name"] for f in ident.get("files", []) if f["name"].endswith(".gguf")), None)
+        return cls(ident["local"], gguf_file=gguf, dtype=ident.get("dtype", "float32"))
+
     @property
     def is_local(self) -> bool:
         return Path(os.path.expanduser(self.name_or_path)).exists()
