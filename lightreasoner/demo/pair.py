@@ -73,6 +73,8 @@ class MemberConfig:
     """constant | linear | cosine, after the warm-up (see ``TraceSFTModule``)."""
     min_lr_ratio: float = 0.1
     """Floor of the cosine schedule as a fraction of ``lr``."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0: none)."""
 
 
 @dataclass
@@ -282,6 +284,7 @@ def train_member(model, tokenizer, examples: list[dict], m: MemberConfig, name: 
             enable_model_summary=False,
             enable_progress_bar=progress,
             num_sanity_val_steps=0,
+            gradient_clip_val=m.grad_clip or None,
             default_root_dir=str(work),
             callbacks=[_Record()],
         )
