@@ -23,7 +23,30 @@ reshuffles the order of those micro-batches every epoch, so every epoch has the 
 micro-batches (Lightning reads the loader's length once). The loader is resumable: a
 checkpoint taken mid-epoch resumes with the next unseen micro-batch of the same epoch order
 (pass the module as ``trainer.fit(..., datamodule=dm)``: its ``on_before_batch_transfer`` hook
-records which micro-batches training has consumed). One process only (no DDP).
+records which micro-batches training has consumed).
+
+**Several processes** (data parallelism, e.g. Lightning DDP, world size ``W``, rank ``r``).
+Micro-batches are still planned once per epoch for the whole run (the *global* micro-batches,
+the same on every rank). One optimizer update is ``A * W`` consecutive global micro-batches
+(``A = accumulate_grad_batches``); rank ``r`` trains on the global micro-batches ``g`` with
+``g % W == r``, so each rank contributes ``A`` of them to every update. ``update_steps`` is the
+number of kept steps of the whole ``A * W`` group (all ranks) and ``loss_scale =
+A * W / update_steps``: Lightning divides each micro-batch loss by ``A`` and DDP averages the
+gradients over the ``W`` ranks, so every update's gradient is exactly that of the mean over all
+its kept steps (a last, shorter update of an epoch included). Every rank must run the same
+number of micro-batches, so the trailing ``P % W`` global micro-batches of each epoch's order
+(``P`` planned per epoch) are **dropped** (logged once, on rank 0); as the order is reshuffled
+every epoch, different micro-batches are dropped in different epochs. The rank and world size
+come from the Trainer in :meth:`DistillDataModule.setup` (``trainer.global_rank``,
+``trainer.world_size``), or from an initialised ``torch.distributed`` when no Trainer is
+attached. Lightning must be told to leave the loader alone (``Trainer(use_distributed_sampler=
+False)``; ``conf/trainer/*.yaml`` set it): with its default (True) it would try to wrap the
+custom batch sampler in a ``DistributedSampler``, so :meth:`DistillDataModule.setup` refuses a
+multi-process Trainer that has it on. The loader's length, its resume state (micro-batches this
+rank has consumed, the same count on every rank) and :attr:`num_updates_per_epoch` are per
+rank. A checkpoint taken mid-epoch resumes only with the same world size (at an epoch boundary
+any world size may resume). With ``W = 1`` nothing is dropped and ``loss_scale = A /
+update_steps``, as above.
 
 Collated batches (dict):
 
@@ -43,10 +66,14 @@ key                type                       meaning
 ``num_steps``      int                        ``K``, kept steps in this micro-batch
 ``update_steps``   int                        kept steps in this micro-batch's whole update
 ``accumulate``     int                        micro-batches per update (``accumulate_grad_batches``)
-``loss_scale``     float                      ``accumulate / update_steps``
+``world_size``     int                        processes training together (``W``)
+``loss_scale``     float                      ``accumulate * world_size / update_steps``
 ``problem_ids``    list[str]                  one per row
 ``epoch``          int                        epoch this micro-batch belongs to
-``batch_index``    int                        index of this micro-batch within the epoch
+``batch_index``    int                        index of this micro-batch among this rank's
+                                              micro-batches of the epoch
+``global_index``   int                        index among all ranks' micro-batches of the
+                                              epoch (``batch_index * W + rank``)
 =================  =========================  ===============================================
 
 No vocabulary-sized tensor is ever built: soft labels stay as ``[K, C]`` candidate lists.
@@ -145,11 +172,19 @@ def plan_micro_batches(
 
 
 class KeptStepBatchSampler(Sampler[list[tuple]]):
-    """Yields one epoch's micro-batches; each item is ``(example, update_steps, epoch, batch_index)``.
+    """Yields this rank's micro-batches of one epoch.
+
+    Each item is ``(example, update_steps, epoch, batch_index, global_index)``: ``batch_index``
+    counts this rank's micro-batches, ``global_index`` the epoch's planned (global) ones. With
+    ``world_size`` W > 1 this rank yields the global micro-batches ``g`` with ``g % W == rank``
+    (the trailing ``P % W`` of the ``P`` planned are dropped) and ``update_steps`` counts the
+    kept steps of the whole ``accumulate * W`` group of global micro-batches (see the module doc).
 
     Epochs are set by Lightning (``set_epoch`` on ``batch_sampler.sampler``, which is this
     object). ``mark_consumed`` records the last micro-batch training actually used, so that
-    ``state_dict``/``load_state_dict`` resume mid-epoch at the next unseen micro-batch.
+    ``state_dict``/``load_state_dict`` resume mid-epoch at the next unseen micro-batch; the
+    state counts this rank's micro-batches (the same number on every rank) and records the
+    world size when it is above 1.
     """
 
     def __init__(
@@ -160,6 +195,8 @@ class KeptStepBatchSampler(Sampler[list[tuple]]):
         packing: bool,
         seed: int,
         shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.step_counts = [int(k) for k in step_counts]
         self.steps_per_batch = int(steps_per_batch)
@@ -169,9 +206,31 @@ class KeptStepBatchSampler(Sampler[list[tuple]]):
         self.shuffle = bool(shuffle)
         self.epoch = 0
         self.sampler = self  # where Lightning looks for set_epoch on a batch sampler
-        self._consumed: tuple[int, int] | None = None  # (epoch, micro-batches used in it)
+        self._consumed: tuple[int, int] | None = None  # (epoch, micro-batches of this rank used in it)
+        self._resume_state: tuple[int, int, int] | None = None  # (epoch, consumed, world size) as saved
         self._resume: tuple[int, int] | None = None
-        self._len = len(self.plan(0))
+        self.num_planned = len(self.plan(0))  # global micro-batches per epoch (the same every epoch)
+        self.set_distributed(rank, world_size)
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Take this process's share: ``rank`` of ``world_size`` processes (0 of 1: everything)."""
+        rank, world_size = int(rank), int(world_size)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} / world_size {world_size}: expected world_size >= 1 and 0 <= rank < world_size")
+        if self.num_planned < world_size:
+            raise ValueError(
+                f"{self.num_planned} micro-batch(es) per epoch for {world_size} processes: every process needs at "
+                "least one (lower steps_per_batch, use fewer processes, or select more samples)"
+            )
+        self.rank, self.world_size = rank, world_size
+        self._len = self.num_planned // world_size
+        if self._resume_state is not None:
+            self._resume = self._resolve_resume(*self._resume_state)
+
+    @property
+    def num_dropped(self) -> int:
+        """Global micro-batches dropped per epoch so that every rank runs as many (``P % W``)."""
+        return self.num_planned - self._len * self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -180,12 +239,18 @@ class KeptStepBatchSampler(Sampler[list[tuple]]):
         return plan_micro_batches(self.step_counts, self.steps_per_batch, self.packing, self.seed, epoch, self.shuffle)
 
     def update_steps(self, plan: list[list[int]]) -> list[int]:
-        """Kept steps of the update each micro-batch of ``plan`` belongs to."""
+        """Kept steps of the update each used global micro-batch of ``plan`` belongs to.
+
+        An update is ``accumulate * world_size`` consecutive global micro-batches; the result
+        covers the ``len(plan) - len(plan) % world_size`` micro-batches that are trained on.
+        """
         per_mb = [sum(self.step_counts[i] for i in mb) for mb in plan]
+        used = len(per_mb) - len(per_mb) % self.world_size
+        group = self.accumulate * self.world_size
         out = []
-        for u in range(0, len(plan), self.accumulate):
-            total = sum(per_mb[u : u + self.accumulate])
-            out.extend([total] * len(per_mb[u : u + self.accumulate]))
+        for u in range(0, used, group):
+            chunk = per_mb[u : min(u + group, used)]
+            out.extend([sum(chunk)] * len(chunk))
         return out
 
     def __len__(self) -> int:
@@ -195,34 +260,44 @@ class KeptStepBatchSampler(Sampler[list[tuple]]):
         epoch, skip = self.epoch, 0
         if self._resume is not None:
             epoch, skip = self._resume
-            self._resume = None
+            self._resume = self._resume_state = None
             self.epoch = epoch
         plan = self.plan(epoch)
         upd = self.update_steps(plan)
-        batches = [
-            [(i, upd[b], epoch, b) for i in mb] for b, mb in enumerate(plan)
-        ][skip:]
+        mine = range(self.rank, len(upd), self.world_size)
+        batches = [[(i, upd[g], epoch, b, g) for i in plan[g]] for b, g in enumerate(mine)][skip:]
         return iter(batches)
 
     def mark_consumed(self, epoch: int, batch_index: int) -> None:
         self._consumed = (int(epoch), int(batch_index) + 1)
 
     def state_dict(self) -> dict[str, Any]:
-        if self._consumed is None:
-            return {"epoch": self.epoch, "consumed": 0}
-        return {"epoch": self._consumed[0], "consumed": self._consumed[1]}
+        state = {"epoch": self.epoch, "consumed": 0} if self._consumed is None else {"epoch": self._consumed[0], "consumed": self._consumed[1]}
+        if self.world_size > 1:
+            state["world_size"] = self.world_size
+        return state
+
+    def _resolve_resume(self, epoch: int, consumed: int, saved_world: int) -> tuple[int, int]:
+        """Where a saved state resumes under the current world size: ``(epoch, skip)``."""
+        if consumed >= self.num_planned // saved_world:
+            return epoch + 1, 0  # the saved epoch was finished
+        if consumed and saved_world != self.world_size:
+            raise ValueError(
+                f"resume: the checkpoint was taken mid-epoch ({consumed} micro-batches per process into epoch "
+                f"{epoch}) with {saved_world} process(es), but this run has {self.world_size}; resume with "
+                f"{saved_world} process(es), or from a checkpoint at an epoch boundary"
+            )
+        return epoch, consumed
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, consumed = int(state["epoch"]), int(state["consumed"])
-        if consumed >= self._len:
-            epoch, consumed = epoch + 1, 0
-        self._resume = (epoch, consumed)
+        self._resume_state = (int(state["epoch"]), int(state["consumed"]), int(state.get("world_size", 1)))
+        epoch, consumed = self._resume = self._resolve_resume(*self._resume_state)
         self.epoch = epoch
         self._consumed = (epoch, consumed) if consumed else None
 
 
 class _Examples(Dataset):
-    """Examples addressed by the batch sampler's ``(index, update_steps, epoch, batch_index)``."""
+    """Examples addressed by the batch sampler's ``(index, update_steps, epoch, batch_index, global_index)``."""
 
     def __init__(self, examples: Sequence[TraceSample]):
         self.examples = list(examples)
@@ -231,8 +306,8 @@ class _Examples(Dataset):
         return len(self.examples)
 
     def __getitem__(self, item):
-        i, update_steps, epoch, batch_index = item
-        return self.examples[i], update_steps, epoch, batch_index
+        i, update_steps, epoch, batch_index, global_index = item
+        return self.examples[i], update_steps, epoch, batch_index, global_index
 
 
 class _ResumableLoader(DataLoader):
@@ -246,20 +321,23 @@ class _ResumableLoader(DataLoader):
 
 
 class _Collate:
-    def __init__(self, pad_token_id: int, padding_side: str, accumulate: int):
+    def __init__(self, pad_token_id: int, padding_side: str, accumulate: int, world_size: int = 1):
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
         self.accumulate = int(accumulate)
+        self.world_size = int(world_size)
 
     def __call__(self, items):
         examples = [it[0] for it in items]
-        _, update_steps, epoch, batch_index = items[0]
+        _, update_steps, epoch, batch_index, global_index = items[0]
         batch = collate_examples(examples, self.pad_token_id, self.padding_side)
         batch["update_steps"] = int(update_steps)
         batch["accumulate"] = self.accumulate
-        batch["loss_scale"] = self.accumulate / int(update_steps)
+        batch["world_size"] = self.world_size
+        batch["loss_scale"] = self.accumulate * self.world_size / int(update_steps)
         batch["epoch"] = int(epoch)
         batch["batch_index"] = int(batch_index)
+        batch["global_index"] = int(global_index)
         return batch
 
 
@@ -312,12 +390,17 @@ def collate_examples(examples: Sequence[TraceSample], pad_token_id: int, padding
 class DistillDataModule(LightningDataModule):
     """Selected samples → kept-step-counted training batches (packed or one step per example).
 
+    Multi-process (DDP): the rank and world size are read in :meth:`setup` (or, without a
+    Trainer, from torch.distributed in :meth:`train_dataloader`); the Trainer needs
+    ``use_distributed_sampler=False``. See the module doc for the split and the normalisation.
+
     Args:
         samples: the selected :class:`TraceSample` list (samples without kept steps are dropped).
         steps_per_batch: kept steps per micro-batch (published: 8). Packed micro-batches group
             whole traces to about this many; unpacked ones hold exactly this many examples.
-        accumulate_grad_batches: micro-batches per optimizer update (published: 2); must equal
-            the Trainer's ``accumulate_grad_batches``.
+        accumulate_grad_batches: micro-batches per optimizer update and process (published: 2);
+            must equal the Trainer's ``accumulate_grad_batches``. With ``W`` processes an update
+            spans ``accumulate_grad_batches * W`` micro-batches.
         packing: one sequence per trace (True, default) or one example per kept step (False).
         pad_token_id: id used to pad ``input_ids`` (never attended to, never a target).
         padding_side: "right" (default) or "left"; the loss is the same either way.
@@ -361,9 +444,11 @@ class DistillDataModule(LightningDataModule):
         self.shuffle = bool(shuffle)
         self.num_workers = int(num_workers)
         self.examples = self.samples if self.packing else [x for s in self.samples for x in s.split_steps()]
+        self.rank, self.world_size = 0, 1
+        self._drop_logged = False
         self.batch_sampler = self._new_batch_sampler()
 
-    def _new_batch_sampler(self) -> KeptStepBatchSampler:
+    def _new_batch_sampler(self, rank: int | None = None, world_size: int | None = None) -> KeptStepBatchSampler:
         return KeptStepBatchSampler(
             [e.num_steps for e in self.examples],
             self.steps_per_batch,
@@ -371,16 +456,24 @@ class DistillDataModule(LightningDataModule):
             self.packing,
             self.seed,
             self.shuffle,
+            rank=self.rank if rank is None else rank,
+            world_size=self.world_size if world_size is None else world_size,
         )
 
     @property
     def num_kept_steps(self) -> int:
-        """Kept steps in one epoch (the same in both layouts)."""
+        """Kept steps in one epoch (the same in both layouts), micro-batches dropped for W > 1 included."""
         return sum(s.num_steps for s in self.samples)
 
     @property
     def num_micro_batches_per_epoch(self) -> int:
+        """Micro-batches this process trains on per epoch."""
         return len(self.batch_sampler)
+
+    @property
+    def num_dropped_micro_batches(self) -> int:
+        """Planned micro-batches left out per epoch so that every process runs as many (0 for W = 1)."""
+        return self.batch_sampler.num_dropped
 
     @property
     def num_updates_per_epoch(self) -> int:
@@ -389,29 +482,56 @@ class DistillDataModule(LightningDataModule):
 
     @property
     def steps_per_update(self) -> int:
-        """Nominal kept steps per optimizer update (``steps_per_batch * accumulate_grad_batches``)."""
-        return self.steps_per_batch * self.accumulate_grad_batches
+        """Nominal kept steps per optimizer update (``steps_per_batch * accumulate_grad_batches * world_size``)."""
+        return self.steps_per_batch * self.accumulate_grad_batches * self.world_size
+
+    def _distributed_context(self) -> tuple[int, int]:
+        """``(rank, world_size)``: the attached Trainer's, else an initialised torch.distributed's, else (0, 1)."""
+        trainer = self.trainer
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return int(torch.distributed.get_rank()), int(torch.distributed.get_world_size())
+        return 0, 1
+
+    def _configure_distributed(self) -> None:
+        rank, world_size = self._distributed_context()
+        if (rank, world_size) != (self.batch_sampler.rank, self.batch_sampler.world_size):
+            self.batch_sampler.set_distributed(rank, world_size)
+        self.rank, self.world_size = rank, world_size
+        dropped = self.batch_sampler.num_dropped
+        if dropped and rank == 0 and not self._drop_logged:
+            self._drop_logged = True
+            log.warning(
+                "DistillDataModule: %d of %d micro-batches per epoch dropped so that each of the %d processes "
+                "trains on %d (the trailing ones of each epoch's order; they differ between epochs)",
+                dropped, self.batch_sampler.num_planned, world_size, len(self.batch_sampler),
+            )
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer
         if trainer is None:
+            self._configure_distributed()
             return
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 and getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
             raise ValueError(
-                "DistillDataModule: multi-process training is not supported (the per-update kept-step "
-                "normalisation assumes one process); run on one device"
+                "DistillDataModule: with several processes, create the Trainer with use_distributed_sampler=False "
+                "(trainer.use_distributed_sampler=false): the kept-step batch sampler splits the micro-batches "
+                "between the ranks itself, and Lightning cannot wrap it in a DistributedSampler"
             )
         if trainer.accumulate_grad_batches != self.accumulate_grad_batches:
             raise ValueError(
                 f"accumulate_grad_batches: the Trainer uses {trainer.accumulate_grad_batches} but the "
                 f"DistillDataModule {self.accumulate_grad_batches}; they must be equal"
             )
+        self._configure_distributed()
 
     def train_dataloader(self) -> DataLoader:
+        self._configure_distributed()
         return _ResumableLoader(
             _Examples(self.examples),
             batch_sampler=self.batch_sampler,
-            collate_fn=_Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches),
+            collate_fn=_Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, self.world_size),
             num_workers=self.num_workers,
             persistent_workers=False,
         )
@@ -421,10 +541,11 @@ class DistillDataModule(LightningDataModule):
             self.batch_sampler.mark_consumed(batch["epoch"], batch["batch_index"])
         return batch
 
-    def epoch_batches(self, epoch: int = 0) -> list[dict]:
-        """All collated micro-batches of one epoch, in training order (inspection and tests)."""
-        sampler = self._new_batch_sampler()
+    def epoch_batches(self, epoch: int = 0, rank: int | None = None, world_size: int | None = None) -> list[dict]:
+        """All collated micro-batches of one epoch that ``rank`` of ``world_size`` trains on, in
+        training order (inspection and tests; default: this process's rank and world size)."""
+        sampler = self._new_batch_sampler(rank, world_size)
         sampler.set_epoch(epoch)
-        collate = _Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches)
+        collate = _Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, sampler.world_size)
         ds = _Examples(self.examples)
         return [collate([ds[it] for it in mb]) for mb in sampler]

@@ -6,7 +6,8 @@ to minimise ``KL(vC_t || softmax(logits_t))`` at every kept position of a batch 
 :class:`~lightreasoner.datamodule.DistillDataModule`. The decoder runs once over each padded
 sequence; the output embedding is applied only at the kept positions (``[K, V]`` logits, the
 softmax over the model's full logit width, so special tokens can be targets). The loss of each
-optimizer update is the mean over its kept steps, accumulation included.
+optimizer update is the mean over its kept steps, accumulation and data parallelism (DDP, the
+batches' ``loss_scale``) included.
 
 Adapters are saved with the full base spec and the sample key (:func:`save_adapter`), reloaded
 alone (:func:`load_adapted_model`) and merged into a standalone full-precision model
@@ -249,14 +250,18 @@ class DistillModule(LightningModule):
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Loss of one micro-batch and its statistics (no logging).
 
-        ``loss`` = sum of per-step KLs × ``accumulate / update_steps``: after Lightning divides
-        by ``accumulate_grad_batches``, each update's gradient is that of the mean over its kept
-        steps. Also returns ``per_step`` ``[K]``, ``mean_loss``, ``kl`` (the samples' mean KL at
+        ``loss`` = sum of per-step KLs × ``loss_scale`` (``accumulate * world_size /
+        update_steps``; ``accumulate / update_steps`` when a batch has no ``loss_scale``): after
+        Lightning divides by ``accumulate_grad_batches`` and DDP averages over the processes,
+        each update's gradient is that of the mean over its kept steps. Also returns ``per_step`` ``[K]``, ``mean_loss``, ``kl`` (the samples' mean KL at
         the kept steps) and ``entropy`` (mean soft-label entropy).
         """
         logits = self.step_logits(batch)
         per_step = distill_loss(logits, batch["target_ids"], batch["target_w"])
-        loss = per_step.sum() * (int(batch["accumulate"]) / int(batch["update_steps"]))
+        scale = batch.get("loss_scale")
+        if scale is None:
+            scale = int(batch["accumulate"]) / int(batch["update_steps"])
+        loss = per_step.sum() * float(scale)
         kl = batch["kl"]
         kl_mean = kl[~torch.isnan(kl)].mean() if bool((~torch.isnan(kl)).any()) else kl.new_tensor(float("nan"))
         return {
@@ -272,6 +277,11 @@ class DistillModule(LightningModule):
             raise ValueError(
                 f"accumulate_grad_batches: the Trainer uses {self.trainer.accumulate_grad_batches} but the batches "
                 f"were built for {batch['accumulate']}; set both to the same value"
+            )
+        if self.trainer.world_size != int(batch.get("world_size", 1)):
+            raise ValueError(
+                f"world size: the Trainer runs {self.trainer.world_size} process(es) but the batches were built "
+                f"for {batch.get('world_size', 1)}; train from a DistillDataModule set up by this Trainer"
             )
         out = self.compute_loss(batch)
         bs = int(batch["num_steps"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import pytest
@@ -181,3 +182,107 @@ def test_bad_samples_give_one_clear_error():
     empty = TraceSample("e", s[0].input_ids, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="no sample has a kept step"):
         DistillDataModule([empty])
+
+
+@pytest.mark.parametrize("packing", [True, False])
+@pytest.mark.parametrize("world_size,accumulate", [(2, 1), (2, 2), (3, 2)])
+def test_ranks_split_the_global_micro_batches_and_normalise_each_update(packing, world_size, accumulate):
+    samples = make_samples(n=11, seed=8)
+    dm = DistillDataModule(samples, steps_per_batch=3, accumulate_grad_batches=accumulate, packing=packing, seed=2)
+    for epoch in (0, 1):
+        whole = dm.epoch_batches(epoch)  # one process: the global micro-batches, in order
+        n = len(whole)
+        used = n - n % world_size
+        ranks = [dm.epoch_batches(epoch, rank=r, world_size=world_size) for r in range(world_size)]
+        assert [len(b) for b in ranks] == [used // world_size] * world_size
+        by_global = {}
+        for r, batches in enumerate(ranks):
+            for j, b in enumerate(batches):
+                assert (b["batch_index"], b["global_index"], b["world_size"]) == (j, j * world_size + r, world_size)
+                assert b["problem_ids"] == whole[b["global_index"]]["problem_ids"]
+                by_global[b["global_index"]] = b
+        assert sorted(by_global) == list(range(used))  # every kept micro-batch once; the trailing n % W dropped
+        group = accumulate * world_size
+        for u in range(0, used, group):
+            members = [by_global[g] for g in range(u, min(u + group, used))]
+            total = sum(b["num_steps"] for b in members)
+            assert all(b["update_steps"] == total for b in members)
+            # Lightning divides by accumulate, DDP averages over the ranks: the weights sum to 1
+            assert sum(b["num_steps"] * b["loss_scale"] / accumulate / world_size for b in members) == pytest.approx(1.0)
+            # each rank holds the same number of micro-batches of every update
+            assert Counter(b["global_index"] % world_size for b in members) == Counter(
+                {r: len(members) // world_size for r in range(world_size)}
+            )
+
+
+def test_sampler_resume_state_is_per_rank():
+    samples = make_samples(n=10, seed=5)
+    dm = DistillDataModule(samples, steps_per_batch=2, accumulate_grad_batches=1)
+    per_rank = len(dm.epoch_batches(0, rank=1, world_size=2))
+    assert per_rank >= 3
+    sampler = dm._new_batch_sampler(rank=1, world_size=2)
+    assert len(sampler) == per_rank
+    sampler.set_epoch(1)
+    sampler.mark_consumed(1, 1)  # this rank trained on its micro-batches 0 and 1 of epoch 1
+    state = sampler.state_dict()
+    assert state == {"epoch": 1, "consumed": 2, "world_size": 2}
+    want = [(b["epoch"], b["batch_index"], b["global_index"]) for b in dm.epoch_batches(1, rank=1, world_size=2)]
+    fresh = dm._new_batch_sampler(rank=1, world_size=2)
+    fresh.load_state_dict(state)
+    got = [(item[0][2], item[0][3], item[0][4]) for item in fresh]
+    assert got == want[2:]
+    # mid-epoch under another world size: one clear error; a finished epoch resumes anywhere
+    with pytest.raises(ValueError, match="mid-epoch.*2 process"):
+        dm._new_batch_sampler(rank=0, world_size=1).load_state_dict(state)
+    done = {"epoch": 1, "consumed": per_rank, "world_size": 2}
+    single = dm._new_batch_sampler(rank=0, world_size=1)
+    single.load_state_dict(done)
+    assert [(item[0][2], item[0][3]) for item in single][0] == (2, 0)
+
+
+class _Connector:
+    def __init__(self, use_distributed_sampler):
+        self.use_distributed_sampler = use_distributed_sampler
+
+
+class _FakeTrainer:
+    """What DistillDataModule.setup reads from a Lightning Trainer."""
+
+    def __init__(self, rank, world_size, accumulate, use_distributed_sampler=False):
+        self.global_rank, self.world_size, self.accumulate_grad_batches = rank, world_size, accumulate
+        self._accelerator_connector = _Connector(use_distributed_sampler)
+        self.training = True
+
+
+def test_setup_takes_rank_and_world_from_the_trainer(caplog):
+    samples = make_samples(n=9, seed=1)
+    dm = DistillDataModule(samples, steps_per_batch=3, accumulate_grad_batches=2, seed=3)
+    planned = dm.num_micro_batches_per_epoch
+    assert planned % 2 == 1 and dm.num_dropped_micro_batches == 0  # odd: two ranks drop one
+    dm.trainer = _FakeTrainer(1, 2, 2, use_distributed_sampler=True)
+    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
+        dm.setup("fit")
+    dm.trainer = _FakeTrainer(1, 2, 2)
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.datamodule"):
+        dm.setup("fit")
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]  # logged on rank 0 only
+    assert dm.num_micro_batches_per_epoch == planned // 2 and dm.num_dropped_micro_batches == planned % 2
+    assert dm.num_updates_per_epoch == -(-(planned // 2) // 2)
+    assert dm.steps_per_update == 3 * 2 * 2
+    got = list(dm.train_dataloader())
+    want = dm.epoch_batches(0, rank=1, world_size=2)
+    assert [b["problem_ids"] for b in got] == [b["problem_ids"] for b in want]
+    assert all(b["loss_scale"] == 4 / b["update_steps"] for b in got)
+    # rank 0 logs the drop once
+    dm0 = DistillDataModule(samples, steps_per_batch=3, accumulate_grad_batches=2, seed=3)
+    dm0.trainer = _FakeTrainer(0, 2, 2)
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.datamodule"):
+        dm0.setup("fit")
+        dm0.train_dataloader()
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and f"1 of {planned} micro-batches" in drops[0].getMessage()
+    # too few micro-batches for the processes
+    tiny = DistillDataModule(samples[:1], steps_per_batch=100, accumulate_grad_batches=1)
+    tiny.trainer = _FakeTrainer(0, 2, 1)
+    with pytest.raises(ValueError, match="at least one"):
+        tiny.setup("fit")

@@ -187,6 +187,29 @@ def test_accumulated_update_equals_one_big_batch(tiny_dir, vocab):
     assert float(module.compute_loss(bigs[0])["loss"].detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
 
 
+def test_rank_split_gradients_average_to_the_update_mean(tiny_dir, vocab):
+    """W ranks x A micro-batches, each loss / A (Lightning), gradients averaged over ranks (DDP):
+    every update's gradient is that of the mean over all its kept steps (a short last update too)."""
+    module = make_module(tiny_dir, seed=2)
+    samples = make_samples(vocab, n=7, seed=6)
+    world, acc = 2, 2
+    dm = DistillDataModule(samples, steps_per_batch=2, accumulate_grad_batches=acc, shuffle=False)
+    ranks = [dm.epoch_batches(0, rank=r, world_size=world) for r in range(world)]
+    per_rank = len(ranks[0])
+    assert per_rank % acc  # the epoch ends with a shorter update
+    assert dm.num_dropped_micro_batches == 0 and dm.batch_sampler.num_planned % world  # and one is dropped
+    for u in range(0, per_rank, acc):
+        grads = [accumulated_grad(module, ranks[r][u : u + acc])[1] for r in range(world)]
+        ddp = {n: sum(g[n] for g in grads) / world for n in grads[0]}
+        members = [b for r in range(world) for b in ranks[r][u : u + acc]]
+        assert sum(b["num_steps"] for b in members) == members[0]["update_steps"]
+        # reference: the plain mean of the update's per-step losses, one backward
+        module.zero_grad(set_to_none=True)
+        per_step = torch.cat([distill_loss(module.step_logits(b), b["target_ids"], b["target_w"]) for b in members])
+        per_step.mean().backward()
+        assert_grads_close(ddp, lora_grads(module))
+
+
 def _trainer(tmp_path, max_steps, callbacks=(), accumulate=2, **kw):
     import lightning.pytorch as pl
 
