@@ -36,6 +36,7 @@ class RunState:
     adapter_dir: Path | None = None
     merged_dir: Path | None = None
     tuned_tokens: int | None = None
+    is_global_zero: bool = True
     report: dict | None = None
     wall_s: dict = field(default_factory=dict)
 
@@ -249,7 +250,13 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
-    state.tuned_tokens = counter.tuned_tokens
+    import torch
+
+    # under DDP each rank counted its own micro-batches; saving and evaluating is rank 0's job
+    state.tuned_tokens = int(trainer.strategy.reduce(torch.tensor(float(counter.tuned_tokens)), reduce_op="sum"))
+    state.is_global_zero = trainer.is_global_zero
+    if not trainer.is_global_zero:
+        return
     state.adapter_dir = save_adapter(
         module,
         state.out_dir / "adapter",
@@ -319,6 +326,8 @@ def run(cfg: DictConfig) -> RunState:
     if stage in ("distill", "all"):
         with _timed(state, "distill"):
             distill_stage(cfg, state)
+    if not state.is_global_zero:
+        return state
     if stage in ("evaluate", "all"):
         with _timed(state, "evaluate"):
             evaluate_stage(cfg, state)
