@@ -241,10 +241,10 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
     ckpt_dir = state.out_dir / "checkpoints"
     logger = build_logger(cfg)
     counter = TunedTokenCounter()
-    callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=max(1, int(cfg.trainer.max_steps) // 5)),
-        counter,
-    ]
+    callbacks = [counter]
+    if cfg.trainer.get("enable_checkpointing", True):
+        every = max(1, int(cfg.trainer.max_steps) // 5)
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
