@@ -266,11 +266,12 @@ def dataset_identity(dataset_cfg, split: str | None = None) -> dict:
     return ident
 
 
-def dataset_config(name: str, data_dir: str | Path | None = None) -> dict:
+def dataset_config(name: str, data_dir: str | Path | None = None, paths: dict | None = None) -> dict:
     """``conf/dataset/{name}.yaml`` as a plain dict, ``${paths.data_dir}`` resolved.
 
     ``data_dir`` defaults to env ``LIGHTREASONER_DATA``, else ``../shared/data`` beside the
-    project (the same default as ``conf/paths/default.yaml``).
+    project (the same default as ``conf/paths/default.yaml``). ``paths`` (a run's resolved
+    ``paths`` group) fills every ``${paths.*}`` instead, e.g. the demo's ``demo_dir``.
     """
     from omegaconf import OmegaConf
 
@@ -281,5 +282,5 @@ def dataset_config(name: str, data_dir: str | Path | None = None) -> dict:
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {known}")
     data_dir = data_dir or os.environ.get("LIGHTREASONER_DATA") or PROJECT_ROOT.parent / "shared" / "data"
-    node = OmegaConf.create({"paths": {"data_dir": str(data_dir)}, "d": OmegaConf.load(path)})
+    node = OmegaConf.create({"paths": dict(paths) if paths is not None else {"data_dir": str(data_dir)}, "d": OmegaConf.load(path)})
     return OmegaConf.to_container(node.d, resolve=True)

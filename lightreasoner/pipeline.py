@@ -88,14 +88,13 @@ def amateur_spec(cfg: DictConfig) -> ModelSpec:
 
 
 def benchmark_config(cfg: DictConfig, name: str) -> dict:
-    """``conf/dataset/{name}.yaml`` resolved against this run's ``paths``."""
+    """``conf/dataset/{name}.yaml`` resolved against this run's ``paths`` (the training set's
+    own node when ``name`` is it, so its overrides apply)."""
+    from lightreasoner.benchmarks import dataset_config
+
     if name == cfg.dataset.name:
-        node = OmegaConf.to_container(cfg.dataset, resolve=True)
-    else:
-        raw = OmegaConf.load(PROJECT_ROOT / "conf" / "dataset" / f"{name}.yaml")
-        tmp = OmegaConf.create({"paths": OmegaConf.to_container(cfg.paths, resolve=True), "b": raw})
-        node = OmegaConf.to_container(tmp.b, resolve=True)
-    return node
+        return OmegaConf.to_container(cfg.dataset, resolve=True)
+    return dataset_config(name, paths=OmegaConf.to_container(cfg.paths, resolve=True))
 
 
 def trainer_placement(cfg: DictConfig) -> dict:
