@@ -111,3 +111,27 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, tiny_pair_dir
     assert len(err_lines) == 1 and field in err_lines[0], proc.stderr[-3000:]
     cache = tmp_path / "cache" / "traces"
     assert not cache.exists() or not any(p.is_file() and p.suffix != ".lock" for p in cache.rglob("*"))
+
+
+def test_shrunken_default_demo_runs_end_to_end(tmp_path):
+    """`python train.py` (experiment=demo) with the demo world shrunk through overrides."""
+    args = [
+        sys.executable, str(REPO / "train.py"),
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+        "demo.task.train_size=120", "demo.task.validation_size=20", "demo.task.test_size=40",
+        "demo.expert.train_steps=6", "demo.expert.hidden_size=32", "demo.expert.num_layers=1", "demo.expert.intermediate_size=64",
+        "demo.amateur.train_steps=3", "demo.amateur.hidden_size=16", "demo.amateur.num_layers=1", "demo.amateur.intermediate_size=32",
+        "demo.expert.batch_size=16", "demo.amateur.batch_size=16", "demo.eval_problems=0",
+        "dataset.max_problems=24", "sampling.batch_size=12", "sampling.max_new_tokens=24", "sampling.beta=0.0",
+        "trainer.max_steps=2", "distill.steps_per_batch=16", "eval.max_problems=40", "eval.max_new_tokens=24", "eval.batch_size=20",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model_pair"] == "demo-tiny" and summary["selection"]["problems"] == 24
+    assert summary["tuned_tokens"] > 0
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    text = json.dumps(report)
+    for name in ("base", "tuned", "amateur"):
+        assert f'"{name}"' in text, name
+    assert len(list((tmp_path / "cache" / "demo").glob("*/expert/config.json"))) == 1
