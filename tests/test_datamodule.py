@@ -11,36 +11,14 @@ import torch
 from lightreasoner.datamodule import DistillDataModule, collate_examples, group_traces
 from lightreasoner.records import TraceSample
 
+from _samples import random_trace_samples
+
 VOCAB = 50
 
 
 def make_samples(n=7, seed=0, min_len=8, max_len=20, max_steps=4, max_cands=4):
     """Hand-built traces with a few kept steps each (unequal lengths and candidate counts)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
-        ids = torch.randint(1, VOCAB, (length,), generator=g)
-        prompt = 4
-        k = int(torch.randint(1, max_steps + 1, (1,), generator=g))
-        pos = torch.randperm(length - prompt, generator=g)[:k].sort().values + prompt - 1
-        tids, tws = [], []
-        for _ in range(k):
-            c = int(torch.randint(1, max_cands + 1, (1,), generator=g))
-            tids.append(torch.randperm(VOCAB, generator=g)[:c])
-            tws.append(torch.softmax(torch.randn(c, generator=g), 0))
-        out.append(
-            TraceSample(
-                problem_id=f"p{i}",
-                input_ids=ids[: int(pos.max()) + 1].clone(),
-                positions=pos,
-                steps=pos - prompt + 1,
-                target_ids=tids,
-                target_w=tws,
-                kl=torch.rand(k, generator=g),
-            )
-        )
-    return out
+    return random_trace_samples(n, seed, VOCAB, min_len, max_len, max_steps, max_cands, prompt=4)
 
 
 def _steps_of(batches):

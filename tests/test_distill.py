@@ -23,8 +23,9 @@ from lightreasoner.distill import (
     schedule_lambda,
 )
 from lightreasoner.models import ModelSpec
-from lightreasoner.records import TraceSample
 from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+
+from _samples import random_trace_samples
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "init_lora_weights": False}  # B random: non-trivial gradients
 
@@ -48,31 +49,8 @@ def make_module(tiny_dir, seed=0, **kw):
 
 def make_samples(vocab, n=6, seed=0, min_len=10, max_len=24, max_steps=4, max_cands=5):
     """Traces of unequal lengths with a few kept steps; targets may include the extra (special) ids."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
-        ids = torch.randint(3, vocab - 5, (length,), generator=g)
-        prompt = 5
-        k = int(torch.randint(1, max_steps + 1, (1,), generator=g))
-        pos = torch.randperm(length - prompt, generator=g)[:k].sort().values + prompt - 1
-        tids, tws = [], []
-        for _ in range(k):
-            c = int(torch.randint(1, max_cands + 1, (1,), generator=g))
-            tids.append(torch.randperm(vocab, generator=g)[:c])
-            tws.append(torch.softmax(2 * torch.randn(c, generator=g), 0))
-        out.append(
-            TraceSample(
-                problem_id=f"p{i}",
-                input_ids=ids[: int(pos.max()) + 1].clone(),
-                positions=pos,
-                steps=pos - prompt + 1,
-                target_ids=tids,
-                target_w=tws,
-                kl=torch.rand(k, generator=g),
-            )
-        )
-    return out
+    return random_trace_samples(n, seed, vocab, min_len, max_len, max_steps, max_cands, prompt=5,
+                                ids=(3, vocab - 5), weight_scale=2.0)
 
 
 def lora_grads(module):
