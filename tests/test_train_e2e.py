@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,3 +136,18 @@ def test_shrunken_default_demo_runs_end_to_end(tmp_path):
     for name in ("base", "tuned", "amateur"):
         assert f'"{name}"' in text, name
     assert len(list((tmp_path / "cache" / "demo").glob("*/expert/config.json"))) == 1
+
+    # Warm rerun: the pair and the traces come from the cache, and every stage is re-seeded, so
+    # the adapter is the one the cold run (which trained the pair in-process) produced.
+    warm = [a if not a.startswith("hydra.run.dir=") else f"hydra.run.dir={tmp_path / 'warm'}" for a in args]
+    proc2 = subprocess.run(warm, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr[-4000:]
+    from safetensors.torch import load_file
+
+    cold_w = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    warm_w = load_file(str(tmp_path / "warm" / "adapter" / "adapter_model.safetensors"))
+    assert cold_w.keys() == warm_w.keys()
+    for k in cold_w:
+        assert torch.equal(cold_w[k], warm_w[k]), k
+    warm_report = json.loads((tmp_path / "warm" / "eval" / "report.json").read_text())
+    assert warm_report["summary"] == report["summary"]
