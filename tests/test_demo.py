@@ -143,6 +143,8 @@ def test_default_config_file_is_complete():
     assert set(plain) == set(DemoConfig.__dataclass_fields__)
     for member in ("expert", "amateur", "task"):
         assert set(plain[member]) == set(type(getattr(cfg, member)).__dataclass_fields__)
+    # the dataclass defaults are the shipped yaml: DemoConfig() in Python is the demo that `python train.py` builds
+    assert cfg == DemoConfig()
     # every field is documented by a comment on its line (the amateur block mirrors the expert's)
     block = None
     for line in (REPO / "conf" / "demo" / "default.yaml").read_text().splitlines():

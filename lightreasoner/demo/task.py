@@ -109,11 +109,11 @@ class TaskConfig:
     """Fewest arithmetic steps per problem."""
     max_steps: int = 4
     """Most arithmetic steps per problem."""
-    max_value: int = 99
+    max_value: int = 40
     """Every start value, operand and intermediate result is at most this."""
-    max_operand: int = 20
+    max_operand: int = 9
     """Largest operand of an addition or subtraction."""
-    max_factor: int = 4
+    max_factor: int = 3
     """Largest multiplier / divisor (the smallest is 2)."""
     op_weights: dict = field(default_factory=lambda: {"+": 0.35, "-": 0.35, "*": 0.15, "/": 0.15})
     """Relative frequency of each operation (among those possible at that step)."""
