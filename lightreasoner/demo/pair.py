@@ -59,9 +59,9 @@ class MemberConfig:
     """MLP width."""
     seed: int = 0
     """Initialisation and data-order seed."""
-    train_steps: int = 400
+    train_steps: int = 600
     """Optimizer steps (each on ``batch_size`` traces)."""
-    batch_size: int = 64
+    batch_size: int = 32
     """Traces per step."""
     lr: float = 3e-3
     """Peak AdamW learning rate."""
@@ -83,7 +83,7 @@ class DemoConfig:
 
     task: TaskConfig = field(default_factory=TaskConfig)
     expert: MemberConfig = field(default_factory=MemberConfig)
-    amateur: MemberConfig = field(default_factory=lambda: MemberConfig(hidden_size=64, num_layers=2, intermediate_size=128, seed=1, train_steps=200))
+    amateur: MemberConfig = field(default_factory=lambda: MemberConfig(hidden_size=64, num_layers=2, intermediate_size=128, seed=1, train_steps=200, batch_size=64))
     eval_problems: int = 500
     """Validation problems scored (greedy, evaluation prompt) for the manifest; 0 skips."""
     eval_batch_size: int = 250
