@@ -316,12 +316,12 @@ def evaluate_stage(cfg: DictConfig, state: RunState) -> None:
 
 
 def run(cfg: DictConfig) -> RunState:
-    """Run the configured stages; returns what they produced (also written to summary.json)."""
-    import lightning as L
+    """Run the configured stages; returns what they produced (also written to summary.json).
 
+    Each stage seeds itself with ``cfg.seed`` (:func:`_stage`).
+    """
     validate(cfg)
     seed = int(cfg.seed)
-    L.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(out_dir=out_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -142,8 +143,6 @@ def test_shrunken_default_demo_runs_end_to_end(tmp_path):
     warm = [a if not a.startswith("hydra.run.dir=") else f"hydra.run.dir={tmp_path / 'warm'}" for a in args]
     proc2 = subprocess.run(warm, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc2.returncode == 0, proc2.stderr[-4000:]
-    from safetensors.torch import load_file
-
     cold_w = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     warm_w = load_file(str(tmp_path / "warm" / "adapter" / "adapter_model.safetensors"))
     assert cold_w.keys() == warm_w.keys()
