@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, coder_specs, gsm8k_train, sync, tiny_pair  # noqa: E402
@@ -29,7 +28,7 @@ from lightreasoner.datamodule import DistillDataModule  # noqa: E402
 from lightreasoner.distill import DistillModule  # noqa: E402
 from lightreasoner.models import load_tokenizer  # noqa: E402
 from lightreasoner.selection import select  # noqa: E402
-from lightreasoner.trace_cache import run_sampling  # noqa: E402
+from lightreasoner.sampling import run_sampling  # noqa: E402
 
 
 def time_arm(module: DistillModule, dm: DistillDataModule, micro_batches: int) -> dict:

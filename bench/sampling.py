@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, coder_specs, gsm8k_train, load_pair, sync, tiny_pair  # noqa: E402
 
 from lightreasoner import contrast  # noqa: E402
-from lightreasoner.models import eos_token_ids  # noqa: E402
+from lightreasoner.generation import GenerationSettings, HFEngine  # noqa: E402
 from lightreasoner.prompts import SAMPLING_SYSTEM, encode_prompts  # noqa: E402
 from lightreasoner.sampling import ContrastiveSampler, SamplingSettings, make_batch, question_sha  # noqa: E402
 
@@ -34,22 +34,20 @@ from lightreasoner.sampling import ContrastiveSampler, SamplingSettings, make_ba
 @torch.no_grad()
 def published_arm(tok, expert, amateur, prompt_ids, max_new_tokens, alpha_min=0.01, max_candidates=256):
     """Batch-1 generation, then every prefix re-encoded by the amateur. Returns (seconds, gen seconds, steps)."""
-    eos = eos_token_ids(tok, expert)
+    engine = HFEngine(expert, tok)
+    eos = engine.eos_token_ids
     dev = next(expert.parameters()).device
     t0 = time.perf_counter()
     gen_s, steps = 0.0, 0
     for p in prompt_ids:
-        ids = torch.tensor([p], device=dev)
         g0 = time.perf_counter()
-        out = expert.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            output_logits=True, return_dict_in_generate=True, eos_token_id=eos, pad_token_id=tok.pad_token_id,
-        )
+        out = engine.generate_batch([p], GenerationSettings(max_new_tokens), return_logits=True)
         sync()
         gen_s += time.perf_counter() - g0
-        trace = out.sequences[0, len(p):]
+        trace = out.tokens[0]
+        sequence = torch.cat([torch.tensor(p, device=dev), trace.to(dev)]).unsqueeze(0)
         for t in range(trace.numel()):
-            prefix = out.sequences[:, : len(p) + t]
+            prefix = sequence[:, : len(p) + t]
             la = amateur(input_ids=prefix).logits[:, -1].float().log_softmax(-1)
             le = out.logits[t].float().log_softmax(-1)
             contrast.kl_shared(le, la)
@@ -66,7 +64,7 @@ def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tok
     settings = SamplingSettings(max_new_tokens=max_new_tokens, system_prompt=SAMPLING_SYSTEM)
     sampler = ContrastiveSampler(settings=settings, expert_model=expert, amateur_model=amateur, tokenizer=tok).setup_models()
     gen_s = [0.0]
-    orig = expert.generate
+    orig = sampler.engine.generate_batch
 
     def timed_generate(*a, **k):
         g0 = time.perf_counter()
@@ -75,7 +73,7 @@ def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tok
         gen_s[0] += time.perf_counter() - g0
         return r
 
-    expert.generate = timed_generate
+    sampler.engine.generate_batch = timed_generate
     peaks, steps = [], 0
     t0 = time.perf_counter()
     try:
@@ -88,7 +86,7 @@ def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tok
             steps += sum(int(r["trace_ids"].numel()) for r in recs)
         sync()
     finally:
-        expert.generate = orig
+        sampler.engine.generate_batch = orig
     return time.perf_counter() - t0, gen_s[0], steps, peaks
 
 

@@ -266,6 +266,13 @@ def dataset_identity(dataset_cfg, split: str | None = None) -> dict:
     return ident
 
 
+def known_datasets() -> list[str]:
+    """Names of the dataset configs (``conf/dataset/*.yaml``), i.e. the valid benchmark names."""
+    from lightreasoner.config import PROJECT_ROOT
+
+    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / "dataset").glob("*.yaml"))
+
+
 def dataset_config(name: str, data_dir: str | Path | None = None, paths: dict | None = None) -> dict:
     """``conf/dataset/{name}.yaml`` as a plain dict, ``${paths.data_dir}`` resolved.
 
@@ -279,8 +286,7 @@ def dataset_config(name: str, data_dir: str | Path | None = None, paths: dict | 
 
     path = PROJECT_ROOT / "conf" / "dataset" / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {known}")
+        raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {known_datasets()}")
     data_dir = data_dir or os.environ.get("LIGHTREASONER_DATA") or PROJECT_ROOT.parent / "shared" / "data"
     node = OmegaConf.create({"paths": dict(paths) if paths is not None else {"data_dir": str(data_dir)}, "d": OmegaConf.load(path)})
     return OmegaConf.to_container(node.d, resolve=True)

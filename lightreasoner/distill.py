@@ -1,4 +1,4 @@
-"""Stage 2: LoRA distillation of the expert on the contrastive soft labels, adapter I/O, merge.
+"""Stage 2: LoRA distillation of the expert on the contrastive soft labels.
 
 :class:`DistillModule` wraps the expert (a :class:`~lightreasoner.models.ModelSpec`; GGUF
 experts are rebuilt as plain models so peft and saving work) in a peft LoRA model and trains it
@@ -9,29 +9,25 @@ softmax over the model's full logit width, so special tokens can be targets). Th
 optimizer update is the mean over its kept steps, accumulation and data parallelism (DDP, the
 batches' ``loss_scale``) included.
 
-Adapters are saved with the full base spec and the sample key (:func:`save_adapter`), reloaded
-alone (:func:`load_adapted_model`) and merged into a standalone full-precision model
-(:func:`merge_adapter`). Every directory is written into a temporary sibling and renamed into
-place, so a failure leaves nothing half-written.
+Saving, reloading and merging the trained adapter: :mod:`lightreasoner.checkpoints`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from . import models
+from .config import to_plain
 from .contrast import distill_loss, soft_label_entropy
 from .models import ModelSpec
 
@@ -42,16 +38,12 @@ __all__ = [
     "DEFAULT_OPTIMIZER",
     "DEFAULT_SCHEDULER",
     "DistillModule",
-    "save_adapter",
-    "load_adapted_model",
-    "merge_adapter",
-    "read_meta",
+    "DistillSettings",
+    "TunedTokenCounter",
     "lora_config",
     "build_optimizer",
     "schedule_lambda",
 ]
-
-META_FILE = "lightreasoner.json"
 
 DEFAULT_LORA: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
 """Published LoRA setting (rank 8, alpha 16, dropout 0.05 on q_proj and v_proj)."""
@@ -65,16 +57,67 @@ DEFAULT_SCHEDULER: dict[str, Any] = {"type": "linear", "warmup_steps": 0}
 SCHEDULER_TYPES = ("linear", "cosine", "constant")
 
 
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers → plain Python (other values unchanged)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+@dataclass
+class DistillSettings:
+    """The ``distill`` config group (``conf/distill/``): how the kept steps are batched for the
+    fine-tune (:class:`~lightreasoner.datamodule.DistillDataModule`) and what is saved after it."""
 
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return obj
+    packing: bool = True
+    """One sequence per trace with the loss at all its kept positions (False: one kept step per
+    example, as the published code)."""
+    steps_per_batch: int = 8
+    """Kept steps per micro-batch (published: 8 per device x 2 accumulation = 16 per update)."""
+    padding_side: str = "right"
+    """``right`` or ``left``; the loss is the same either way."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    merge: bool = True
+    """Merge the adapter into a standalone full-precision model after training."""
+    export_published: bool = False
+    """Also write the selection in the published samples format (JSONL) to the run directory."""
+    import_published: str | None = None
+    """Train on a published samples JSONL instead of the trace cache (one step per example)."""
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":
+        """From a ``distill`` mapping; one ``ValueError`` naming the first invalid key."""
+        d = dict(to_plain(cfg) or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"distill: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        settings = cls(**d)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("packing", "merge", "export_published"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"distill.{name}: expected true or false, got {getattr(self, name)!r}")
+        if isinstance(self.steps_per_batch, bool) or not isinstance(self.steps_per_batch, int) or self.steps_per_batch < 1:
+            raise ValueError(f"distill.steps_per_batch: expected an integer >= 1, got {self.steps_per_batch!r}")
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"distill.padding_side: expected 'right' or 'left', got {self.padding_side!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"distill.num_workers: expected an integer >= 0, got {self.num_workers!r}")
+        if self.import_published is not None and not Path(str(self.import_published)).expanduser().is_file():
+            raise ValueError(f"distill.import_published: expected a samples JSONL file, {self.import_published!r} does not exist")
+
+
+class TunedTokenCounter(Callback):
+    """Counts the kept steps (= tuned tokens) the fine-tune trained on; survives resume."""
+
+    def __init__(self):
+        self.tuned_tokens = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.tuned_tokens += int(batch["num_steps"])
+
+    def state_dict(self):
+        return {"tuned_tokens": self.tuned_tokens}
+
+    def load_state_dict(self, state_dict):
+        self.tuned_tokens = int(state_dict["tuned_tokens"])
 
 
 def lora_config(lora: Mapping | None):
@@ -85,7 +128,7 @@ def lora_config(lora: Mapping | None):
     from peft import LoraConfig, TaskType
 
     cfg = dict(DEFAULT_LORA)
-    cfg.update(dict(_plain(lora) or {}))
+    cfg.update(dict(to_plain(lora) or {}))
     unknown_ok = set(LoraConfig.__dataclass_fields__)
     r = int(cfg.pop("r"))
     alpha = cfg.pop("alpha")
@@ -108,19 +151,12 @@ def lora_config(lora: Mapping | None):
     )
 
 
-def _lora_summary(peft_model) -> dict:
-    c = peft_model.peft_config[peft_model.active_adapter]
-    targets = c.target_modules
-    targets = sorted(targets) if isinstance(targets, (set, list, tuple)) else targets
-    return {"r": c.r, "alpha": c.lora_alpha, "dropout": c.lora_dropout, "target_modules": targets}
-
-
 def build_optimizer(spec: Any, params) -> torch.optim.Optimizer:
     """Optimizer from a callable (``params -> Optimizer``, e.g. a Hydra partial) or a
     ``_target_`` mapping (Hydra style; ``_partial_`` allowed); ``None`` → published AdamW."""
     if spec is None:
         spec = DEFAULT_OPTIMIZER
-    spec = _plain(spec)
+    spec = to_plain(spec)
     if isinstance(spec, Mapping):
         if "_target_" not in spec:
             raise ValueError(f"optimizer: expected a `_target_` entry (e.g. torch.optim.AdamW), got keys {sorted(spec)}")
@@ -194,9 +230,9 @@ class DistillModule(LightningModule):
         super().__init__()
         from peft import get_peft_model
 
-        self.expert_spec = ModelSpec.from_any(_plain(expert))
-        self.lora = {**DEFAULT_LORA, **dict(_plain(lora) or {})}
-        sched = {**DEFAULT_SCHEDULER, **dict(_plain(scheduler) or {})}
+        self.expert_spec = ModelSpec.from_any(to_plain(expert))
+        self.lora = {**DEFAULT_LORA, **dict(to_plain(lora) or {})}
+        sched = {**DEFAULT_SCHEDULER, **dict(to_plain(scheduler) or {})}
         unknown = set(sched) - {"type", "warmup_steps"}
         if unknown:
             raise ValueError(f"scheduler: unknown field(s) {sorted(unknown)}; expected type, warmup_steps")
@@ -210,7 +246,7 @@ class DistillModule(LightningModule):
             {
                 "expert": self.expert_spec.to_dict(),
                 "lora": self.lora,
-                "optimizer": _plain(optimizer) if (optimizer is None or isinstance(_plain(optimizer), Mapping)) else repr(optimizer),
+                "optimizer": to_plain(optimizer) if (optimizer is None or isinstance(to_plain(optimizer), Mapping)) else repr(optimizer),
                 "scheduler": sched,
                 "max_steps": max_steps,
                 "sample_key": sample_key,
@@ -340,138 +376,3 @@ class DistillModule(LightningModule):
                 f"checkpoint: {len(missing)} LoRA weight(s) missing (e.g. {sorted(missing)[0]}); "
                 "was it written by a DistillModule with the same LoRA setting?"
             )
-
-
-# ---------------------------------------------------------------------- adapter I/O
-def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` into a temporary sibling of ``out_dir``, then rename it into place."""
-    out_dir = Path(out_dir).expanduser()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
-    old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    try:
-        tmp.mkdir()
-        write(tmp)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_meta(model_dir: str | Path) -> dict:
-    """The ``lightreasoner.json`` of an adapter or merged-model directory."""
-    p = Path(model_dir).expanduser() / META_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{model_dir}: no {META_FILE} (not an adapter saved by lightreasoner.distill)")
-    return json.loads(p.read_text())
-
-
-def save_adapter(
-    module_or_peft_model,
-    out_dir: str | Path,
-    base_spec: ModelSpec | Mapping | str,
-    sample_key: str | None,
-    extra: Mapping | None = None,
-    tokenizer=None,
-) -> Path:
-    """Save the LoRA adapter, the base tokenizer and ``lightreasoner.json``, atomically.
-
-    ``lightreasoner.json`` = ``{"kind": "lora_adapter", "base": <ModelSpec dict incl. gguf_file
-    and dtype>, "sample_key": ..., "lora": {r, alpha, dropout, target_modules}, **extra}``.
-    ``tokenizer`` defaults to the one ``base_spec`` names (pass it to skip re-loading).
-    """
-    peft_model = module_or_peft_model.model if isinstance(module_or_peft_model, DistillModule) else module_or_peft_model
-    spec = ModelSpec.from_any(_plain(base_spec))
-    if tokenizer is None:
-        tokenizer = models.load_tokenizer(spec, "expert")
-    meta = {"kind": "lora_adapter", "base": spec.to_dict(), "sample_key": sample_key, "lora": _lora_summary(peft_model)}
-    for k, v in dict(_plain(extra) or {}).items():
-        if k in meta:
-            raise ValueError(f"save_adapter: extra key {k!r} would overwrite a reserved field")
-        meta[k] = v
-
-    def write(tmp: Path) -> None:
-        peft_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _write_json(tmp / META_FILE, meta)
-
-    return _atomic_dir(Path(out_dir), write)
-
-
-def _tokenizer_from_dir(model_dir: Path):
-    return models.load_tokenizer(ModelSpec(name_or_path=str(model_dir)), "adapter", padding_side="left")
-
-
-def load_adapted_model(adapter_dir: str | Path, device: str | None = None, merge: bool = False):
-    """Rebuild the base from the saved spec and attach the adapter → ``(model, tokenizer)``.
-
-    ``device`` overrides the spec's device; ``merge=True`` returns the merged plain model
-    (GGUF bases are rebuilt plain first). A merged-model directory (``kind: merged``) is loaded
-    at the base spec's dtype. The model is in eval mode; the tokenizer pads on the left (for generation).
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    adapter_dir = Path(adapter_dir).expanduser()
-    meta = read_meta(adapter_dir)
-    spec = ModelSpec.from_any(meta["base"])
-    if device is not None:
-        spec.device = device
-    if meta.get("kind") == "merged":
-        # stored in float32; run at the base spec's dtype, as the base model would be
-        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=spec.torch_dtype)
-        model.to(spec.resolved_device()).eval()
-        return model, _tokenizer_from_dir(adapter_dir)
-    if meta.get("kind") != "lora_adapter":
-        raise ValueError(f"{adapter_dir}: {META_FILE} kind {meta.get('kind')!r} is not 'lora_adapter' or 'merged'")
-    base = models.load_model(spec, "adapter base", plain=merge and bool(spec.gguf_file))
-    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    if merge:
-        model = model.merge_and_unload()
-    model.to(spec.resolved_device())
-    model.eval()
-    return model, _tokenizer_from_dir(adapter_dir)
-
-
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, device: str = "cpu") -> Path:
-    """Merge an adapter into its base in full precision (float32) → a standalone model dir.
-
-    The base is rebuilt from the saved spec (GGUF dequantized and rebuilt plain), the adapter
-    merged (``merge_and_unload``), and the model, tokenizer and ``lightreasoner.json``
-    (``{"kind": "merged", "base": ..., "adapter": {...}, "dtype": "float32"}``) written
-    atomically. Load it with ``load_adapted_model(out_dir)`` or as a plain local ModelSpec.
-    """
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir).expanduser()
-    meta = read_meta(adapter_dir)
-    if meta.get("kind") != "lora_adapter":
-        raise ValueError(f"{adapter_dir}: {META_FILE} kind {meta.get('kind')!r} is not 'lora_adapter'")
-    spec = ModelSpec.from_any(meta["base"])
-    load_spec = ModelSpec.from_any({**spec.to_dict(), "device": device})
-    base = models.load_model(load_spec, "adapter base", plain=True, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).merge_and_unload()
-    merged.eval()
-    tokenizer = _tokenizer_from_dir(adapter_dir)
-    adapter_info = {k: v for k, v in meta.items() if k not in ("kind", "base")}
-    adapter_info["path"] = str(adapter_dir.resolve())
-    out_meta = {"kind": "merged", "base": spec.to_dict(), "adapter": adapter_info, "dtype": "float32"}
-
-    def write(tmp: Path) -> None:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _write_json(tmp / META_FILE, out_meta)
-
-    return _atomic_dir(Path(out_dir), write)
-

@@ -303,57 +303,9 @@ def spec_json(spec: ModelSpec) -> str:
     return json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def neutral_generation_config(
-    model,
-    tokenizer,
-    max_new_tokens: int,
-    eos_ids: list[int],
-    do_sample: bool = False,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    **extra,
-):
-    """A fresh ``GenerationConfig``: the checkpoint's bos/pad ids, our decoding settings.
+def pair_specs(cfg) -> tuple[ModelSpec, ModelSpec]:
+    """``(expert, amateur)`` of a run config's ``model_pair`` group, interpolations resolved."""
+    from lightreasoner.config import to_plain
 
-    Every other decoding/processing field keeps transformers' neutral default (no repetition
-    penalty, no top-k, no length constraints), so a checkpoint whose own generation config
-    turns on sampling or penalties does not change greedy outputs. Use it with
-    :func:`using_generation_config`, because ``generate`` fills unset fields from the
-    model's own config.
-    """
-    from transformers import GenerationConfig
-
-    own = getattr(model, "generation_config", None)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = getattr(own, "pad_token_id", None)
-    if pad is None:
-        pad = eos_ids[0]
-    return GenerationConfig(
-        bos_token_id=getattr(own, "bos_token_id", None),
-        pad_token_id=int(pad),
-        eos_token_id=list(eos_ids),
-        max_new_tokens=int(max_new_tokens),
-        min_new_tokens=0,
-        do_sample=bool(do_sample),
-        temperature=float(temperature) if do_sample and temperature is not None else None,
-        top_p=float(top_p) if do_sample and top_p is not None else None,
-        num_beams=1,
-        use_cache=True,
-        **extra,
-    )
-
-
-class using_generation_config:
-    """Context manager: ``model.generation_config`` is ``gen_cfg`` inside the block."""
-
-    def __init__(self, model, gen_cfg):
-        self.model, self.gen_cfg = model, gen_cfg
-
-    def __enter__(self):
-        self.own = self.model.generation_config
-        self.model.generation_config = self.gen_cfg
-        return self.gen_cfg
-
-    def __exit__(self, *exc):
-        self.model.generation_config = self.own
+    pair = cfg.model_pair
+    return ModelSpec.from_any(to_plain(pair.expert)), ModelSpec.from_any(to_plain(pair.amateur))

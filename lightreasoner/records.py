@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -75,3 +76,27 @@ class TraceSample:
                 )
             )
         return out
+
+
+@dataclass
+class RunState:
+    """What the stages of one run hand each other, and the figures of the final summary."""
+
+    out_dir: Path
+    """The run's output directory."""
+    samples: list | None = None
+    """The selection the fine-tune trains on (``TraceSample``s)."""
+    sample_key: str | None = None
+    """Trace-cache key (or ``published:<file>``) the samples came from."""
+    selection: dict = field(default_factory=dict)
+    """Selection statistics (kept steps, fractions, entropies)."""
+    adapter_dir: Path | None = None
+    merged_dir: Path | None = None
+    tuned_tokens: int | None = None
+    """Kept steps the fine-tune trained on (summed over ranks)."""
+    is_global_zero: bool = True
+    """False on the other ranks of a multi-process run (they stop after training)."""
+    report: dict | None = None
+    """The evaluation report."""
+    wall_s: dict = field(default_factory=dict)
+    """Seconds per stage."""

@@ -21,30 +21,32 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
 
 from . import contrast
-from .models import (
-    ModelSpec,
-    check_pair_tokenizers,
-    eos_token_ids,
-    load_model,
-    load_tokenizer,
-    neutral_generation_config,
-    using_generation_config,
-)
-from .prompts import SAMPLING_SYSTEM
+from .generation import Engine, GenerationSettings, build_engine
+from .generation.hf import left_pad
+from .models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
+from .prompts import SAMPLING_SYSTEM, encode_prompts
+from .records import Problem
+from .selection import SelectionSettings
+from .trace_cache import TraceCache, trace_key, trace_key_fields
 
 log = logging.getLogger(__name__)
 
-SELECTION_KEYS = ("beta", "alpha", "first_step", "batch_size")
-"""Keys of the ``sampling`` config group that do not change the scored traces (read time /
-scheduling only); :meth:`SamplingSettings.from_cfg` ignores them."""
+SELECTION_KEYS = ("beta", "alpha", "first_step")
+"""Keys of the ``sampling`` config group applied when the traces are read
+(:class:`~lightreasoner.selection.SelectionSettings`); :meth:`SamplingSettings.from_cfg` ignores them."""
 
 
 @dataclass
@@ -68,6 +70,8 @@ class SamplingSettings:
     """Steps scored at a time in the vocabulary-wide work (bounds peak memory); at least 1."""
     system_prompt: str | None = SAMPLING_SYSTEM
     """System message of the sampling prompt (None or empty: no system turn)."""
+    batch_size: int = 16
+    """Problems per generation batch (scheduling only: not part of the cache key); at least 1."""
     seed: int | None = None
     """Base seed for ``do_sample`` (each batch is seeded from it and its problem ids, so a
     resumed run draws the same traces); ignored when greedy."""
@@ -107,6 +111,8 @@ class SamplingSettings:
             raise bad("max_candidates", "an integer >= 1")
         if not _is_int(self.vocab_chunk) or self.vocab_chunk < 1:
             raise bad("vocab_chunk", "an integer >= 1")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise bad("batch_size", "an integer >= 1")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise bad("system_prompt", "a string or null")
         if self.seed is not None and not _is_int(self.seed):
@@ -157,7 +163,9 @@ class ContrastiveSampler(LightningModule):
 
     Either give ``ModelSpec``s (models and tokenizers are loaded in :meth:`configure_model`,
     on the trainer's device, so nothing heavy is pickled), or already-built ``expert_model``,
-    ``amateur_model`` and ``tokenizer`` (tests, benchmarks).
+    ``amateur_model`` and ``tokenizer`` (tests, benchmarks). ``generation`` is the
+    ``generation`` config node naming the engine that writes the expert's traces (default: the
+    transformers engine); the scoring passes always run in transformers.
     """
 
     def __init__(
@@ -170,6 +178,7 @@ class ContrastiveSampler(LightningModule):
         amateur_model: torch.nn.Module | None = None,
         tokenizer: Any = None,
         amateur_tokenizer: Any = None,
+        generation: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.settings = SamplingSettings.from_cfg(settings or {})
@@ -184,13 +193,14 @@ class ContrastiveSampler(LightningModule):
         self.amateur_model = amateur_model
         self.tokenizer = tokenizer
         self._amateur_tokenizer = amateur_tokenizer
+        self._generation_cfg = generation
+        self.engine: Engine | None = None
         self._checked = False
-        self._eos: list[int] = []
         self._warned_oov = False
 
     # ------------------------------------------------------------------ set-up
     def configure_model(self) -> None:
-        """Load tokenizers and models (once), check the pair, freeze both."""
+        """Load tokenizers and models (once), check the pair, freeze both, build the engine."""
         if self.expert_model is None:
             device = None
             if self._trainer is not None:
@@ -208,9 +218,8 @@ class ContrastiveSampler(LightningModule):
         for m in (self.expert_model, self.amateur_model):
             m.eval()
             m.requires_grad_(False)
-        self._eos = eos_token_ids(self.tokenizer, self.expert_model)
-        if not self._eos:
-            raise ValueError("model_pair.expert: no end-of-sequence id in the tokenizer or the generation config")
+        if self.engine is None:
+            self.engine = build_engine(self._generation_cfg, self.expert_model, self.tokenizer)
 
     def setup_models(self) -> "ContrastiveSampler":
         """Load/check outside a Trainer (benchmarks, notebooks); returns self."""
@@ -229,34 +238,35 @@ class ContrastiveSampler(LightningModule):
         )
         self._checked = True
 
-    def generation_config(self):
-        """The trace's ``GenerationConfig`` (``models.neutral_generation_config``): the
-        checkpoint's bos/pad ids, our settings, nothing else of the checkpoint's config, so a
-        checkpoint that turns on sampling or a repetition penalty does not change the traces."""
+    def generation_settings(self) -> GenerationSettings:
+        """How the expert decodes its traces (from the ``sampling`` settings)."""
         s = self.settings
-        return neutral_generation_config(
-            self.expert_model,
-            self.tokenizer,
-            s.max_new_tokens,
-            self._eos,
-            do_sample=s.do_sample,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        return GenerationSettings(s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p)
 
     # --------------------------------------------------------------- the work
     def predict_step(self, batch: Mapping, batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict]:
         """Score one batch of problems (see :func:`make_batch`) -> list of scored traces."""
         return self.score_batch(batch)
 
+    @staticmethod
+    def _trace_logits(model, ids: torch.Tensor, attn: torch.Tensor, lengths: torch.Tensor, t_max: int) -> torch.Tensor:
+        """One teacher-forced pass over ``prompt + trace[:-1]`` (left-padded prompts, traces cut
+        at ``lengths``) -> logits ``[B, t_max, V]`` at the trace steps only."""
+        dev = next(model.parameters()).device
+        steps = torch.arange(t_max - 1, device=dev)
+        mask = torch.cat([attn.to(dev), (steps.unsqueeze(0) < lengths.to(dev).unsqueeze(1)).long()], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0).masked_fill(mask == 0, 1)
+        logits = model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, logits_to_keep=t_max, use_cache=False).logits
+        if logits.shape[1] != t_max:
+            raise RuntimeError(f"teacher-forced pass returned logits for {logits.shape[1]} positions, expected {t_max}")
+        return logits
+
     @torch.no_grad()
     def score_batch(self, batch: Mapping) -> list[dict]:
-        if self.expert_model is None or not self._eos:
+        if self.engine is None:
             self.configure_model()
         s = self.settings
-        expert, amateur = self.expert_model, self.amateur_model
+        expert, amateur, engine = self.expert_model, self.amateur_model, self.engine
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
         if not prompts:
             return []
@@ -264,38 +274,35 @@ class ContrastiveSampler(LightningModule):
             raise ValueError("sampling batch: empty prompt")
         dev = next(expert.parameters()).device
         dev_a = next(amateur.parameters()).device
-        pad = self.generation_config().pad_token_id
+        pad = engine.pad_token_id
 
-        # 1. left-padded batched generation, raw logits kept
-        bsz, plen = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((bsz, plen), pad, dtype=torch.long)
-        attn = torch.zeros((bsz, plen), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, plen - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[i, plen - len(p):] = 1
-        input_ids, attn = input_ids.to(dev), attn.to(dev)
-        if s.do_sample and s.seed is not None:
-            torch.manual_seed(_batch_seed(s.seed, batch["problem_id"]))
-        gen_cfg = self.generation_config()
-        # generate() fills every unset field from model.generation_config (e.g. a checkpoint's
-        # repetition_penalty or temperature); swap in our config for the call so nothing leaks in.
-        with using_generation_config(expert, gen_cfg):
-            out = expert.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg)
-        gen = out.sequences[:, plen:]  # [B, T']
-        exp_logits = out.logits  # T' x [B, V_e], raw
+        # 1. batched generation by the engine, raw logits kept where the engine has them
+        input_ids, attn = left_pad(prompts, pad)
+        plen = input_ids.shape[1]
+        seed = _batch_seed(s.seed, batch["problem_id"]) if s.do_sample and s.seed is not None else None
+        out = engine.generate_batch(prompts, self.generation_settings(), return_logits=True, seed=seed)
+        gen = out.tokens.to(dev)  # [B, T']
         t_max = gen.shape[1]
-        if t_max == 0 or len(exp_logits) != t_max:
-            raise RuntimeError(f"expert.generate returned {t_max} tokens but {len(exp_logits)} logit steps")
+        if t_max == 0 or (out.logits is not None and len(out.logits) != t_max):
+            n_logits = None if out.logits is None else len(out.logits)
+            raise RuntimeError(f"generation returned {t_max} tokens but {n_logits} logit steps")
 
         # 2. steps end at the first eos id (that step included)
-        eos = torch.tensor(self._eos, device=gen.device)
+        eos = torch.tensor(engine.eos_token_ids, device=gen.device)
         is_eos = torch.isin(gen, eos)
         finished = is_eos.any(dim=1)
         first = torch.where(finished, is_eos.int().argmax(dim=1), torch.full_like(finished, t_max - 1, dtype=torch.long))
         lengths = first + 1  # [B]
+        sequences = torch.cat([input_ids.to(dev), gen], dim=1)[:, : plen + t_max - 1]
 
-        # 3. ONE teacher-forced amateur pass over prompt + trace[:-1]; logits only at the T' trace steps
-        am_ids = out.sequences[:, : plen + t_max - 1].to(dev_a)
+        # 3. the expert's raw logits: kept during generation, else one teacher-forced pass
+        if out.logits is not None:
+            exp_logits = out.logits  # T' x [B, V_e]; stacked a chunk at a time below
+        else:
+            exp_logits = self._trace_logits(expert, sequences, attn, lengths, t_max)  # [B, T', V_e]
+
+        # 4. ONE teacher-forced amateur pass over prompt + trace[:-1]; logits only at the T' trace steps
+        am_ids = sequences.to(dev_a)
         n_embed = amateur.get_input_embeddings().num_embeddings
         oov = am_ids >= n_embed
         if bool(oov.any()):
@@ -303,20 +310,14 @@ class ContrastiveSampler(LightningModule):
                 log.warning("expert generated ids beyond the amateur's embedding (%d); they are fed to the amateur as pad", n_embed)
                 self._warned_oov = True
             am_ids = am_ids.masked_fill(oov, pad)
-        steps = torch.arange(t_max - 1, device=dev_a)
-        am_mask = torch.cat([attn.to(dev_a), (steps.unsqueeze(0) < lengths.to(dev_a).unsqueeze(1)).long()], dim=1)
-        pos = (am_mask.cumsum(-1) - 1).clamp_min(0).masked_fill(am_mask == 0, 1)
-        am_logits = amateur(
-            input_ids=am_ids, attention_mask=am_mask, position_ids=pos, logits_to_keep=t_max, use_cache=False
-        ).logits  # [B, T', V_a]
-        if am_logits.shape[1] != t_max:
-            raise RuntimeError(f"amateur returned logits for {am_logits.shape[1]} positions, expected {t_max}")
+        am_logits = self._trace_logits(amateur, am_ids, attn, lengths, t_max)  # [B, T', V_a]
 
-        # 4. per-step math, vocab_chunk steps at a time, fp32 log_softmax per chunk
+        # 5. per-step math, vocab_chunk steps at a time, fp32 log_softmax per chunk
         kls, ids, lpes, lpas, valids, maxes = [], [], [], [], [], []
         for a in range(0, t_max, s.vocab_chunk):
             b = min(a + s.vocab_chunk, t_max)
-            le = torch.stack(exp_logits[a:b], dim=1).to(dev).float().log_softmax(-1)  # [B, c, V_e]
+            chunk = torch.stack(exp_logits[a:b], dim=1) if isinstance(exp_logits, list) else exp_logits[:, a:b]
+            le = chunk.to(dev).float().log_softmax(-1)  # [B, c, V_e]
             la = am_logits[:, a:b].to(dev).float().log_softmax(-1)  # [B, c, V_a]
             kls.append(contrast.kl_shared(le, la))
             c_ids, c_lpe, c_lpa, c_valid, c_max = contrast.top_candidates(le, la, s.alpha_min, s.max_candidates)
@@ -325,10 +326,10 @@ class ContrastiveSampler(LightningModule):
             lpas.append(c_lpa)
             valids.append(c_valid)
             maxes.append(c_max)
-            del le, la
+            del chunk, le, la
         del am_logits, exp_logits, out
 
-        # 5. to CPU once, then cut each row at its length
+        # 6. to CPU once, then cut each row at its length
         gen_c = gen.cpu()
         lengths_c = lengths.cpu().tolist()
         finished_c = finished.cpu().tolist()
@@ -339,7 +340,7 @@ class ContrastiveSampler(LightningModule):
         valid_c = torch.cat(valids, 1).cpu()
         max_c = torch.cat(maxes, 1).cpu()
         records = []
-        for i in range(bsz):
+        for i in range(len(prompts)):
             t = int(lengths_c[i])
             v = valid_c[i, :t]
             counts = v.sum(-1)
@@ -367,3 +368,185 @@ def _batch_seed(seed: int, problem_ids: Sequence[str]) -> int:
     """A per-batch seed from the base seed and the batch's problem ids (resume-stable)."""
     h = hashlib.sha256(f"{seed}|".encode() + "\x1f".join(map(str, problem_ids)).encode()).hexdigest()
     return int(h[:15], 16)
+
+
+# ----------------------------------------------------------------------------- the stage: sampling into the trace cache
+class TraceWriter(BasePredictionWriter):
+    """Streams each predicted batch of scored traces into the cache (every rank its own shards)."""
+
+    def __init__(self, cache: TraceCache) -> None:
+        super().__init__(write_interval="batch")
+        self.cache = cache
+        self.shards_written = 0
+        """Shards this process published during the current run."""
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        if prediction:
+            self.cache.write_shard(prediction)
+            self.shards_written += 1
+
+
+class _BatchList(Dataset):
+    """Each item is one whole (pre-built, index-fixed) batch of problems."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i]
+
+
+def _unwrap(items: list[dict]) -> dict:
+    return items[0]
+
+
+def _env_rank() -> int:
+    """Global rank of this process as launched (0 for the launching/main process)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
+    return local + node
+
+
+def run_sampling(
+    expert: ModelSpec | Mapping | str,
+    amateur: ModelSpec | Mapping | str,
+    problems: Sequence[Problem],
+    dataset_identity: Mapping,
+    sampling_cfg: Mapping | SamplingSettings,
+    cache_dir: str | os.PathLike,
+    trainer_kwargs: Mapping | None = None,
+    models: tuple | None = None,
+    generation: Mapping | None = None,
+) -> TraceCache:
+    """Make sure every problem has a scored trace in the cache; return the cache.
+
+    Only problems without a stored record are sampled, by ``lightning.Trainer.predict`` with a
+    :class:`TraceWriter` (batches of ``sampling_cfg.batch_size`` fixed by problem index). A
+    filelock per key makes concurrent runs wait and then find the work done. ``models`` may be
+    ``(expert_model, amateur_model, tokenizer)`` already built (tests); the specs still
+    provide the identities for the key. ``generation`` is the ``generation`` config node (the
+    engine that writes the expert's traces; default transformers). All settings are validated
+    before anything is written.
+    """
+    cfg = dict(sampling_cfg) if not isinstance(sampling_cfg, SamplingSettings) else dataclass_dict(sampling_cfg)
+    settings = SamplingSettings.from_cfg(cfg)
+    SelectionSettings.from_cfg(cfg, alpha_min=settings.alpha_min)
+    batch_size = settings.batch_size
+    expert, amateur = ModelSpec.from_any(expert), ModelSpec.from_any(amateur)
+    problems = list(problems)
+    if not problems:
+        raise ValueError("run_sampling: no problems to sample")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise ValueError(f"run_sampling: duplicate problem ids {dup}")
+
+    if models is not None:
+        expert_model, amateur_model, tokenizer = models
+        amateur_tokenizer = tokenizer
+    else:
+        expert_model = amateur_model = None
+        tokenizer = load_tokenizer(expert, "model_pair.expert")
+        amateur_tokenizer = load_tokenizer(amateur, "model_pair.amateur")
+    check_pair_tokenizers(tokenizer, amateur_tokenizer, expert.display_name(), amateur.display_name())
+
+    fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings)
+    key = trace_key(fields)
+    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "traces" / key, key, fields)
+    if not cache.missing(ids) and (cache.path / "manifest.json").is_file():
+        log.info("trace cache %s: all %d problems already scored", key[:12], len(ids))
+        return cache
+
+    cache.init_dir()
+    rank = _env_rank()
+    config = {**cfg, **dataclass_dict(settings), "batch_size": batch_size}
+    lock = None
+    if rank == 0:
+        from filelock import FileLock
+
+        lock = FileLock(str(cache.lock_path))
+        lock.acquire()
+    try:
+        missing = set(cache.missing(ids))
+        run_info = None
+        if missing:
+            t0 = time.time()
+            prompt_ids = encode_prompts(tokenizer, [problems[i].question for i in range(len(problems))], settings.system_prompt)
+            batches = []
+            for start in range(0, len(problems), batch_size):
+                group = [i for i in range(start, min(start + batch_size, len(problems))) if ids[i] in missing]
+                if group:
+                    batches.append(
+                        make_batch(
+                            [ids[i] for i in group],
+                            [question_sha(problems[i].question) for i in group],
+                            [prompt_ids[i] for i in group],
+                        )
+                    )
+            log.info("trace cache %s: sampling %d of %d problems in %d batches", key[:12], len(missing), len(ids), len(batches))
+            sampler = ContrastiveSampler(
+                expert,
+                amateur,
+                settings,
+                expert_model=expert_model,
+                amateur_model=amateur_model,
+                tokenizer=tokenizer if models is not None else None,
+                generation=generation,
+            )
+            writer = TraceWriter(cache)
+            trainer = _make_trainer(trainer_kwargs, writer)
+            loader = DataLoader(_BatchList(batches), batch_size=1, shuffle=False, collate_fn=_unwrap, num_workers=0)
+            trainer.predict(sampler, loader, return_predictions=False)
+            trainer.strategy.barrier()
+            if not trainer.is_global_zero:
+                return cache
+            run_info = {
+                "sampled_problems": len(missing),
+                "batches": len(batches),
+                "wall_s": round(time.time() - t0, 3),
+                "device": str(trainer.strategy.root_device),
+                "world_size": trainer.world_size,
+                "dtype": {"expert": expert.dtype, "amateur": amateur.dtype},
+                "seed": settings.seed,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        still = cache.missing(ids)
+        if still:
+            raise RuntimeError(f"trace cache {cache.path}: {len(still)} problems still missing after sampling (e.g. {still[:3]})")
+        cache.write_manifest(config, run_info)
+    finally:
+        if lock is not None:
+            lock.release()
+    return cache
+
+
+def dataclass_dict(obj: Any) -> dict:
+    """A dataclass instance as a plain dict."""
+    return dataclasses.asdict(obj)
+
+
+def _make_trainer(trainer_kwargs: Mapping | None, writer: TraceWriter):
+    import lightning
+
+    kwargs: dict[str, Any] = dict(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+    )
+    user = dict(trainer_kwargs or {})
+    callbacks = list(user.pop("callbacks", None) or [])
+    # training-only keys a shared trainer config may carry; meaningless for predict
+    for k in ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val", "val_check_interval", "log_every_n_steps"):
+        user.pop(k, None)
+    kwargs.update(user)
+    kwargs["callbacks"] = callbacks + [writer]
+    return lightning.Trainer(**kwargs)

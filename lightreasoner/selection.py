@@ -17,12 +17,14 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import contrast
+from .files import atomic_write_bytes
 from .prompts import SAMPLING_SYSTEM, chat_prompt
 from .records import TraceSample
 
@@ -30,20 +32,43 @@ EXPORT_FIELDS = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights"
 """Fields of one row of the published samples format."""
 
 
-def validate_selection(beta: float, alpha: float, first_step: int = 1, alpha_min: float | None = None) -> None:
-    """One ``ValueError`` naming the first invalid field (``sampling.beta`` / ``alpha`` / ``first_step``)."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"sampling.beta: expected a number >= 0 (0 keeps every step), got {beta!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < alpha <= 1):
-        raise ValueError(f"sampling.alpha: expected 0 < alpha <= 1, got {alpha!r}")
-    if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
-        raise ValueError(f"sampling.first_step: expected an integer >= 0, got {first_step!r}")
-    if alpha_min is not None and alpha < alpha_min - 1e-12:
-        raise ValueError(
-            f"sampling.alpha={alpha} is below alpha_min={alpha_min} of the cached scored traces: candidates with "
-            f"pE < alpha_min * max pE were not stored. Re-score with sampling.alpha_min <= {alpha} "
-            "(a new trace-cache key; the models run again), or use alpha >= alpha_min"
-        )
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The read-time keys of the ``sampling`` config group (they never change the scored traces)."""
+
+    beta: float = 0.4
+    """Keep step t iff ``KL_t >= beta`` (published 0.4; 0 keeps every eligible step)."""
+    alpha: float = 0.2
+    """Tail filter: candidates with ``pE >= alpha * max pE`` (published 0.2); ``0 < alpha <= 1``
+    and at least the cached traces' ``alpha_min``."""
+    first_step: int = 1
+    """First eligible step (the published code never keeps step 0)."""
+
+    KEYS = ("beta", "alpha", "first_step")
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping | None, alpha_min: float | None = None) -> "SelectionSettings":
+        """From a ``sampling`` mapping (other keys ignored), validated against ``alpha_min``."""
+        d = {k: v for k, v in dict(cfg or {}).items() if k in cls.KEYS}
+        settings = cls(**d)
+        settings.validate(alpha_min)
+        return settings
+
+    def validate(self, alpha_min: float | None = None) -> None:
+        """One ``ValueError`` naming the first invalid field (``sampling.beta`` / ``alpha`` / ``first_step``)."""
+        beta, alpha, first_step = self.beta, self.alpha, self.first_step
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"sampling.beta: expected a number >= 0 (0 keeps every step), got {beta!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < alpha <= 1):
+            raise ValueError(f"sampling.alpha: expected 0 < alpha <= 1, got {alpha!r}")
+        if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
+            raise ValueError(f"sampling.first_step: expected an integer >= 0, got {first_step!r}")
+        if alpha_min is not None and alpha < alpha_min - 1e-12:
+            raise ValueError(
+                f"sampling.alpha={alpha} is below alpha_min={alpha_min} of the cached scored traces: candidates with "
+                f"pE < alpha_min * max pE were not stored. Re-score with sampling.alpha_min <= {alpha} "
+                "(a new trace-cache key; the models run again), or use alpha >= alpha_min"
+            )
 
 
 def select(
@@ -55,11 +80,10 @@ def select(
 ) -> list[TraceSample]:
     """Scored traces -> TraceSamples (one per trace with at least one kept step, input order).
 
-    ``alpha_min`` is the cached traces' (``TraceCache.alpha_min``; ``TraceCache.select`` passes
-    it); ``alpha`` below it is an error. A kept step whose tail set is empty (the expert's mode
+    ``alpha_min`` is the cached traces' (``TraceCache.alpha_min``); ``alpha`` below it is an error. A kept step whose tail set is empty (the expert's mode
     lies outside the shared ids) has no target and is dropped.
     """
-    validate_selection(beta, alpha, first_step, alpha_min)
+    SelectionSettings(beta, alpha, first_step).validate(alpha_min)
     out: list[TraceSample] = []
     for rec in records:
         kl = rec["kl"].float()
@@ -129,8 +153,6 @@ def export_samples(
     ``questions`` maps problem id -> question text (the published ``prompt_id``). The prompt
     length of each sample is ``positions - steps + 1``. Returns the number of rows.
     """
-    from .trace_cache import atomic_write_bytes
-
     lines = []
     for s in samples:
         if s.problem_id not in questions:

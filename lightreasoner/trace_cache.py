@@ -15,15 +15,14 @@ prompt, the generation settings, ``alpha_min``, ``max_candidates`` and
 when samples are read (:mod:`lightreasoner.selection`).
 
 Records are stored and looked up per problem id, so sampling more problems later reuses the
-ones already done. Shards are written batch by batch as the sampler produces them (a
-``TraceWriter`` prediction-writer callback; each DDP rank writes its own), atomically (tmp
+ones already done. Shards are written batch by batch as the sampler produces them (the
+``sampling.TraceWriter`` prediction-writer callback; each DDP rank writes its own), atomically (tmp
 file + ``os.replace``), and batches are fixed by problem index, so an interrupted run resumes
 with only the missing batches and ends with the same samples as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -33,19 +32,17 @@ import platform
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
 
-from .models import ModelSpec, check_pair_tokenizers, load_tokenizer
-from .prompts import encode_prompts, template_fingerprint
-from .records import SCORED_TRACE_KEYS, Problem
-from .sampling import ContrastiveSampler, SamplingSettings, make_batch, question_sha
+from . import contrast
+from .files import atomic_write_bytes, atomic_write_json
+from .models import ModelSpec
+from .prompts import template_fingerprint
+from .records import SCORED_TRACE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +75,12 @@ def trace_key_fields(
     amateur: ModelSpec,
     dataset_identity: Mapping,
     tokenizer,
-    settings: SamplingSettings,
+    settings: Any,
 ) -> dict:
-    """Everything that determines the scored traces (and nothing that does not)."""
+    """Everything that determines the scored traces (and nothing that does not).
+
+    ``settings`` is the run's ``sampling.SamplingSettings`` (its ``key_fields()`` and
+    ``system_prompt``)."""
     return {
         "format_version": FORMAT_VERSION,
         "expert": expert.identity(),
@@ -98,27 +98,7 @@ def trace_key(fields: Mapping) -> str:
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()
 
 
-# ----------------------------------------------------------------------------- files
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
+# ----------------------------------------------------------------------------- shards
 def _safe(s: str, n: int = 48) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s)[-n:]
 
@@ -254,13 +234,6 @@ class TraceCache:
         """Every stored scored trace, in problem-id order."""
         return self.read(sorted(self.index()))
 
-    def select(self, beta: float, alpha: float, first_step: int = 1, problem_ids: Sequence[str] | None = None):
-        """:func:`selection.select` over the cached traces (all, or ``problem_ids`` in order)."""
-        from .selection import select
-
-        records = self.read(problem_ids) if problem_ids is not None else self.read_all()
-        return select(records, beta=beta, alpha=alpha, first_step=first_step, alpha_min=self.alpha_min)
-
     # -------------------------------------------------------------- manifest
     def write_manifest(self, config: Mapping, run_info: Mapping | None = None) -> dict:
         """Recompute the manifest over every stored trace and publish it atomically."""
@@ -324,8 +297,6 @@ def kl_statistics(records: Sequence[Mapping]) -> dict:
 
 def kept_fraction(records: Sequence[Mapping], beta: float, first_step: int = 1) -> float:
     """Fraction of all steps with ``KL >= beta`` and ``t >= first_step``."""
-    from . import contrast
-
     total = sum(int(r["kl"].numel()) for r in records)
     if total == 0:
         return 0.0
@@ -359,192 +330,3 @@ def git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() or None
-
-
-# ----------------------------------------------------------------------------- writing
-class TraceWriter(BasePredictionWriter):
-    """Streams each predicted batch of scored traces into the cache (every rank its own shards)."""
-
-    def __init__(self, cache: TraceCache) -> None:
-        super().__init__(write_interval="batch")
-        self.cache = cache
-        self.shards_written = 0
-        """Shards this process published during the current run."""
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        if prediction:
-            self.cache.write_shard(prediction)
-            self.shards_written += 1
-
-
-class _BatchList(Dataset):
-    """Each item is one whole (pre-built, index-fixed) batch of problems."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batches[i]
-
-
-def _unwrap(items: list[dict]) -> dict:
-    return items[0]
-
-
-def _env_rank() -> int:
-    """Global rank of this process as launched (0 for the launching/main process)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
-    return local + node
-
-
-def _selection_cfg(cfg: Mapping) -> dict:
-    return {k: cfg[k] for k in ("beta", "alpha", "first_step") if k in cfg}
-
-
-def run_sampling(
-    expert: ModelSpec | Mapping | str,
-    amateur: ModelSpec | Mapping | str,
-    problems: Sequence[Problem],
-    dataset_identity: Mapping,
-    sampling_cfg: Mapping | SamplingSettings,
-    cache_dir: str | os.PathLike,
-    trainer_kwargs: Mapping | None = None,
-    models: tuple | None = None,
-) -> TraceCache:
-    """Make sure every problem has a scored trace in the cache; return the cache.
-
-    Only problems without a stored record are sampled, by ``lightning.Trainer.predict`` with a
-    :class:`TraceWriter` (batches of ``sampling_cfg.batch_size`` fixed by problem index). A
-    filelock per key makes concurrent runs wait and then find the work done. ``models`` may be
-    ``(expert_model, amateur_model, tokenizer)`` already built (tests); the specs still
-    provide the identities for the key. All settings are validated before anything is written.
-    """
-    from .selection import validate_selection
-
-    cfg = dict(sampling_cfg) if not isinstance(sampling_cfg, SamplingSettings) else dataclass_dict(sampling_cfg)
-    settings = SamplingSettings.from_cfg(cfg)
-    sel = _selection_cfg(cfg)
-    validate_selection(
-        beta=sel.get("beta", 0.4), alpha=sel.get("alpha", 0.2), first_step=sel.get("first_step", 1), alpha_min=settings.alpha_min
-    )
-    batch_size = cfg.get("batch_size", 16)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"sampling.batch_size: expected an integer >= 1, got {batch_size!r}")
-    expert, amateur = ModelSpec.from_any(expert), ModelSpec.from_any(amateur)
-    problems = list(problems)
-    if not problems:
-        raise ValueError("run_sampling: no problems to sample")
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-        raise ValueError(f"run_sampling: duplicate problem ids {dup}")
-
-    if models is not None:
-        expert_model, amateur_model, tokenizer = models
-        amateur_tokenizer = tokenizer
-    else:
-        expert_model = amateur_model = None
-        tokenizer = load_tokenizer(expert, "model_pair.expert")
-        amateur_tokenizer = load_tokenizer(amateur, "model_pair.amateur")
-    check_pair_tokenizers(tokenizer, amateur_tokenizer, expert.display_name(), amateur.display_name())
-
-    fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings)
-    key = trace_key(fields)
-    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "traces" / key, key, fields)
-    if not cache.missing(ids) and (cache.path / "manifest.json").is_file():
-        log.info("trace cache %s: all %d problems already scored", key[:12], len(ids))
-        return cache
-
-    cache.init_dir()
-    rank = _env_rank()
-    config = {**cfg, **dataclass_dict(settings), "batch_size": batch_size}
-    lock = None
-    if rank == 0:
-        from filelock import FileLock
-
-        lock = FileLock(str(cache.lock_path))
-        lock.acquire()
-    try:
-        missing = set(cache.missing(ids))
-        run_info = None
-        if missing:
-            t0 = time.time()
-            prompt_ids = encode_prompts(tokenizer, [problems[i].question for i in range(len(problems))], settings.system_prompt)
-            batches = []
-            for start in range(0, len(problems), batch_size):
-                group = [i for i in range(start, min(start + batch_size, len(problems))) if ids[i] in missing]
-                if group:
-                    batches.append(
-                        make_batch(
-                            [ids[i] for i in group],
-                            [question_sha(problems[i].question) for i in group],
-                            [prompt_ids[i] for i in group],
-                        )
-                    )
-            log.info("trace cache %s: sampling %d of %d problems in %d batches", key[:12], len(missing), len(ids), len(batches))
-            sampler = ContrastiveSampler(
-                expert,
-                amateur,
-                settings,
-                expert_model=expert_model,
-                amateur_model=amateur_model,
-                tokenizer=tokenizer if models is not None else None,
-            )
-            writer = TraceWriter(cache)
-            trainer = _make_trainer(trainer_kwargs, writer)
-            loader = DataLoader(_BatchList(batches), batch_size=1, shuffle=False, collate_fn=_unwrap, num_workers=0)
-            trainer.predict(sampler, loader, return_predictions=False)
-            trainer.strategy.barrier()
-            if not trainer.is_global_zero:
-                return cache
-            run_info = {
-                "sampled_problems": len(missing),
-                "batches": len(batches),
-                "wall_s": round(time.time() - t0, 3),
-                "device": str(trainer.strategy.root_device),
-                "world_size": trainer.world_size,
-                "dtype": {"expert": expert.dtype, "amateur": amateur.dtype},
-                "seed": settings.seed,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-        still = cache.missing(ids)
-        if still:
-            raise RuntimeError(f"trace cache {cache.path}: {len(still)} problems still missing after sampling (e.g. {still[:3]})")
-        cache.write_manifest(config, run_info)
-    finally:
-        if lock is not None:
-            lock.release()
-    return cache
-
-
-def dataclass_dict(obj: Any) -> dict:
-    """A dataclass instance as a plain dict."""
-    return dataclasses.asdict(obj)
-
-
-def _make_trainer(trainer_kwargs: Mapping | None, writer: TraceWriter):
-    import lightning
-
-    kwargs: dict[str, Any] = dict(
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=True,
-    )
-    user = dict(trainer_kwargs or {})
-    callbacks = list(user.pop("callbacks", None) or [])
-    # training-only keys a shared trainer config may carry; meaningless for predict
-    for k in ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val", "val_check_interval", "log_every_n_steps"):
-        user.pop(k, None)
-    kwargs.update(user)
-    kwargs["callbacks"] = callbacks + [writer]
-    return lightning.Trainer(**kwargs)

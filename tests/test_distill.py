@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import distill, models
+from lightreasoner import models
 from lightreasoner.contrast import distill_loss
 from lightreasoner.datamodule import DistillDataModule, collate_examples
-from lightreasoner.distill import (
-    DistillModule,
-    build_optimizer,
-    load_adapted_model,
-    merge_adapter,
-    save_adapter,
-    schedule_lambda,
-)
+from lightreasoner.checkpoints import load_adapted_model, merge_adapter, save_adapter
+from lightreasoner.distill import DistillModule, build_optimizer, schedule_lambda
 from lightreasoner.models import ModelSpec
 from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightreasoner import evaluate as ev
+from lightreasoner.eval import evaluate as ev
+from lightreasoner.eval import results, stats, tables
+from lightreasoner.generation import Engine, GenerationSettings, HFEngine
+from lightreasoner.prompts import encode_prompts
 from lightreasoner.benchmarks import dataset_config
 from lightreasoner.models import ModelSpec
 from lightreasoner.tiny import CHATML_TEMPLATE, build_char_tokenizer, build_tiny_model, save_pair_member
@@ -39,25 +42,6 @@ def _benches(data_dir, names=BENCHMARKS):
 
 def _cfg(**kw):
     return {"batch_size": 2, "max_problems": 3, "max_new_tokens": 5, "system_prompt": None, "baseline": "base", **kw}
-
-
-def test_generate_batched_equals_one_at_a_time(tiny_dirs):
-    from lightreasoner.models import load_model, load_tokenizer
-
-    spec = ModelSpec(name_or_path=tiny_dirs["base"])
-    model, tok = load_model(spec), load_tokenizer(spec)
-    prompts = ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "Hi", "A much longer prompt, with more characters in it."]
-    batched = ev.generate_batched(model, tok, prompts, max_new_tokens=7, batch_size=3, progress=False)
-    single = [ev.generate_batched(model, tok, [p], max_new_tokens=7, batch_size=1, progress=False)[0] for p in prompts]
-    assert [r["token_ids"] for r in batched] == [r["token_ids"] for r in single]
-    assert all(r["cut_off"] and r["num_tokens"] == 7 for r in batched)  # random model: no eos in 7 tokens
-    # an id generated at step 2 treated as end-of-sequence: cut there, not cut off, eos counted, not decoded
-    stop = single[0]["token_ids"][2]
-    first = single[0]["token_ids"].index(stop)
-    res = ev.generate_batched(model, tok, prompts[:1], max_new_tokens=7, batch_size=1, eos_token_ids=[stop], progress=False)[0]
-    assert res["token_ids"] == single[0]["token_ids"][: first + 1]
-    assert not res["cut_off"] and res["num_tokens"] == first + 1
-    assert res["text"] == tok.decode(single[0]["token_ids"][:first], skip_special_tokens=True)
 
 
 def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, monkeypatch):
@@ -94,13 +78,13 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
 
     # resume: nothing is regenerated
     calls = []
-    real = ev.generate_batched
+    real = Engine.generate
 
-    def counting(model, tokenizer, prompts, *a, **k):
-        calls.append(len(prompts))
-        return real(model, tokenizer, prompts, *a, **k)
+    def counting(self, prompt_ids, *a, **k):
+        calls.append(len(prompt_ids))
+        return real(self, prompt_ids, *a, **k)
 
-    monkeypatch.setattr(ev, "generate_batched", counting)
+    monkeypatch.setattr(Engine, "generate", counting)
     again = ev.evaluate(models, _benches(data_dir), _cfg(), out, progress=False)
     assert calls == []
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
@@ -133,33 +117,30 @@ def test_paired_comparison_refuses_mismatched_settings(tiny_dirs, data_dir, tmp_
         "rows": [{"id": str(i), "question": "q", "correct": c} for i, c in enumerate(correct)],
     }
     with pytest.raises(ValueError, match="refused.*max_new_tokens"):
-        ev.paired_comparison(run("a", 512, [1, 0]), run("b", 256, [1, 1]))
-    ok = ev.paired_comparison(run("a", 512, [1, 0, 0, 1]), run("b", 512, [1, 1, 1, 1]))
+        stats.paired_comparison(run("a", 512, [1, 0]), run("b", 256, [1, 1]))
+    ok = stats.paired_comparison(run("a", 512, [1, 0, 0, 1]), run("b", 512, [1, 1, 1, 1]))
     assert ok["diff"] == 0.5 and ok["only_model_correct"] == 2 and ok["only_baseline_correct"] == 0
     assert ok["mcnemar_p"] == 0.5
 
 
 def test_statistics_against_hand_values():
-    lo, hi = ev.wilson_interval(8, 10)
+    lo, hi = stats.wilson_interval(8, 10)
     assert math.isclose(lo, 0.4901624, abs_tol=1e-6) and math.isclose(hi, 0.9433178, abs_tol=1e-6)
-    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
-    assert ev.mcnemar_exact_p(1, 9) == 2 * 11 / 1024
-    assert ev.mcnemar_exact_p(0, 0) == 1.0 and ev.mcnemar_exact_p(5, 5) == 1.0
-    assert ev.mcnemar_exact_p(0, 3000) < 1e-300
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+    assert stats.mcnemar_exact_p(1, 9) == 2 * 11 / 1024
+    assert stats.mcnemar_exact_p(0, 0) == 1.0 and stats.mcnemar_exact_p(5, 5) == 1.0
+    assert stats.mcnemar_exact_p(0, 3000) < 1e-300
     rng = np.random.default_rng(1)
     a = rng.random(400) < 0.5
     b = a.copy()
     b[rng.choice(400, 40, replace=False)] = True
-    lo, hi = ev.paired_bootstrap_ci(a, b)
+    lo, hi = stats.paired_bootstrap_ci(a, b)
     diff = b.mean() - a.mean()
     assert lo < diff < hi and 0 < lo and hi < 0.2
-    assert ev.paired_bootstrap_ci(a, b) == (lo, hi)  # fixed seed
+    assert stats.paired_bootstrap_ci(a, b) == (lo, hi)  # fixed seed
 
 
 def test_lora_adapter_directory(tiny_dirs, data_dir, tmp_path):
-    distill = pytest.importorskip("lightreasoner.distill", reason="lightreasoner/distill.py (engineer C) not present yet")
-    if not hasattr(distill, "load_adapted_model"):
-        pytest.skip("lightreasoner.distill.load_adapted_model not written yet")
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from lightreasoner.models import load_model, load_tokenizer
@@ -179,13 +160,13 @@ def test_lora_adapter_directory(tiny_dirs, data_dir, tmp_path):
 
     tok = load_tokenizer(spec)
     direct = PeftModel.from_pretrained(load_model(spec), str(adapter)).eval()
-    from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt
+    from lightreasoner.prompts import EVAL_SYSTEM
 
-    prompts = [chat_prompt(tok, r["question"], EVAL_SYSTEM) for r in rows]
-    expect = ev.generate_batched(direct, tok, prompts, 5, 2, progress=False)
-    base_out = ev.generate_batched(load_model(spec), tok, prompts, 5, 2, progress=False)
-    assert [r["generated"] for r in rows] == [e["text"] for e in expect]
-    assert [e["token_ids"] for e in expect] != [b["token_ids"] for b in base_out]  # the adapter is really applied
+    prompts = encode_prompts(tok, [r["question"] for r in rows], EVAL_SYSTEM)
+    expect = HFEngine(direct, tok).generate(prompts, GenerationSettings(5), 2, progress=False)
+    base_out = HFEngine(load_model(spec), tok).generate(prompts, GenerationSettings(5), 2, progress=False)
+    assert [r["generated"] for r in rows] == [e.text for e in expect]
+    assert [e.token_ids for e in expect] != [b.token_ids for b in base_out]  # the adapter is really applied
 
 
 def test_log_report(tmp_path):
@@ -197,7 +178,7 @@ def test_log_report(tmp_path):
         "comparisons": [{"benchmark": "gsm8k", "model": "tuned", "baseline": "base", "n": 3, "diff": 0.25, "ci95": [0.0, 0.5], "mcnemar_p": 0.5}],
     }
     csv = CSVLogger(tmp_path, name="logs")
-    ev.log_report(report, csv)
+    tables.log_report(report, csv)
     text = Path(csv.log_dir, "metrics.csv").read_text()
     assert "eval/base/gsm8k/accuracy" in text and "eval/tuned/gsm8k/diff_vs_base" in text
 
@@ -209,7 +190,7 @@ def test_log_report(tmp_path):
             self.tables.append((key, columns, data))
 
     w = FakeWandb()
-    ev.log_report(report, w)
+    tables.log_report(report, w)
     assert [t[0] for t in w.tables] == ["eval/results", "eval/paired_comparisons"]
     assert w.tables[0][2][0][:4] == ["base", "gsm8k", "3", "33.3"]
 
@@ -217,11 +198,11 @@ def test_log_report(tmp_path):
 def test_read_rows_tolerates_only_a_truncated_last_line(tmp_path):
     f = tmp_path / "b.jsonl"
     f.write_text('{"id": "a"}\n{"id": "b"}')  # complete last row, newline not yet written
-    assert list(ev.read_rows(f)) == ["a", "b"]
+    assert list(results.read_rows(f)) == ["a", "b"]
     assert f.read_text() == '{"id": "a"}\n{"id": "b"}\n'
     f.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "gen')
-    assert list(ev.read_rows(f)) == ["a", "b"]
+    assert list(results.read_rows(f)) == ["a", "b"]
     assert f.read_text() == '{"id": "a"}\n{"id": "b"}\n'
     f.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')
     with pytest.raises(ValueError, match=r"b\.jsonl:2: malformed JSON"):
-        ev.read_rows(f)
+        results.read_rows(f)

@@ -67,19 +67,3 @@ def test_eos_ids_union_tokenizer_and_generation_config(tiny_pair_dirs):
     tok, model = load_tokenizer(spec), load_model(spec)
     model.generation_config.eos_token_id = [tok.eos_token_id, 0]
     assert eos_token_ids(tok, model) == sorted({tok.eos_token_id, 0})
-
-
-def test_checkpoint_generation_config_does_not_leak_into_greedy_generation(tiny_pair_dirs):
-    from lightreasoner.evaluate import generate_batched
-
-    spec = ModelSpec(tiny_pair_dirs["expert"], device="cpu")
-    tok, model = load_tokenizer(spec), load_model(spec)
-    prompts = ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\nx<|im_end|>\n"]
-    clean = [r["token_ids"] for r in generate_batched(model, tok, prompts, 12, 2, progress=False)]
-    model.generation_config.repetition_penalty = 50.0
-    model.generation_config.no_repeat_ngram_size = 1
-    model.generation_config.do_sample = True
-    model.generation_config.temperature = 5.0
-    leaked = [r["token_ids"] for r in generate_batched(model, tok, prompts, 12, 2, progress=False)]
-    assert leaked == clean
-    assert model.generation_config.repetition_penalty == 50.0  # restored after the call

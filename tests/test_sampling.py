@@ -137,7 +137,7 @@ def test_generation_config_eos_ids_are_used(pair):
     try:
         sampler = ContrastiveSampler(expert_model=expert, amateur_model=amateur, tokenizer=tok, settings=SETTINGS)
         recs = sampler.predict_step(batch)
-        assert sorted(sampler._eos) == sorted({old, extra})
+        assert sorted(sampler.engine.eos_token_ids) == sorted({old, extra})
         first = base[0]["trace_ids"].tolist().index(extra)
         assert recs[0]["finished"] and len(recs[0]["trace_ids"]) == first + 1
     finally:

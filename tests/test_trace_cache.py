@@ -3,7 +3,6 @@
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +30,7 @@ def pair():
 
 def run(pair, cache_dir, probs, **over):
     tok, e, a = pair
-    return tc.run_sampling(EXPERT, AMATEUR, probs, DATASET, {**CFG, **over}, cache_dir, trainer_kwargs=TRAINER, models=(e, a, tok))
+    return sampling_mod.run_sampling(EXPERT, AMATEUR, probs, DATASET, {**CFG, **over}, cache_dir, trainer_kwargs=TRAINER, models=(e, a, tok))
 
 
 class CountCalls:
@@ -98,8 +97,8 @@ def test_beta_alpha_changes_reuse_traces_without_models(pair, tmp_path, monkeypa
     again = run(pair, tmp_path, probs, beta=0.9, alpha=0.5, first_step=2, batch_size=3)
     assert again.key == first.key and again.path == first.path
     ids = [p.id for p in probs]
-    loose = again.select(0.0, 0.1, 0, ids)
-    tight = again.select(0.9, 0.5, 2, ids)
+    loose = select(again.read(ids), 0.0, 0.1, 0, alpha_min=again.alpha_min)
+    tight = select(again.read(ids), 0.9, 0.5, 2, alpha_min=again.alpha_min)
     n_loose, n_tight = sum(s.num_steps for s in loose), sum(s.num_steps for s in tight)
     assert n_loose == sum(len(r["kl"]) for r in again.read(ids))  # beta=0, first_step=0 keeps every step
     assert n_tight < n_loose
@@ -264,4 +263,4 @@ def test_bad_input_writes_nothing(pair, tmp_path, monkeypatch, over, field):
 def test_alpha_below_cached_alpha_min_says_how_to_rescore(pair, tmp_path):
     cache = run(pair, tmp_path, problems(2))
     with pytest.raises(ValueError, match=r"alpha_min.*Re-score with sampling.alpha_min <= 0.05"):
-        cache.select(0.4, 0.05)
+        select(cache.read_all(), 0.4, 0.05, alpha_min=cache.alpha_min)

@@ -169,7 +169,6 @@ def _dataclass_from(cls, d: Any, what: str):
 # --------------------------------------------------------------------------------------------
 # Scoring (greedy generation with the evaluation prompt)
 
-@torch.no_grad()
 def greedy_generate(
     model,
     tokenizer,
@@ -178,24 +177,15 @@ def greedy_generate(
     batch_size: int = 250,
     max_new_tokens: int = 64,
 ) -> list[str]:
-    """Greedy completions (decoded, special tokens dropped) of each question's chat prompt."""
+    """Greedy completions (decoded, special tokens dropped) of each question's chat prompt,
+    through the shared generation interface (the transformers engine)."""
+    from lightreasoner.generation import GenerationSettings, HFEngine
+
     model.eval()
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    out: list[str] = []
-    for i in range(0, len(questions), batch_size):
-        texts = [prompts.chat_prompt(tokenizer, q, system) for q in questions[i : i + batch_size]]
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new = gen[:, enc["input_ids"].shape[1] :]
-        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    return out
+    engine = HFEngine(model, tokenizer)
+    prompt_ids = prompts.encode_prompts(tokenizer, questions, system)
+    gens = engine.generate(prompt_ids, GenerationSettings(max_new_tokens), batch_size, progress=False)
+    return [g.text for g in gens]
 
 
 def score(model, tokenizer, problems: list[DemoProblem] | list[dict], system: str | None = prompts.EVAL_SYSTEM,
@@ -333,8 +323,6 @@ def build_pair(cfg: DemoConfig, out_dir: str | Path) -> dict:
 
     Returns the manifest (also written to ``out_dir/manifest.json``).
     """
-    from lightreasoner.sft import encode_traces
-    from lightreasoner.tiny import save_pair_member
 
     out = Path(out_dir)
     threads = torch.get_num_threads()
