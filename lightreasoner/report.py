@@ -1,0 +1,640 @@
+"""The sweep report: one table and a few plots for a Hydra multirun.
+
+    python -m lightreasoner.report multirun/2025-01-01/12-00-00            # -> .../report/
+    python -m lightreasoner.report run_a run_b --out /tmp/report
+
+Reads only what a run leaves on disk, so it works on a directory copied back from a cluster:
+``.hydra/config.yaml`` (the composed config, interpolations left unresolved),
+``.hydra/overrides.yaml`` and, once the run ended, ``summary.json``. Any directory holding
+``.hydra/config.yaml`` below the given paths is a run; job directory names are never parsed.
+
+The config keys whose values differ between runs (bookkeeping such as ``hydra.*``, ``paths.*``
+and output directories aside) define the settings; the seeds of one setting are aggregated
+into one row. Written to the output directory: ``report.md``, ``report.csv`` (one row per
+setting), ``runs.csv`` (one row per run, failed and unfinished ones included) and PNG plots.
+
+Notebook API: :func:`load_runs`, :func:`varying_keys`, :func:`aggregate`, :func:`format_table`,
+the ``plot_*`` functions and :func:`make_plots` (matplotlib Figures), :func:`write_report`.
+No torch: the report runs on any laptop with pandas and matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import numbers
+import os
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+from omegaconf import OmegaConf
+
+from lightreasoner.eval.stats import wilson_interval
+
+META_COLUMNS = ("run_dir", "status", "error", "overrides")
+"""The columns of :func:`load_runs` that are neither config keys nor metrics."""
+
+IGNORED_PREFIXES = ("hydra.", "paths.")
+IGNORED_LEAVES = ("output_dir", "out_dir", "save_dir", "default_root_dir", "dirpath", "log_dir")
+"""Config keys that differ between runs without being a setting (directories, Hydra's own)."""
+
+BASE, TUNED = "base", "tuned"
+
+INTERVALS_NOTE = (
+    "Accuracies in %, gain = tuned - base accuracy in points (paired: same problems). "
+    "With one seed, `[lo, hi]` is that run's 95% interval: Wilson for an accuracy, "
+    "a paired bootstrap over problems for the gain. With two or more seeds the cell is the mean "
+    "over seeds and `(min..max)` the range of the per-seed values, not a confidence interval: "
+    "a pooled interval needs per-problem rows, which summary.json does not hold. "
+    "kept % = kept-step fraction of the selection; wall s = sum of the stage wall times of a run; "
+    "both and tuned tokens are means over seeds. `-` = not measured (e.g. a stage=sample run)."
+)
+
+
+class ReportInputError(ValueError):
+    """A path given to the report does not exist or holds no Hydra run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def find_runs(path: str | Path) -> list[Path]:
+    """Run directories (those holding ``.hydra/config.yaml``) at or below ``path``, in job order."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportInputError(f"no such path: {path}")
+    found = []
+    for root, dirs, _ in os.walk(path):
+        if os.path.isfile(os.path.join(root, ".hydra", "config.yaml")):
+            found.append(Path(root))
+            dirs[:] = []  # a run's own sub-directories (checkpoints, logs) hold no runs
+        else:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+    if not found:
+        raise ReportInputError(f"no Hydra run (.hydra/config.yaml) under {path}")
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    """Nested dict -> dotted keys; lists and empty dicts become their canonical string."""
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, (dict, list)):
+            out[name] = _canonical(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _canonical(value) -> str:
+    """The string two config values are compared by (1 and 1.0 are equal; missing = null)."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Number):
+        return repr(float(value))
+    return str(value)
+
+
+def _read_config(run_dir: Path) -> dict:
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    return _flatten(OmegaConf.to_container(cfg, resolve=False) or {})
+
+
+def _read_overrides(run_dir: Path) -> str:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    overrides = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or []
+    return " ".join(str(o) for o in overrides)
+
+
+def _summary_metrics(summary: dict) -> dict:
+    """The numbers of a summary.json as flat columns (``accuracy/<model>/<benchmark>`` etc.)."""
+    metrics = {}
+    for key, value in (summary.get("selection") or {}).items():
+        metrics[f"selection/{key}"] = value
+    for key in ("tuned_tokens", "objective"):
+        if summary.get(key) is not None:
+            metrics[f"summary/{key}"] = summary[key]
+    wall = summary.get("wall_s") or {}
+    for stage, secs in wall.items():
+        metrics[f"wall_s/{stage}"] = secs
+    if wall:
+        metrics["wall_s/total"] = float(sum(v for v in wall.values() if v is not None))
+    results = summary.get("results") or []
+    for row in results:
+        metrics.update(_fields(row, f"{row['model']}/{row['benchmark']}"))
+    if not results and isinstance(summary.get("eval"), dict):  # older summaries: accuracies only
+        for model, accs in summary["eval"].items():
+            for bench, acc in (accs or {}).items() if isinstance(accs, dict) else []:
+                if isinstance(acc, numbers.Number):
+                    metrics[f"accuracy/{model}/{bench}"] = acc
+    for row in summary.get("comparisons") or []:
+        metrics.update(_fields(row, f"{row['model']}-vs-{row['baseline']}/{row['benchmark']}"))
+    return metrics
+
+
+def _fields(row: dict, tag: str) -> dict:
+    out = {}
+    for key, value in row.items():
+        if key in ("model", "baseline", "benchmark"):
+            continue
+        if key == "ci95" and isinstance(value, (list, tuple)) and len(value) == 2:
+            out[f"ci95_lo/{tag}"], out[f"ci95_hi/{tag}"] = value
+        elif not isinstance(value, (list, dict)):
+            out[f"{key}/{tag}"] = value
+    return out
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """One run as a flat dict: run_dir, status, error, overrides, config keys, summary metrics.
+
+    status is the summary's ("finished" / "failed"), "unfinished" without summary.json, or
+    "unreadable" when a file of the run cannot be parsed (the error says which)."""
+    run_dir = Path(run_dir)
+    meta = {"run_dir": str(run_dir), "status": "unfinished", "error": None, "overrides": ""}
+    config, metrics = {}, {}
+    try:
+        meta["overrides"] = _read_overrides(run_dir)
+        config = _read_config(run_dir)
+    except Exception as exc:  # noqa: BLE001 -- a truncated or hand-edited copy must still be listed
+        meta.update(status="unreadable", error=_one_line(".hydra", exc))
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file() and meta["status"] != "unreadable":
+        try:
+            summary = json.loads(summary_path.read_text())
+            meta["status"] = summary.get("status", "finished")
+            meta["error"] = summary.get("error")
+            metrics = _summary_metrics(summary)
+        except Exception as exc:  # noqa: BLE001 -- bad JSON or a summary of another schema
+            meta.update(status="unreadable", error=_one_line("summary.json", exc))
+    clash = set(META_COLUMNS) | set(metrics)
+    config = {(f"config.{k}" if k in clash else k): v for k, v in config.items()}
+    return {**meta, **config, **metrics}
+
+
+def _one_line(where: str, exc: Exception) -> str:
+    return f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run found at or below ``paths`` (a multirun dir, run dirs, or a parent of both).
+
+    Columns: ``run_dir``, ``status``, ``error``, ``overrides``, then the flattened config keys
+    (dotted, e.g. ``sampling.beta``; lists as their JSON string; interpolations such as
+    ``${hydra:runtime.output_dir}`` kept as text), then the summary metrics, whose names all
+    contain ``/``: ``accuracy/<model>/<benchmark>``, ``ci95_lo/...``, ``ci95_hi/...``,
+    ``diff/tuned-vs-base/<benchmark>`` (and the other comparison fields),
+    ``selection/<field>``, ``summary/tuned_tokens``, ``wall_s/<stage>``, ``wall_s/total``.
+    Raises :class:`ReportInputError` for a path that does not exist or holds no run."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    seen, rows = set(), []
+    for path in paths:
+        for run_dir in find_runs(path):
+            if run_dir.resolve() not in seen:
+                seen.add(run_dir.resolve())
+                rows.append(load_run(run_dir))
+    if not rows:
+        raise ReportInputError("no path given")
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and aggregation
+
+
+def config_columns(runs: pd.DataFrame) -> list[str]:
+    """The config-key columns of a :func:`load_runs` frame (metric columns contain ``/``)."""
+    return [c for c in runs.columns if c not in META_COLUMNS and "/" not in c]
+
+
+def _ignored(key: str) -> bool:
+    return key.startswith(IGNORED_PREFIXES) or key.rsplit(".", 1)[-1] in IGNORED_LEAVES
+
+
+def varying_keys(runs: pd.DataFrame, exclude: Iterable[str] = ("seed",)) -> list[str]:
+    """The config keys whose value differs between runs, in config order.
+
+    Left out: ``exclude`` (by default ``seed``, which :func:`aggregate` averages over), keys under
+    ``hydra.`` / ``paths.``, output and log directories, and keys whose value contains ``${``
+    in any run (an unresolved interpolation carries no setting). Values are compared as
+    canonical strings, so ``1`` equals ``1.0`` and a key missing from a run reads as null.
+    Runs whose config could not be read (status unreadable, no config key) are not compared."""
+    exclude = set(exclude)
+    columns = config_columns(runs)
+    with_config = runs[runs[columns].notna().any(axis=1)] if columns else runs
+    keys = []
+    for key in columns:
+        if key in exclude or _ignored(key):
+            continue
+        values = with_config[key].map(_canonical)
+        if values.str.contains("${", regex=False).any():
+            continue
+        if values.nunique() > 1:
+            keys.append(key)
+    return keys
+
+
+def _models_and_benchmarks(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
+    models, benchmarks = [], []
+    for col in runs.columns:
+        if col.startswith("accuracy/"):
+            _, model, bench = col.split("/", 2)
+            models += [model] if model not in models else []
+            benchmarks += [bench] if bench not in benchmarks else []
+    order = {BASE: 0, TUNED: 1}
+    return sorted(models, key=lambda m: (order.get(m, 2), m)), benchmarks
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name not in frame:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce")
+
+
+def _mean_and_interval(frame: pd.DataFrame, value: str, lo: str, hi: str, scale: float) -> tuple:
+    """Mean of ``value`` over the rows with one; with one row its [lo, hi], else min and max."""
+    values = _column(frame, value)
+    have = values.notna()
+    n = int(have.sum())
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    if n == 1:
+        row = frame[have]
+        return tuple(float(_column(row, c).iloc[0]) * scale for c in (value, lo, hi))
+    return float(values[have].mean()) * scale, float(values.min()) * scale, float(values.max()) * scale
+
+
+def _fill_wilson(runs: pd.DataFrame) -> pd.DataFrame:
+    """Wilson 95% intervals for the accuracies that came without ``ci95`` (from correct / n)."""
+    runs = runs.copy()
+    for col in [c for c in runs.columns if c.startswith("accuracy/")]:
+        tag = col.split("/", 1)[1]
+        lo, hi, k, n = (f"ci95_lo/{tag}", f"ci95_hi/{tag}", f"correct/{tag}", f"n/{tag}")
+        if k not in runs or n not in runs:
+            continue
+        lo_vals, hi_vals = _column(runs, lo).copy(), _column(runs, hi).copy()
+        for i in runs.index[lo_vals.isna() & _column(runs, k).notna() & _column(runs, n).notna()]:
+            lo_vals.loc[i], hi_vals.loc[i] = wilson_interval(int(runs.at[i, k]), int(runs.at[i, n]))
+        runs[lo], runs[hi] = lo_vals, hi_vals
+    return runs
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per distinct setting of ``keys``, its finished runs (seeds) aggregated.
+
+    Columns: the keys (the first run's values), ``seeds`` (finished runs), ``not_finished``
+    (failed, unfinished or unreadable runs of that setting), then per benchmark ``b`` and
+    model ``m``: ``acc/m/b`` (mean accuracy in %) with ``acc_lo/m/b`` and ``acc_hi/m/b``;
+    ``gain/b`` (mean tuned - base paired difference in points) with ``gain_lo/b`` and
+    ``gain_hi/b``; then ``kept_pct``, ``tuned_tokens`` and ``wall_s`` (means over seeds).
+    The ``_lo``/``_hi`` bounds are the run's 95% interval with one seed and the per-seed
+    min and max with more (see :data:`INTERVALS_NOTE`). Rows are sorted by the keys."""
+    runs = _fill_wilson(runs)
+    models, benchmarks = _models_and_benchmarks(runs)
+    groups: dict[tuple, list] = {}
+    for i, setting in zip(runs.index, runs[keys].map(_canonical).itertuples(index=False, name=None)):
+        groups.setdefault(setting, []).append(i)
+    rows = []
+    for index in groups.values():
+        group = runs.loc[index]
+        done = group[group["status"] == "finished"]
+        row = {key: group[key].iloc[0] for key in keys}
+        row["seeds"] = len(done)
+        row["not_finished"] = len(group) - len(done)
+        for bench in benchmarks:
+            for model in models:
+                tag = f"{model}/{bench}"
+                (row[f"acc/{tag}"], row[f"acc_lo/{tag}"], row[f"acc_hi/{tag}"]) = _mean_and_interval(
+                    done, f"accuracy/{tag}", f"ci95_lo/{tag}", f"ci95_hi/{tag}", 100.0)
+            tag = f"{TUNED}-vs-{BASE}/{bench}"
+            (row[f"gain/{bench}"], row[f"gain_lo/{bench}"], row[f"gain_hi/{bench}"]) = _mean_and_interval(
+                done, f"diff/{tag}", f"ci95_lo/{tag}", f"ci95_hi/{tag}", 100.0)
+        row["kept_pct"] = _column(done, "selection/kept_step_fraction").mean() * 100.0
+        row["tuned_tokens"] = _column(done, "summary/tuned_tokens").mean()
+        row["wall_s"] = _column(done, "wall_s/total").mean()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if keys:
+        table = table.sort_values(keys, key=_sort_key, kind="stable").reset_index(drop=True)
+    return table
+
+
+def _sort_key(col: pd.Series) -> pd.Series:
+    numeric = pd.to_numeric(col, errors="coerce")
+    return numeric if numeric.notna().any() else col.map(_canonical)
+
+
+def setting_keys(table: pd.DataFrame) -> list[str]:
+    """The key columns of an :func:`aggregate` table (those before ``seeds``)."""
+    return list(table.columns[: table.columns.get_loc("seeds")])
+
+
+def _benchmarks(table: pd.DataFrame) -> list[str]:
+    return [c.split("/", 1)[1] for c in table.columns if c.startswith("gain/")]
+
+
+def _table_models(table: pd.DataFrame, bench: str) -> list[str]:
+    return [c.split("/")[1] for c in table.columns if c.startswith("acc/") and c.endswith(f"/{bench}")]
+
+
+def _cell(value: float, lo: float, hi: float, seeds: int, signed: bool = False) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    text = fmt.format(value)
+    if seeds == 1 and np.isfinite(lo) and np.isfinite(hi):
+        return f"{text} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    if seeds >= 2:
+        return f"{text} ({fmt.format(lo)}..{fmt.format(hi)})"
+    return text
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`aggregate` table as display strings: one column per key, ``seeds``, and per
+    benchmark ``<b> base %``, ``<b> tuned %``, ``<b> gain pp``, other models' accuracies, then
+    ``kept %``, ``tuned tokens``, ``wall s``. Missing values read ``-``."""
+    keys = setting_keys(table)
+    out = pd.DataFrame({key: table[key].map(_display_value) for key in keys})
+    out["seeds"] = table["seeds"].astype(int).astype(str)
+    if table["not_finished"].any():
+        out["not finished"] = table["not_finished"].astype(int).astype(str)
+    seeds = table["seeds"].astype(int)
+    for bench in _benchmarks(table):
+        models = _table_models(table, bench)
+        for model in [m for m in (BASE, TUNED) if m in models]:
+            out[f"{bench} {model} %"] = _cells(table, "acc", f"{model}/{bench}", seeds)
+        out[f"{bench} gain pp"] = _cells(table, "gain", bench, seeds, signed=True)
+        for model in [m for m in models if m not in (BASE, TUNED)]:
+            out[f"{bench} {model} %"] = _cells(table, "acc", f"{model}/{bench}", seeds)
+    out["kept %"] = table["kept_pct"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    out["tuned tokens"] = table["tuned_tokens"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+    out["wall s"] = table["wall_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    return out
+
+
+def _cells(table: pd.DataFrame, prefix: str, tag: str, seeds: pd.Series, signed: bool = False) -> list[str]:
+    columns = (table[f"{prefix}/{tag}"], table[f"{prefix}_lo/{tag}"], table[f"{prefix}_hi/{tag}"], seeds)
+    return [_cell(v, lo, hi, s, signed) for v, lo, hi, s in zip(*columns)]
+
+
+def _display_value(value) -> str:
+    """A key value as shown: numbers as written (``1e-05``, ``0.4``), null, true/false, text."""
+    text = _canonical(value)
+    if text == "null" or isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Number):
+        return text
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    present = [v for v in values if _canonical(v) != "null"]
+    return bool(present) and all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in present)
+
+
+def _series(table: pd.DataFrame, key: str) -> list[tuple[str, pd.DataFrame]]:
+    """The rows of ``table`` split by the values of the keys other than ``key`` (plot series)."""
+    others = [k for k in setting_keys(table) if k != key]
+    if not others:
+        return [("", table)]
+    labels = table[others].apply(lambda r: ", ".join(f"{k}={_display_value(r[k])}" for k in others), axis=1)
+    return [(label, table[labels == label]) for label in dict.fromkeys(labels)]
+
+
+def _axes(n: int, title: str):
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.8), squeeze=False)
+    fig.suptitle(title)
+    return fig, axes[0]
+
+
+def _errors(frame: pd.DataFrame, value: str, lo: str, hi: str) -> np.ndarray:
+    y = frame[value].to_numpy(float)
+    return np.nan_to_num(np.clip([y - frame[lo].to_numpy(float), frame[hi].to_numpy(float) - y], 0, None))
+
+
+def _interval_label(table: pd.DataFrame) -> str:
+    seeds = table.loc[table["seeds"] > 0, "seeds"]
+    if (seeds >= 2).all():
+        return "bars: min..max over seeds"
+    return "bars: 95% CI (1 seed) / min..max over seeds" if (seeds >= 2).any() else "bars: 95% CI"
+
+
+def plot_gain_vs(table: pd.DataFrame, key: str) -> plt.Figure:
+    """Gain (tuned - base, points) against a numeric key, one panel per benchmark and one line
+    per setting of the other keys; error bars as in the table (95% CI or per-seed range)."""
+    benchmarks = _benchmarks(table)
+    fig, axes = _axes(max(1, len(benchmarks)), f"gain vs {key} ({_interval_label(table)})")
+    for ax, bench in zip(axes, benchmarks):
+        for label, part in _series(table, key):
+            part = part[part[f"gain/{bench}"].notna() & part[key].map(_canonical).ne("null")]
+            part = part.sort_values(key, key=_sort_key)
+            if len(part):
+                ax.errorbar(part[key].astype(float), part[f"gain/{bench}"],
+                            yerr=_errors(part, f"gain/{bench}", f"gain_lo/{bench}", f"gain_hi/{bench}"),
+                            marker="o", capsize=3, label=label or None)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set(title=bench, xlabel=key, ylabel="gain (pp)")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gain_by(table: pd.DataFrame, key: str = "method") -> plt.Figure:
+    """Gain per setting as bars (for a non-numeric key such as ``method``): one bar per table row,
+    labelled by its key values, one panel per benchmark; error bars as in the table."""
+    benchmarks = _benchmarks(table)
+    keys = [key] + [k for k in setting_keys(table) if k != key]
+    table = table.sort_values(keys, key=_sort_key, kind="stable")
+    labels = table[keys].apply(lambda r: "\n".join(_display_value(r[k]) for k in keys), axis=1)
+    fig, axes = _axes(max(1, len(benchmarks)), f"gain by {key} ({_interval_label(table)})")
+    x = np.arange(len(table))
+    for ax, bench in zip(axes, benchmarks):
+        y = table[f"gain/{bench}"].to_numpy(float)
+        ax.bar(x, np.nan_to_num(y), yerr=_errors(table, f"gain/{bench}", f"gain_lo/{bench}", f"gain_hi/{bench}"),
+               capsize=3, color=["C0" if np.isfinite(v) else "lightgrey" for v in y])
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set(title=bench, xlabel=" / ".join(keys), ylabel="gain (pp)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_kept_vs_beta(table: pd.DataFrame, key: str = "sampling.beta") -> plt.Figure:
+    """Kept-step fraction (%) against ``sampling.beta``, one line per setting of the other keys."""
+    fig, axes = _axes(1, f"kept steps vs {key}")
+    ax = axes[0]
+    for label, part in _series(table, key):
+        part = part[part["kept_pct"].notna()].sort_values(key, key=_sort_key)
+        if len(part):
+            ax.plot(part[key].astype(float), part["kept_pct"], marker="o", label=label or None)
+    ax.set(xlabel=key, ylabel="kept steps (%)", ylim=(0, 105))
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gain_per_run(runs: pd.DataFrame) -> plt.Figure:
+    """Gain (tuned - base, points) of every finished run with its bootstrap 95% CI, one panel
+    per benchmark: the plot when no setting varies (e.g. seeds only)."""
+    done = runs[runs["status"] == "finished"]
+    benchmarks = [c.split("/", 2)[2] for c in done.columns if c.startswith(f"diff/{TUNED}-vs-{BASE}/")]
+    fig, axes = _axes(max(1, len(benchmarks)), "gain per run (bars: 95% CI)")
+    labels = [Path(d).name for d in done["run_dir"]]
+    if "seed" in done:
+        labels = [f"{name}\nseed={_display_value(seed)}" for name, seed in zip(labels, done["seed"])]
+    x = np.arange(len(done))
+    for ax, bench in zip(axes, benchmarks):
+        tag = f"{TUNED}-vs-{BASE}/{bench}"
+        frame = pd.DataFrame({c: _column(done, f"{c}/{tag}").to_numpy() * 100 for c in ("diff", "ci95_lo", "ci95_hi")})
+        ax.bar(x, np.nan_to_num(frame["diff"].to_numpy(float)), yerr=_errors(frame, "diff", "ci95_lo", "ci95_hi"),
+               capsize=3)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set(title=bench, ylabel="gain (pp)")
+    fig.tight_layout()
+    return fig
+
+
+def make_plots(runs: pd.DataFrame, table: pd.DataFrame, keys: list[str]) -> dict[str, plt.Figure]:
+    """Every plot that applies, by file stem: ``gain_vs_<key>`` per numeric varying key,
+    ``gain_by_<key>`` per other varying key (``method``...), ``kept_vs_sampling.beta`` when beta
+    varies, and ``gain_per_run`` when no key varies. Empty when no run has a tuned-vs-base gain."""
+    figures: dict[str, plt.Figure] = {}
+    has_gain = any(table[c].notna().any() for c in table.columns if c.startswith("gain/"))
+    for key in keys:
+        numeric = _is_numeric(table[key])
+        if has_gain:
+            figures[f"gain_{'vs' if numeric else 'by'}_{key}"] = (plot_gain_vs if numeric else plot_gain_by)(table, key)
+        if key == "sampling.beta" and numeric and table["kept_pct"].notna().any():
+            figures[f"kept_vs_{key}"] = plot_kept_vs_beta(table, key)
+    if has_gain and not keys:
+        figures["gain_per_run"] = plot_gain_per_run(runs)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Report files and CLI
+
+
+def not_finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """The failed, unfinished and unreadable runs: run_dir, status, error, overrides."""
+    return runs.loc[runs["status"] != "finished", list(META_COLUMNS)].reset_index(drop=True)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).absolute().relative_to(root)) or "."
+    except ValueError:
+        return path
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    escaped = frame.astype(str).apply(lambda col: col.str.replace("|", "\\|", regex=False).str.replace("\n", " "))
+    return escaped.to_markdown(index=False, disable_numparse=True)
+
+
+def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path | None = None) -> dict:
+    """Load the runs under ``paths``, write report.md, report.csv, runs.csv and the plots.
+
+    ``out_dir`` defaults to ``<common parent of paths>/report`` (``<multirun dir>/report``).
+    Returns ``{"out_dir", "files": {name: Path}, "runs", "keys", "table", "display"}``:
+    the :func:`load_runs` frame, the varying keys, the :func:`aggregate` table and its
+    :func:`format_table` strings."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    runs = load_runs(paths)
+    root = Path(os.path.commonpath([p.absolute() for p in paths]))
+    out_dir = Path(out_dir) if out_dir is not None else root / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = varying_keys(runs)
+    table = aggregate(runs, keys)
+    display = format_table(table)
+    files = {"report.csv": out_dir / "report.csv", "runs.csv": out_dir / "runs.csv"}
+    table.to_csv(files["report.csv"], index=False, float_format="%.10g")
+    runs.to_csv(files["runs.csv"], index=False)
+    for stem, fig in make_plots(runs, table, keys).items():
+        files[f"{stem}.png"] = out_dir / f"{stem}.png"
+        fig.savefig(files[f"{stem}.png"], dpi=120)
+        plt.close(fig)
+    failed = not_finished(runs).assign(run_dir=lambda f: f["run_dir"].map(lambda p: _relative(p, root)))
+    md = [
+        "# Sweep report",
+        "",
+        f"{_counts(runs)} under `{root}`. "
+        + (f"Varying: {', '.join(f'`{k}`' for k in keys)}; " if keys else "No setting varies; ")
+        + "seeds aggregated per row.",
+        "",
+        INTERVALS_NOTE,
+        "",
+        _markdown(display),
+        "",
+        "## Plots",
+        "",
+        *[f"![{name}]({name})" for name in files if name.endswith(".png")],
+        *([] if any(n.endswith(".png") for n in files) else ["No finished run with a tuned-vs-base comparison."]),
+        "",
+        "## Failed or unfinished runs",
+        "",
+        _markdown(failed.fillna("")) if len(failed) else "None.",
+        "",
+    ]
+    files["report.md"] = out_dir / "report.md"
+    files["report.md"].write_text("\n".join(md))
+    return {"out_dir": out_dir, "files": files, "runs": runs, "keys": keys, "table": table, "display": display}
+
+
+def _counts(runs: pd.DataFrame) -> str:
+    counts = runs["status"].value_counts()
+    parts = [f"{counts.get('finished', 0)} finished"] + [f"{n} {s}" for s, n in counts.items() if s != "finished"]
+    return f"{len(runs)} runs ({', '.join(parts)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the table, write the report files; bad input -> ``error: ...``, exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m lightreasoner.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="a Hydra multirun directory, run directories, or a parent of them")
+    parser.add_argument("--out", help="output directory (default: <multirun dir>/report)")
+    args = parser.parse_args(argv)
+    matplotlib.use("Agg")
+    try:
+        report = write_report(args.paths, args.out)
+    except ReportInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    runs, keys = report["runs"], report["keys"]
+    print(f"{_counts(runs)}; varying: {', '.join(keys) if keys else 'nothing'} (seeds aggregated)")
+    print(_markdown(report["display"]))
+    failed = not_finished(runs)
+    if len(failed):
+        print("\nFailed or unfinished runs:")
+        print(_markdown(failed.fillna("")))
+    print(f"\nwrote {', '.join(report['files'])} to {report['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The sweep report on fake Hydra multiruns: settings, seed aggregation, files, plots, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+from _fake_sweep import FAILED, GAIN_PP, composed_config, fake_sweep, summary, write_run  # noqa: F401
+
+from lightreasoner import report
+
+matplotlib.use("Agg")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_load_runs_lists_every_run_and_finds_the_varying_keys(fake_sweep):  # noqa: F811
+    runs = report.load_runs(fake_sweep)
+    assert len(runs) == 10
+    assert runs["status"].value_counts().to_dict() == {"finished": 8, "failed": 1, "unfinished": 1}
+    failed = runs[runs["status"] == "failed"].iloc[0]
+    assert failed["error"] == FAILED["error"] and failed["overrides"] == "sampling.beta=0.4 sampling.alpha=0.2 seed=2"
+    assert report.varying_keys(runs) == ["sampling.beta", "sampling.alpha"]
+    assert report.varying_keys(runs, exclude=()) == ["sampling.beta", "sampling.alpha", "seed"]
+    # interpolations stay text; lists compare by their string form
+    assert runs["paths.output_dir"].iloc[0] == "${hydra:runtime.output_dir}"
+    assert runs["eval.models"].iloc[0] == '["base", "tuned", "amateur"]'
+    assert runs["accuracy/base/demo"].iloc[1] == pytest.approx(0.42)
+    # the parent of a multirun works too, and a run found twice counts once
+    assert len(report.load_runs([fake_sweep.parents[1], fake_sweep / "3"])) == 10
+
+
+def test_aggregate_averages_seeds_per_setting(fake_sweep):  # noqa: F811
+    runs = report.load_runs(fake_sweep)
+    table = report.aggregate(runs, report.varying_keys(runs))
+    assert len(table) == 4
+    grid = [[0.0, 0.1], [0.0, 0.2], [0.4, 0.1], [0.4, 0.2]]
+    assert table[["sampling.beta", "sampling.alpha"]].values.tolist() == grid
+    assert table["seeds"].tolist() == [2, 2, 2, 2]
+    assert table["not_finished"].tolist() == [1, 0, 0, 1]
+    for _, row in table.iterrows():
+        gain = GAIN_PP[(row["sampling.beta"], row["sampling.alpha"])]
+        assert row["acc/base/demo"] == pytest.approx(41.0)  # (40 + 42) / 2
+        assert row["acc_lo/base/demo"] == pytest.approx(40.0) and row["acc_hi/base/demo"] == pytest.approx(42.0)
+        assert row["acc/tuned/demo"] == pytest.approx(41.0 + gain)
+        assert row["gain/demo"] == pytest.approx(gain)  # mean of gain - 1 and gain + 1
+        assert (row["gain_lo/demo"], row["gain_hi/demo"]) == pytest.approx((gain - 1, gain + 1))
+        assert row["gain/svamp"] == pytest.approx(0.0)
+        assert row["acc/amateur/demo"] == pytest.approx(20.0)
+        assert row["kept_pct"] == pytest.approx(100.0 if row["sampling.beta"] == 0.0 else 37.5)
+        assert row["tuned_tokens"] == pytest.approx(10000 if row["sampling.beta"] == 0.0 else 4500)
+        assert row["wall_s"] == pytest.approx(20.5)
+    shown = report.format_table(table)
+    assert shown.loc[3, "demo gain pp"] == "+3.0 (+2.0..+4.0)"
+    assert shown.loc[0, "demo base %"] == "41.0 (40.0..42.0)"
+    assert list(shown.columns[:4]) == ["sampling.beta", "sampling.alpha", "seeds", "not finished"]
+
+
+def test_write_report_writes_table_runs_plots_and_failures(fake_sweep):  # noqa: F811
+    out = report.write_report(fake_sweep)
+    out_dir = fake_sweep / "report"
+    assert out["out_dir"] == out_dir
+    table = pd.read_csv(out_dir / "report.csv")
+    assert len(table) == 4 and table["gain/demo"].tolist() == pytest.approx([0.5, 1.0, 2.0, 3.0])
+    runs = pd.read_csv(out_dir / "runs.csv")
+    assert len(runs) == 10
+    by_status = runs.set_index("status")
+    assert by_status.loc["failed", "error"] == FAILED["error"]
+    assert Path(by_status.loc["unfinished", "run_dir"]).name == "9"
+    md = (out_dir / "report.md").read_text()
+    assert "## Failed or unfinished runs" in md
+    failures = md.split("## Failed or unfinished runs")[1]
+    assert "| 8 " in failures and "| 9 " in failures and FAILED["error"] in failures and "unfinished" in failures
+    assert "min..max" in md and "`sampling.beta`, `sampling.alpha`" in md
+    header, rule = [line for line in md.splitlines() if line.startswith("|")][:2]
+    assert "demo gain pp" in header and set(rule) <= set("|:-")
+    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    assert "gain_vs_sampling.beta.png" in pngs and "kept_vs_sampling.beta.png" in pngs
+    assert all((out_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert all(f"({p})" in md for p in pngs)
+
+
+def test_cli_prints_the_table_and_writes_to_out(fake_sweep, tmp_path, capsys):  # noqa: F811
+    assert report.main([str(fake_sweep), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("10 runs (8 finished, 1 failed, 1 unfinished); varying: sampling.beta, sampling.alpha")
+    assert "+3.0 (+2.0..+4.0)" in out and "Failed or unfinished runs" in out
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
+    missing = tmp_path / "no_such_multirun"
+    proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(missing)],
+                          check=False, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: no such path: {missing}"]
+    (tmp_path / "empty" / "0").mkdir(parents=True)
+    assert report.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(tmp_path / "empty") in err[0]
+
+
+def test_report_does_not_import_torch():
+    code = ("import sys, lightreasoner.report; "
+            "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_unresolvable_interpolations_are_kept_and_ignored(tmp_path):
+    for job, lr in enumerate((1e-4, 5e-5)):
+        cfg = composed_config(0.4, 0.2, 0, job)
+        cfg["optimizer"]["lr"] = lr
+        cfg["paths"]["models_dir"] = "${oc.env:SURELY_NOT_SET_ANYWHERE}"
+        cfg["distill"]["tag"] = f"${{paths.output_dir}}/job{job}"  # differs, but only as an interpolation
+        cfg["trainer"]["precision"] = "${oc.select:missing.key,32}"
+        cfg["sampling"]["max_new_tokens"] = "${eval.max_new_tokens}"  # dangling reference
+        write_run(tmp_path / "sweep" / str(job), cfg, [f"optimizer.lr={lr}"], summary(0.4, 0.2, 0))
+    runs = report.load_runs(tmp_path / "sweep")
+    assert runs["distill.tag"].tolist() == ["${paths.output_dir}/job0", "${paths.output_dir}/job1"]
+    assert runs["sampling.max_new_tokens"].iloc[0] == "${eval.max_new_tokens}"
+    assert report.varying_keys(runs) == ["optimizer.lr"]
+    out = report.write_report(tmp_path / "sweep")
+    assert out["display"]["optimizer.lr"].tolist() == ["5e-05", "0.0001"]
+    assert (tmp_path / "sweep" / "report" / "gain_vs_optimizer.lr.png").is_file()
+
+
+def test_one_seed_per_method_shows_run_intervals_and_method_bars(tmp_path):
+    for job, (method, seed) in enumerate([("lightreasoner", 0), ("sft", 1)]):
+        cfg = composed_config(0.4, 0.1, seed, job)
+        cfg["method"] = method
+        write_run(tmp_path / "sweep" / str(job), cfg, [f"method={method}", f"seed={seed}"], summary(0.4, 0.1, seed))
+    out = report.write_report(tmp_path / "sweep", tmp_path / "out")
+    assert out["keys"] == ["method"]  # seed differs too, one seed per method
+    shown = out["display"].set_index("method")
+    assert shown.loc["lightreasoner", "demo gain pp"] == "+1.0 [-0.5, +2.5]"  # the run's bootstrap CI
+    assert shown.loc["sft", "demo base %"] == "42.0 [39.0, 45.0]"  # the run's Wilson CI
+    assert (tmp_path / "out" / "gain_by_method.png").is_file()
+    figures = report.make_plots(out["runs"], out["table"], out["keys"])
+    assert list(figures) == ["gain_by_method"] and isinstance(figures["gain_by_method"], matplotlib.figure.Figure)
+
+
+def test_single_run_and_sample_only_runs(tmp_path):
+    run = write_run(tmp_path / "outputs" / "0", composed_config(0.4, 0.2, 0, 0), [], summary(0.4, 0.2, 0))
+    out = report.write_report(run)
+    assert out["keys"] == [] and len(out["table"]) == 1
+    assert (run / "report" / "gain_per_run.png").is_file()
+    # stage=sample: no selection / results / comparisons / tuned tokens -> "-", no plot, no crash
+    sample_only = {"status": "finished", "stage": "sample", "selection": None, "results": None,
+                   "comparisons": None, "tuned_tokens": None, "wall_s": {"sample": 3.0}}
+    for job in range(2):
+        cfg = composed_config(0.4, 0.2, job, job)
+        cfg["stage"] = "sample"
+        write_run(tmp_path / "sample" / str(job), cfg, [f"seed={job}"], sample_only)
+    out = report.write_report(tmp_path / "sample")
+    row = out["display"].iloc[0]
+    assert row["seeds"] == "2" and row["kept %"] == "-" and row["tuned tokens"] == "-" and row["wall s"] == "3.0"
+    assert [f for f in out["files"] if f.endswith(".png")] == []
+    md = (tmp_path / "sample" / "report" / "report.md").read_text()
+    assert "No finished run with a tuned-vs-base comparison." in md
+
+
+def test_unreadable_runs_are_listed_not_compared(tmp_path):
+    for job, beta in enumerate((0.0, 0.4)):
+        write_run(tmp_path / "sweep" / str(job), composed_config(beta, 0.2, 0, job), [f"sampling.beta={beta}"],
+                  summary(beta, 0.2, 0))
+    (tmp_path / "sweep" / "1" / "summary.json").write_text('{"status": "fini')  # truncated copy
+    write_run(tmp_path / "sweep" / "2", {}, ["sampling.beta=0.8"], None)
+    (tmp_path / "sweep" / "2" / ".hydra" / "config.yaml").write_text("sampling: [beta: 0.8\n")
+    out = report.write_report(tmp_path / "sweep")
+    runs = out["runs"]
+    assert runs["status"].tolist() == ["finished", "unreadable", "unreadable"]
+    assert runs["error"].iloc[1].startswith("summary.json: JSONDecodeError")
+    assert runs["error"].iloc[2].startswith(".hydra: ")
+    assert out["keys"] == ["sampling.beta"]  # the run without a config does not make every key vary
+    md = (tmp_path / "sweep" / "report" / "report.md").read_text().split("## Failed or unfinished runs")[1]
+    assert "| 1 " in md and "| 2 " in md and "sampling.beta=0.8" in md
