@@ -11,6 +11,8 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import lightreasoner.config  # noqa: F401  (registers the config resolvers)
@@ -20,12 +22,15 @@ log = logging.getLogger("lightreasoner")
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Run the stages; returns the objective (tuned accuracy) for hyper-parameter sweepers."""
     try:
-        run(cfg)
+        return run(cfg).objective
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records this job as failed, runs the others, then reports it
         sys.exit(2)
 
 

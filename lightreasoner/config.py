@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,74 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+SHORT_NAME_MAX = 48
+"""Longest override string :func:`short_name` keeps as it is."""
+
+
+def short_name(text: Any) -> str:
+    """A job's override string as a directory-name part: kept when short and free of path
+    separators, else a 10-character hash of it (the full overrides are in the job's
+    ``.hydra/overrides.yaml``), so a sweep sub-directory never passes the 255-byte limit."""
+    text = "" if text is None else str(text)
+    if len(text) <= SHORT_NAME_MAX and "/" not in text and "\\" not in text:
+        return text
+    return "h" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+
+
+SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
+
+
+def _is_sweep_value(value: str) -> bool:
+    """True for a command-line sweep value (``a,b``, ``range(...)``, ``choice(...)``, ...)."""
+    depth, quote = 0, None
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return value.strip().startswith(SWEEP_FUNCTIONS)
+
+
+def swept_keys(argv: list[str], sweeper_params: Any = None) -> set[str]:
+    """Keys a multirun sweeps: those of ``hydra.sweeper.params`` and the command-line overrides
+    whose value is a sweep."""
+    keys = {str(k) for k in (sweeper_params or {})}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-") and _is_sweep_value(value):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def sweep_subdir_name(*, _root_: Any) -> str:
+    """The swept part of a multirun job's overrides, e.g. ``sampling.alpha=0.1,sampling.beta=0.0``
+    (:func:`short_name` of it): the fixed overrides of a long command line are left out, so the
+    job directory says what differs between jobs."""
+    import sys
+
+    hydra = _root_.hydra
+    overrides = [str(o) for o in hydra.overrides.task]
+    params = hydra.sweeper.get("params") if "sweeper" in hydra else None
+    swept = swept_keys(sys.argv[1:], params)
+    items = sorted(o for o in overrides if o.partition("=")[0].lstrip("+~") in swept)
+    return short_name(",".join(items) if items else hydra.job.override_dirname)
+
+
 def register_resolvers() -> None:
-    """Register ``${lr_project_root:}`` (the checkout holding ``conf/`` and ``train.py``)."""
+    """Register ``${lr_project_root:}`` (the checkout holding ``conf/`` and ``train.py``),
+    ``${lr_short:text}`` (:func:`short_name`) and ``${lr_sweep_subdir:}`` (:func:`sweep_subdir_name`)."""
     if not OmegaConf.has_resolver("lr_project_root"):
         OmegaConf.register_new_resolver("lr_project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("lr_short"):
+        OmegaConf.register_new_resolver("lr_short", short_name)
+    if not OmegaConf.has_resolver("lr_sweep_subdir"):
+        OmegaConf.register_new_resolver("lr_sweep_subdir", sweep_subdir_name)
 
 
 def to_plain(obj: Any) -> Any:

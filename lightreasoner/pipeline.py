@@ -32,7 +32,7 @@ from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCoun
 from lightreasoner.eval.evaluate import EvalSettings, evaluate
 from lightreasoner.eval.tables import log_report
 from lightreasoner.files import atomic_write_json
-from lightreasoner.loggers import build_logger
+from lightreasoner.loggers import build_logger, finish_logger, log_eval_samples, log_trace_media
 from lightreasoner.models import load_tokenizer, pair_specs
 from lightreasoner.records import RunState
 from lightreasoner.sampling import SamplingSettings, run_sampling
@@ -132,9 +132,12 @@ def sample_stage(cfg: DictConfig, state: RunState) -> None:
     stats = selection_stats(records, samples)
     state.samples, state.sample_key = samples, cache.key
     state.selection = {"trace_cache": str(cache.path), "problems": len(problems), **stats}
-    if cfg.distill.export_published:
-        questions = {p.id: p.question for p in problems}
-        export_samples(samples, state.out_dir / "samples.jsonl", load_tokenizer(expert, "model_pair.expert"), questions)
+    if cfg.distill.export_published or state.logger:
+        tokenizer = load_tokenizer(expert, "model_pair.expert")
+        log_trace_media(state.logger, records, tokenizer, float(sel.beta), float(sel.alpha), int(sel.first_step))
+        if cfg.distill.export_published:
+            questions = {p.id: p.question for p in problems}
+            export_samples(samples, state.out_dir / "samples.jsonl", tokenizer, questions)
     log.info("selection: %s", json.dumps(state.selection))
 
 
@@ -170,7 +173,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         sample_key=state.sample_key,
     )
     ckpt_dir = state.out_dir / "checkpoints"
-    logger = build_logger(cfg)
+    logger = state.logger
     counter = TunedTokenCounter()
     callbacks = [counter]
     if cfg.trainer.get("enable_checkpointing", True):
@@ -232,21 +235,49 @@ def evaluate_stage(cfg: DictConfig, state: RunState) -> None:
         benches.append(b)
     models = resolve_eval_models(cfg, state)
     state.report = evaluate(models, benches, cfg.eval, state.out_dir / "eval", generation=cfg.get("generation"))
-    logger = build_logger(cfg)
-    if logger:
-        log_report(state.report, logger)
+    if state.logger:
+        log_report(state.report, state.logger)
+        log_eval_samples(state.logger, state.report)
+    state.objective = objective(state.report)
+
+
+def objective(report: dict) -> float | None:
+    """Mean accuracy of ``tuned`` (else the first evaluated model) over the benchmarks."""
+    accs = report.get("summary") or {}
+    if not accs:
+        return None
+    model = "tuned" if "tuned" in accs else next(iter(accs))
+    values = list(accs[model].values())
+    return sum(values) / len(values) if values else None
 
 
 def run(cfg: DictConfig) -> RunState:
     """Run the configured stages; returns what they produced (also written to summary.json).
 
-    Each stage seeds itself with ``cfg.seed`` (:func:`_stage`).
+    Each stage seeds itself with ``cfg.seed`` (:func:`_stage`). The run's logger is built once
+    and finished at the end, also when a stage fails; a failed run leaves a ``summary.json``
+    with ``status: failed`` and the error, so a sweep report lists it.
     """
-    validate(cfg)
-    seed = int(cfg.seed)
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(out_dir=out_dir)
+    try:
+        validate(cfg)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state.logger = build_logger(cfg)
+        _run_stages(cfg, state)
+    except Exception as err:
+        if state.is_global_zero:
+            write_summary(cfg, state, error=err)
+        finish_logger(state.logger, None, failed=True)
+        raise
+    if state.is_global_zero:
+        summary = write_summary(cfg, state)
+        finish_logger(state.logger, summary)
+    return state
+
+
+def _run_stages(cfg: DictConfig, state: RunState) -> None:
+    seed = int(cfg.seed)
     with _stage(state, "prepare", seed):
         prepare(cfg)
     stage = cfg.stage
@@ -257,20 +288,23 @@ def run(cfg: DictConfig) -> RunState:
         with _stage(state, "distill", seed):
             distill_stage(cfg, state)
     if not state.is_global_zero:
-        return state
+        return
     if stage in ("evaluate", "all"):
         with _stage(state, "evaluate", seed):
             evaluate_stage(cfg, state)
-    write_summary(cfg, state)
-    return state
 
 
 # --------------------------------------------------------------------------- summary
 
 
-def write_summary(cfg: DictConfig, state: RunState) -> None:
+def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None = None) -> dict:
+    """``summary.json`` of the run (atomically); printed as a table when the run finished."""
+    report = state.report or {}
     summary = {
+        "status": "failed" if error is not None else "finished",
+        "error": None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:500],
         "stage": cfg.stage,
+        "seed": int(cfg.seed),
         "model_pair": cfg.model_pair.name,
         "dataset": cfg.dataset.name,
         "beta": cfg.sampling.beta,
@@ -281,10 +315,16 @@ def write_summary(cfg: DictConfig, state: RunState) -> None:
         "merged_dir": str(state.merged_dir) if state.merged_dir else None,
         "tuned_tokens": state.tuned_tokens,
         "wall_s": state.wall_s,
-        "eval": (state.report or {}).get("summary") if state.report else None,
+        "eval": report.get("summary"),
+        "results": report.get("results"),
+        "comparisons": report.get("comparisons"),
+        "objective": state.objective,
     }
+    state.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state.out_dir / "summary.json", summary, sort_keys=False)
-    print_summary(summary)
+    if error is None:
+        print_summary(summary)
+    return summary
 
 
 def print_summary(summary: dict) -> None:
@@ -306,6 +346,8 @@ def print_summary(summary: dict) -> None:
         rows.append(("merged", summary["merged_dir"]))
     for stage, secs in summary["wall_s"].items():
         rows.append((f"wall {stage}", f"{secs:.1f} s"))
+    if summary.get("objective") is not None:
+        rows.append(("objective (tuned accuracy)", f"{summary['objective']:.4f}"))
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)

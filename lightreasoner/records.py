@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,3 +101,8 @@ class RunState:
     """The evaluation report."""
     wall_s: dict = field(default_factory=dict)
     """Seconds per stage."""
+    logger: Any = False
+    """The run's Lightning logger (built once, finished at the end of the run), or False."""
+    objective: float | None = None
+    """What a hyper-parameter search maximises: the mean accuracy of the tuned model (the
+    first evaluated model when there is none) over the evaluated benchmarks."""

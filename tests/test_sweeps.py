@@ -1,0 +1,118 @@
+"""Multiruns as a researcher runs them: every job its own W&B run (offline), short job
+directories whatever the override list, one report per multirun with failed jobs listed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _wandb_offline import read_offline_run
+
+from lightreasoner.config import short_name, swept_keys
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHRUNKEN_DEMO = [  # the long override list of the shrunken demo (tests/test_train_e2e.py)
+    "demo.task.train_size=120", "demo.task.validation_size=20", "demo.task.test_size=40",
+    "demo.expert.train_steps=6", "demo.expert.hidden_size=32", "demo.expert.num_layers=1", "demo.expert.intermediate_size=64",
+    "demo.amateur.train_steps=3", "demo.amateur.hidden_size=16", "demo.amateur.num_layers=1", "demo.amateur.intermediate_size=32",
+    "demo.expert.batch_size=16", "demo.amateur.batch_size=16", "demo.eval_problems=0",
+    "dataset.max_problems=24", "sampling.batch_size=12", "sampling.max_new_tokens=24",
+    "trainer.max_steps=2", "distill.steps_per_batch=16", "eval.max_problems=40", "eval.max_new_tokens=24", "eval.batch_size=20",
+]
+
+
+def _multirun(tmp_path: Path, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [sys.executable, str(REPO / "train.py"), "-m", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep_dir}", *SHRUNKEN_DEMO, *overrides]
+    return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900, env=env)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    sweep = tmp / "multirun"
+    proc = _multirun(tmp, sweep, "logger=wandb", "sampling.beta=0.0,0.005", "sampling.alpha=0.1,0.2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return tmp, sweep
+
+
+def test_every_job_is_its_own_wandb_run_with_its_own_config_and_summary(grid):
+    _, sweep = grid
+    jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 4
+    runs = [read_offline_run(r) for j in jobs for r in (j / "wandb").glob("offline-run-*")]
+    assert len(runs) == len(jobs)  # one W&B run per job, none shared
+    settings = set()
+    for job, run in zip(jobs, runs):
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        cfg = run["config"]
+        assert (cfg["sampling.beta"], cfg["sampling.alpha"]) == (summary["beta"], summary["alpha"])
+        settings.add((cfg["sampling.beta"], cfg["sampling.alpha"]))
+        assert run["run"]["exit_code"] == 0 and run["run"]["job_type"] == "all"
+        assert run["run"]["name"] == job.name and run["run"]["group"] == runs[0]["run"]["group"]
+        s = run["summary"]
+        for key in ("eval/base/demo/accuracy", "eval/tuned/demo/accuracy", "eval/tuned/demo/gain_vs_base",
+                    "eval/tuned/demo/gain_vs_base/ci95_lo", "selection/kept_step_fraction", "tuned_tokens",
+                    "wall_s/sample", "wall_s/distill", "wall_s/evaluate", "objective"):
+            assert key in s, (job.name, key)
+        assert s["eval/tuned/demo/accuracy"] == pytest.approx(summary["eval"]["tuned"]["demo"])
+        assert {"sampling/kl_histogram/_type", "sampling/kept_steps/_type", "sampling/kept_fraction_vs_beta_table/_type",
+                "eval/samples/_type"} <= run["history_keys"]
+    assert settings == {(b, a) for b in (0.0, 0.005) for a in (0.1, 0.2)}
+
+
+def test_job_directories_stay_short_and_name_the_swept_keys(grid):
+    _, sweep = grid
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert names == [
+        "0_sampling.alpha=0.1,sampling.beta=0.0", "1_sampling.alpha=0.2,sampling.beta=0.0",
+        "2_sampling.alpha=0.1,sampling.beta=0.005", "3_sampling.alpha=0.2,sampling.beta=0.005",
+    ]
+    overrides = (sweep / "0_sampling.alpha=0.1,sampling.beta=0.0" / ".hydra" / "overrides.yaml").read_text()
+    assert "demo.task.train_size=120" in overrides  # the full list stays with the job
+
+
+def test_the_report_has_a_row_per_setting_with_csv_markdown_and_plots(grid):
+    _, sweep = grid
+    proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(sweep)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = sweep / "report"
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 4
+    assert {(float(r["sampling.beta"]), float(r["sampling.alpha"])) for r in rows} == {(b, a) for b in (0.0, 0.005) for a in (0.1, 0.2)}
+    assert "sampling.beta" in (out / "report.md").read_text()
+    assert list(out.glob("*.png"))
+
+
+def test_a_failed_job_is_recorded_and_listed_while_the_others_finish(grid):
+    tmp, _ = grid
+    sweep = tmp / "failing"
+    # beta=50 keeps no step: that job fails with a clear error, the other one finishes
+    proc = _multirun(tmp, sweep, "sampling.beta=0.0,50.0")
+    assert proc.returncode != 0
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert {s["status"] for s in summaries.values()} == {"finished", "failed"}
+    (failed,) = [s for s in summaries.values() if s["status"] == "failed"]
+    assert "sampling.beta" in failed["error"]
+    proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(sweep)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (sweep / "report" / "report.md").read_text()
+    assert "Failed or unfinished runs" in md and "sampling.beta=50.0" in md
+
+
+def test_short_names_and_swept_keys():
+    assert short_name("sampling.beta=0.4") == "sampling.beta=0.4"
+    long = ",".join(f"k{i}=v{i}" for i in range(40))
+    assert len(short_name(long)) == 11 and short_name(long) == short_name(long)
+    assert short_name("dataset.files.train=/tmp/x.jsonl").startswith("h")
+    argv = ["sampling.beta=0.2,0.4", "eval.benchmarks=[gsm8k,svamp]", "seed=range(3)", "+x=choice(a,b)", "lr=1e-3", "-m"]
+    assert swept_keys(argv) == {"sampling.beta", "seed", "x"}
+    assert swept_keys([], {"optimizer.lr": "1e-3,1e-4"}) == {"optimizer.lr"}
