@@ -229,7 +229,6 @@ def evaluate_stage(cfg: DictConfig, state: RunState) -> None:
     benches = []
     for name in cfg.eval.benchmarks:
         b = benchmark_config(cfg, name)
-        b["split"] = cfg.eval.split if cfg.eval.split in (b.get("files") or {}) or not b.get("files") else b["split"]
         b["max_problems"] = cfg.eval.max_problems
         b["shuffle"] = False
         benches.append(b)

@@ -116,3 +116,21 @@ def test_short_names_and_swept_keys():
     argv = ["sampling.beta=0.2,0.4", "eval.benchmarks=[gsm8k,svamp]", "seed=range(3)", "+x=choice(a,b)", "lr=1e-3", "-m"]
     assert swept_keys(argv) == {"sampling.beta", "seed", "x"}
     assert swept_keys([], {"optimizer.lr": "1e-3,1e-4"}) == {"optimizer.lr"}
+
+
+def test_optuna_preset_searches_on_validation_and_returns_the_objective(grid):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    tmp, _ = grid
+    sweep = tmp / "optuna"
+    space = '{optimizer.lr:"tag(log, interval(1e-4, 1e-2))",sampling.beta:"interval(0.0, 0.005)",sampling.alpha:"interval(0.05, 0.5)"}'
+    proc = _multirun(tmp, sweep, "+sweep=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.params={space}", "eval.max_problems=20")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert len(summaries) == 2 and all(s["status"] == "finished" for s in summaries)
+    assert best["best_value"] == pytest.approx(max(s["objective"] for s in summaries))
+    assert 0.0 <= best["best_params"]["sampling.beta"] <= 0.005
+    for settings in sweep.glob("*/eval/*/demo.settings.json"):  # the objective never touches test
+        assert json.loads(settings.read_text())["split"] == "validation"

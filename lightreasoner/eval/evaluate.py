@@ -134,10 +134,16 @@ def score_row(problem: Problem, gen: Generation | Mapping, timeout_s: float = 5.
 
 
 def _eval_split(bench: dict, settings: EvalSettings) -> str:
-    """``settings.split`` (default ``test``) when the benchmark has that split, else its own."""
+    """``settings.split`` (default ``test``) when the benchmark has that split, else its own
+    (a benchmark with only a test file is evaluated on it). Any other split the benchmark
+    lacks is an error: a validation search must never fall back to test."""
     want = settings.split or "test"
     files = bench.get("files") or {}
-    return want if (want in files or not files) else bench["split"]
+    if want in files or not files:
+        return want
+    if want != "test":
+        raise ValueError(f"eval.split: benchmark {bench.get('name')!r} has no {want!r} split (it has {sorted(files)})")
+    return bench["split"]
 
 
 def evaluate(
