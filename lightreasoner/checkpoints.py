@@ -29,6 +29,9 @@ from .models import ModelSpec
 META_FILE = "lightreasoner.json"
 """The metadata file of an adapter or merged-model directory."""
 
+CONTRASTIVE = "contrastive_decoding"
+"""The key of a contrastive-decoding model reference."""
+
 
 def _lora_summary(peft_model) -> dict:
     c = peft_model.peft_config[peft_model.active_adapter]
@@ -150,8 +153,14 @@ def resolve_model_ref(ref: Any) -> dict:
     Returns ``{"kind", "spec", "base", "path"}``: ``kind`` is ``spec`` (a ModelSpec dict or a
     plain dir/hub name, loaded with ``models.load_model``), ``lora_adapter`` (a dir whose
     ``lightreasoner.json`` says so; ``base`` = its saved base spec) or ``merged`` (loaded as
-    a local ModelSpec at the base spec's dtype and device).
+    a local ModelSpec at the base spec's dtype and device), or ``contrastive_decoding`` (a
+    mapping ``{"contrastive_decoding": {"expert", "amateur", "alpha"}}``: the pair decoding
+    contrastively; ``spec`` = the expert, ``amateur`` and ``alpha`` beside it).
     """
+    if isinstance(ref, Mapping) and CONTRASTIVE in ref:
+        cd = dict(ref[CONTRASTIVE])
+        expert, amateur = ModelSpec.from_any(cd["expert"]), ModelSpec.from_any(cd["amateur"])
+        return {"kind": CONTRASTIVE, "spec": expert.to_dict(), "amateur": amateur.to_dict(), "alpha": float(cd["alpha"]), "base": None, "path": None}
     if isinstance(ref, (ModelSpec, Mapping)) or hasattr(ref, "items"):
         spec = ModelSpec.from_any(dict(ref) if not isinstance(ref, ModelSpec) else ref)
         return {"kind": "spec", "spec": spec.to_dict(), "base": None, "path": None}
@@ -185,6 +194,12 @@ def model_identity(info: dict) -> dict:
             "adapter": ModelSpec(name_or_path=info["path"]).identity(),
             "base": ModelSpec.from_any(info["base"]).identity(),
         }
+    if info["kind"] == CONTRASTIVE:
+        return {
+            "expert": ModelSpec.from_any(info["spec"]).identity(),
+            "amateur": ModelSpec.from_any(info["amateur"]).identity(),
+            "alpha": info["alpha"],
+        }
     return ModelSpec.from_any(info["spec"]).identity()
 
 
@@ -198,8 +213,26 @@ def load_ref_tokenizer(info: dict, what: str):
 
 
 def load_ref_model(info: dict, what: str):
-    """The model of a resolved model reference (an adapter attached to its rebuilt base)."""
+    """The model of a resolved model reference (an adapter attached to its rebuilt base; the
+    expert of a contrastive-decoding pair)."""
     if info["kind"] == "lora_adapter":
         model, _ = load_adapted_model(info["path"], device=None)
         return model
     return models.load_model(ModelSpec.from_any(info["spec"]), what)
+
+
+def load_ref_engine(info: dict, what: str, tokenizer, generation: Mapping | None = None):
+    """The generation engine that evaluates a resolved model reference: the configured engine
+    (``generation``) on its model, or the contrastive-decoding engine on its pair."""
+    from lightreasoner.generation import build_engine
+
+    if info["kind"] == CONTRASTIVE:
+        from lightreasoner.generation.contrastive import ContrastiveDecodingEngine
+
+        amateur_spec = ModelSpec.from_any(info["amateur"])
+        models.check_pair_tokenizers(
+            tokenizer, models.load_tokenizer(amateur_spec, what), ModelSpec.from_any(info["spec"]).display_name(), amateur_spec.display_name()
+        )
+        amateur = models.load_model(amateur_spec, what)
+        return ContrastiveDecodingEngine(load_ref_model(info, what), tokenizer, amateur=amateur, alpha=info["alpha"])
+    return build_engine(generation, load_ref_model(info, what), tokenizer)

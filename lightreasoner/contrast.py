@@ -25,6 +25,9 @@ __all__ = [
     "keep_steps",
     "soft_label_entropy",
     "distill_loss",
+    "expert_label",
+    "random_steps",
+    "contrastive_choice",
 ]
 
 
@@ -140,3 +143,43 @@ def distill_loss(logits: Tensor, target_ids: Tensor, target_w: Tensor) -> Tensor
     w = target_w.float()
     logw = w.clamp_min(1e-30).log()
     return torch.where(w > 0, w * (logw - logq), torch.zeros_like(w)).sum(-1)
+
+
+def expert_label(cand_logp_e: Tensor, max_logp_e: Tensor, alpha: float, valid: Tensor | None = None) -> Tensor:
+    """The *no contrast* ablation's target: the expert's own distribution restricted to ``V_t``
+    and renormalised, ``pE(v) / sum_{u in V_t} pE(u)`` (zero outside ``V_t``).
+
+    Same shapes as :func:`soft_label`; only the amateur's term is gone.
+    """
+    keep = tail_mask(cand_logp_e, alpha, max_logp_e)
+    if valid is not None:
+        keep = keep & valid
+    w = torch.softmax(cand_logp_e.float().masked_fill(~keep, float("-inf")), dim=-1)
+    return torch.nan_to_num(w, nan=0.0)
+
+
+def random_steps(eligible: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """``k`` step indices drawn uniformly without replacement among the ``eligible`` ones
+    (bool ``[T]``), sorted (the *random steps* ablation: KL selection's count, not its choice)."""
+    idx = eligible.nonzero().flatten()
+    if k > idx.numel():
+        raise ValueError(f"random_steps: {k} steps asked for, only {idx.numel()} eligible")
+    pick = torch.randperm(idx.numel(), generator=generator)[:k]
+    return idx[pick].sort().values
+
+
+def contrastive_choice(logp_e: Tensor, logp_a: Tensor, alpha: float) -> Tensor:
+    """Contrastive decoding's next token: ``argmax_{v in V_t} log pE(v) - log pA(v)`` over the
+    shared ids, with ``V_t = {v : pE(v) >= alpha * max pE}``.
+
+    ``logp_e`` ``[..., V_e]`` and ``logp_a`` ``[..., V_a]`` are log-probabilities. The expert's
+    mode is always in ``V_t``; should it lie beyond the shared width (no amateur score), the
+    expert's greedy token is taken. Returns ids ``[...]``.
+    """
+    v = shared_width(logp_e.shape[-1], logp_a.shape[-1])
+    le, la = logp_e[..., :v].float(), logp_a[..., :v].float()
+    keep = tail_mask(logp_e[..., :v], alpha, logp_e.float().max(-1).values)
+    score = (le - la).masked_fill(~keep, float("-inf"))
+    choice = score.argmax(-1)
+    none = ~keep.any(-1)
+    return torch.where(none, logp_e.argmax(-1), choice)

@@ -135,7 +135,14 @@ def summary_metrics(summary: Mapping) -> dict:
         out[f"wall_s/{k}"] = v
     if summary.get("wall_s"):
         out["wall_s/total"] = round(sum(summary["wall_s"].values()), 2)
-    for k in ("tuned_tokens", "objective", "status"):
+    eff = summary.get("efficiency") or {}
+    for k in ("training_problems", "problems_sampled", "tokens_generated"):
+        if eff.get(k) is not None:
+            out[f"efficiency/{k}"] = eff[k]
+    for k, v in (eff.get("sampling") or {}).items():
+        if v is not None:
+            out[f"efficiency/sampling_{k}"] = v
+    for k in ("tuned_tokens", "objective", "status", "method"):
         if summary.get(k) is not None:
             out[k] = summary[k]
     return out

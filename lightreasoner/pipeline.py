@@ -9,7 +9,6 @@ Each config group is validated once, by the settings class of the code it config
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lightreasoner.benchmarks import dataset_config, dataset_identity, load_problems
+from lightreasoner.benchmarks import dataset_config
 from lightreasoner.checkpoints import merge_adapter, save_adapter
 from lightreasoner.config import to_plain
 from lightreasoner.datamodule import DistillDataModule
@@ -32,11 +31,14 @@ from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCoun
 from lightreasoner.eval.evaluate import EvalSettings, evaluate
 from lightreasoner.eval.tables import log_report
 from lightreasoner.files import atomic_write_json
-from lightreasoner.loggers import build_logger, finish_logger, log_eval_samples, log_trace_media
+from lightreasoner.loggers import build_logger, finish_logger, log_eval_samples
+from lightreasoner.methods import Method, build_method
+from lightreasoner.methods.contrastive_decoding import EVAL_NAME as CONTRASTIVE_DECODING
+from lightreasoner.methods.contrastive_decoding import contrastive_ref
 from lightreasoner.models import load_tokenizer, pair_specs
 from lightreasoner.records import RunState
-from lightreasoner.sampling import SamplingSettings, run_sampling
-from lightreasoner.selection import SelectionSettings, export_samples, import_samples, select, selection_stats
+from lightreasoner.sampling import SamplingSettings
+from lightreasoner.selection import SelectionSettings, import_samples
 
 log = logging.getLogger("lightreasoner")
 
@@ -60,6 +62,7 @@ def validate(cfg: DictConfig) -> None:
     DistillSettings.from_cfg(cfg.distill)
     EvalSettings.from_cfg(cfg.eval)
     lora_config(cfg.peft)
+    build_method(cfg)
     if int(cfg.trainer.max_steps) < 1:
         raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {cfg.trainer.max_steps}")
 
@@ -75,12 +78,6 @@ def benchmark_config(cfg: DictConfig, name: str) -> dict:
     return dataset_config(name, paths=to_plain(cfg.paths))
 
 
-def trainer_placement(cfg: DictConfig) -> dict:
-    """The Trainer settings sampling shares with distillation (where to run, not how to train)."""
-    t = cfg.trainer
-    return {"accelerator": t.accelerator, "devices": t.devices, "strategy": t.strategy}
-
-
 @contextlib.contextmanager
 def _stage(state: RunState, name: str, seed: int):
     """Time one stage into ``state.wall_s``, starting it from ``seed``.
@@ -90,11 +87,12 @@ def _stage(state: RunState, name: str, seed: int):
     traces gives the same adapter as a warm run that found them in the cache.
     """
     L.seed_everything(seed, workers=True, verbose=False)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         state.wall_s[name] = round(time.perf_counter() - t, 2)
+        state.cpu_s[name] = round(time.process_time() - c, 2)
 
 
 # --------------------------------------------------------------------------- stages
@@ -109,36 +107,6 @@ def prepare(cfg: DictConfig) -> None:
         cfg.paths.demo_dir = str(dirs["data_dir"])
         cfg.model_pair.expert.name_or_path = str(dirs["expert_dir"])
         cfg.model_pair.amateur.name_or_path = str(dirs["amateur_dir"])
-
-
-def sample_stage(cfg: DictConfig, state: RunState) -> None:
-    """Contrastive sampling through the trace cache, then selection at (beta, alpha)."""
-    ds = cfg.dataset
-    expert, amateur = pair_specs(cfg)
-    problems = load_problems(ds, split=ds.split, max_problems=ds.max_problems, shuffle=ds.shuffle, seed=cfg.seed)
-    cache = run_sampling(
-        expert=expert,
-        amateur=amateur,
-        problems=problems,
-        dataset_identity=dataset_identity(ds, ds.split),
-        sampling_cfg=to_plain(cfg.sampling),
-        cache_dir=Path(cfg.paths.cache_dir),
-        trainer_kwargs=trainer_placement(cfg),
-        generation=cfg.get("generation"),
-    )
-    records = cache.read([p.id for p in problems])
-    sel = SelectionSettings.from_cfg(to_plain(cfg.sampling), alpha_min=cache.alpha_min)
-    samples = select(records, beta=float(sel.beta), alpha=float(sel.alpha), first_step=int(sel.first_step), alpha_min=cache.alpha_min)
-    stats = selection_stats(records, samples)
-    state.samples, state.sample_key = samples, cache.key
-    state.selection = {"trace_cache": str(cache.path), "problems": len(problems), **stats}
-    if cfg.distill.export_published or state.logger:
-        tokenizer = load_tokenizer(expert, "model_pair.expert")
-        log_trace_media(state.logger, records, tokenizer, float(sel.beta), float(sel.alpha), int(sel.first_step))
-        if cfg.distill.export_published:
-            questions = {p.id: p.question for p in problems}
-            export_samples(samples, state.out_dir / "samples.jsonl", tokenizer, questions)
-    log.info("selection: %s", json.dumps(state.selection))
 
 
 def distill_stage(cfg: DictConfig, state: RunState) -> None:
@@ -202,13 +170,18 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         state.merged_dir = merge_adapter(state.adapter_dir, state.out_dir / "merged")
 
 
-def resolve_eval_models(cfg: DictConfig, state: RunState) -> list[dict]:
-    """Turn ``eval.models`` entries into ``{"name", "ref"}`` for evaluate()."""
+def resolve_eval_models(cfg: DictConfig, state: RunState, method: Method | None = None) -> list[dict]:
+    """Turn ``eval.models`` entries into ``{"name", "ref"}`` for evaluate(). An inference-time
+    method (no fine-tune) is evaluated in place of ``tuned``."""
     expert, amateur = pair_specs(cfg)
     models = []
     for entry in cfg.eval.models:
         entry = str(entry)
-        if entry == "base":
+        if entry == "tuned" and method is not None and method.eval_model(cfg) is not None:
+            models.append(method.eval_model(cfg))
+        elif entry == CONTRASTIVE_DECODING:
+            models.append(method.eval_model(cfg) if method is not None and method.name == entry else contrastive_ref(cfg))
+        elif entry == "base":
             models.append({"name": "base", "ref": expert.to_dict()})
         elif entry == "amateur":
             models.append({"name": "amateur", "ref": amateur.to_dict()})
@@ -225,14 +198,14 @@ def resolve_eval_models(cfg: DictConfig, state: RunState) -> list[dict]:
     return models
 
 
-def evaluate_stage(cfg: DictConfig, state: RunState) -> None:
+def evaluate_stage(cfg: DictConfig, state: RunState, method: Method | None = None) -> None:
     benches = []
     for name in cfg.eval.benchmarks:
         b = benchmark_config(cfg, name)
         b["max_problems"] = cfg.eval.max_problems
         b["shuffle"] = False
         benches.append(b)
-    models = resolve_eval_models(cfg, state)
+    models = resolve_eval_models(cfg, state, method)
     state.report = evaluate(models, benches, cfg.eval, state.out_dir / "eval", generation=cfg.get("generation"))
     if state.logger:
         log_report(state.report, state.logger)
@@ -277,20 +250,21 @@ def run(cfg: DictConfig) -> RunState:
 
 def _run_stages(cfg: DictConfig, state: RunState) -> None:
     seed = int(cfg.seed)
+    method = build_method(cfg)
     with _stage(state, "prepare", seed):
         prepare(cfg)
     stage = cfg.stage
-    if stage in ("sample", "distill", "all") and not cfg.distill.import_published:
+    if stage in ("sample", "distill", "all") and method.trains and not cfg.distill.import_published:
         with _stage(state, "sample", seed):
-            sample_stage(cfg, state)
-    if stage in ("distill", "all"):
+            method.training_samples(cfg, state)
+    if stage in ("distill", "all") and method.trains:
         with _stage(state, "distill", seed):
             distill_stage(cfg, state)
     if not state.is_global_zero:
         return
     if stage in ("evaluate", "all"):
         with _stage(state, "evaluate", seed):
-            evaluate_stage(cfg, state)
+            evaluate_stage(cfg, state, method)
 
 
 # --------------------------------------------------------------------------- summary
@@ -303,17 +277,20 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "status": "failed" if error is not None else "finished",
         "error": None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:500],
         "stage": cfg.stage,
+        "method": _method_name(cfg),
         "seed": int(cfg.seed),
         "model_pair": cfg.model_pair.name,
         "dataset": cfg.dataset.name,
-        "beta": cfg.sampling.beta,
-        "alpha": cfg.sampling.alpha,
+        "beta": state.selection.get("beta", cfg.sampling.beta),
+        "alpha": state.selection.get("alpha", cfg.sampling.alpha),
         "sample_key": state.sample_key,
         "selection": state.selection,
         "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,
         "merged_dir": str(state.merged_dir) if state.merged_dir else None,
         "tuned_tokens": state.tuned_tokens,
+        "efficiency": efficiency(state),
         "wall_s": state.wall_s,
+        "cpu_s": state.cpu_s,
         "eval": report.get("summary"),
         "results": report.get("results"),
         "comparisons": report.get("comparisons"),
@@ -326,10 +303,35 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
     return summary
 
 
+def _method_name(cfg: DictConfig) -> str:
+    try:
+        return build_method(cfg).name
+    except Exception:  # an invalid method group: the summary of the failure still gets written
+        return str((cfg.get("method") or {}).get("name", "lightreasoner"))
+
+
+def efficiency(state: RunState) -> dict:
+    """The paper's efficiency accounting for this run: problems, tokens, time.
+
+    ``sampling`` is what making the training data cost as recorded when it was made (a run
+    that read it from the cache reports that cost too, marked ``cached``: a warm run is not
+    free); ``stages`` are this run's own wall and CPU seconds."""
+    cost = state.sampling_cost or {}
+    return {
+        "training_problems": state.training_problems,
+        "problems_sampled": cost.get("problems"),
+        "tokens_generated": cost.get("generated_tokens"),
+        "tuned_tokens": state.tuned_tokens,
+        "sampling": {"cached": cost.get("cached"), "wall_s": cost.get("wall_s"), "cpu_s": cost.get("cpu_s")},
+        "stages": {k: {"wall_s": state.wall_s[k], "cpu_s": state.cpu_s.get(k)} for k in state.wall_s},
+    }
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title="lightreasoner run", show_header=False)
     sel = summary.get("selection") or {}
     rows = [
+        ("method", summary.get("method")),
         ("pair", summary["model_pair"]),
         ("dataset", summary["dataset"]),
         ("beta / alpha", f"{summary['beta']} / {summary['alpha']}"),
@@ -337,6 +339,11 @@ def print_summary(summary: dict) -> None:
     for k in ("problems", "steps", "kept_steps", "kept_step_fraction", "kept_steps_per_trace", "mean_kl_kept"):
         if k in sel:
             rows.append((k, f"{sel[k]:.4g}" if isinstance(sel[k], float) else str(sel[k])))
+    eff = summary.get("efficiency") or {}
+    if eff.get("problems_sampled") is not None:
+        cached = " (cached)" if (eff.get("sampling") or {}).get("cached") else ""
+        rows.append(("problems sampled / tokens generated", f"{eff['problems_sampled']} / {eff['tokens_generated']}{cached}"))
+        rows.append(("sampling cost (wall / cpu)", f"{eff['sampling']['wall_s']:.1f} s / {eff['sampling']['cpu_s']:.1f} s{cached}"))
     if summary.get("tuned_tokens") is not None:
         rows.append(("tuned tokens (kept steps trained)", str(summary["tuned_tokens"])))
     if summary.get("adapter_dir"):

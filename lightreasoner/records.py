@@ -101,6 +101,13 @@ class RunState:
     """The evaluation report."""
     wall_s: dict = field(default_factory=dict)
     """Seconds per stage."""
+    cpu_s: dict = field(default_factory=dict)
+    """Process CPU seconds per stage (all threads of this process)."""
+    training_problems: int | None = None
+    """Training problems the method sampled (or read) for its training data."""
+    sampling_cost: dict = field(default_factory=dict)
+    """What sampling the training data cost, as recorded when it was made: ``problems``,
+    ``generated_tokens``, ``wall_s``, ``cpu_s``, ``cached`` (True: read from the cache)."""
     logger: Any = False
     """The run's Lightning logger (built once, finished at the end of the run), or False."""
     objective: float | None = None

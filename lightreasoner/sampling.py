@@ -476,7 +476,7 @@ def run_sampling(
         missing = set(cache.missing(ids))
         run_info = None
         if missing:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             prompt_ids = encode_prompts(tokenizer, [problems[i].question for i in range(len(problems))], settings.system_prompt)
             batches = []
             for start in range(0, len(problems), batch_size):
@@ -506,10 +506,14 @@ def run_sampling(
             trainer.strategy.barrier()
             if not trainer.is_global_zero:
                 return cache
+            sampled = [pid for pid in ids if pid in missing]
+            cache.sampled_now = len(sampled)
             run_info = {
                 "sampled_problems": len(missing),
+                "generated_tokens": sum(int(r["trace_ids"].numel()) for r in cache.read(sampled)),
                 "batches": len(batches),
                 "wall_s": round(time.time() - t0, 3),
+                "cpu_s": round(time.process_time() - c0, 3),  # this process (rank 0) only
                 "device": str(trainer.strategy.root_device),
                 "world_size": trainer.world_size,
                 "dtype": {"expert": expert.dtype, "amateur": amateur.dtype},

@@ -13,6 +13,7 @@ Also: :func:`export_samples` / :func:`import_samples` for the published samples 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -71,41 +72,74 @@ class SelectionSettings:
             )
 
 
+TARGETS = ("contrast", "expert")
+"""``contrast``: softmax(log pE - log pA) over V_t (the method); ``expert``: the expert's own
+distribution over V_t, renormalised (the *no contrast* ablation)."""
+STEP_RULES = ("kl", "random")
+"""``kl``: the steps with KL >= beta (the method); ``random``: as many steps per trace as
+``kl`` keeps, drawn uniformly among the eligible ones (the *random steps* ablation)."""
+
+
+def _label(rec: Mapping, t: int, alpha: float, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate ids and weights (zeros dropped) of step ``t``'s training target."""
+    off = rec["cand_offsets"]
+    a, b = int(off[t]), int(off[t + 1])
+    if target == "contrast":
+        w = contrast.soft_label(rec["cand_logp_e"][a:b], rec["cand_logp_a"][a:b], rec["max_logp_e"][t], alpha)
+    else:
+        w = contrast.expert_label(rec["cand_logp_e"][a:b], rec["max_logp_e"][t], alpha)
+    nz = w > 0
+    return rec["cand_ids"][a:b][nz].long(), w[nz].float()
+
+
+def _has_label(rec: Mapping, t: int, alpha: float) -> bool:
+    """True when step ``t``'s tail set holds at least one stored (shared-id) candidate."""
+    off = rec["cand_offsets"]
+    a, b = int(off[t]), int(off[t + 1])
+    return bool(contrast.tail_mask(rec["cand_logp_e"][a:b], alpha, rec["max_logp_e"][t]).any()) if b > a else False
+
+
+def _step_generator(seed: int, problem_id: str) -> torch.Generator:
+    h = hashlib.sha256(f"{seed}|{problem_id}".encode()).hexdigest()
+    return torch.Generator().manual_seed(int(h[:15], 16))
+
+
 def select(
     records: Sequence[Mapping],
     beta: float,
     alpha: float,
     first_step: int = 1,
     alpha_min: float | None = None,
+    target: str = "contrast",
+    steps: str = "kl",
+    seed: int = 0,
 ) -> list[TraceSample]:
     """Scored traces -> TraceSamples (one per trace with at least one kept step, input order).
 
-    ``alpha_min`` is the cached traces' (``TraceCache.alpha_min``); ``alpha`` below it is an error. A kept step whose tail set is empty (the expert's mode
-    lies outside the shared ids) has no target and is dropped.
+    ``alpha_min`` is the cached traces' (``TraceCache.alpha_min``); ``alpha`` below it is an
+    error. A kept step whose tail set is empty (the expert's mode lies outside the shared ids)
+    has no target and is dropped. ``target`` (:data:`TARGETS`) and ``steps`` (:data:`STEP_RULES`)
+    choose the ablations; ``steps="random"`` draws, per trace, exactly as many steps as ``kl``
+    keeps, uniformly among the eligible steps that have a target, from a generator seeded by
+    ``seed`` and the problem id (reproducible, independent of trace order).
     """
     SelectionSettings(beta, alpha, first_step).validate(alpha_min)
+    if target not in TARGETS:
+        raise ValueError(f"method.target: expected one of {list(TARGETS)}, got {target!r}")
+    if steps not in STEP_RULES:
+        raise ValueError(f"method.steps: expected one of {list(STEP_RULES)}, got {steps!r}")
     out: list[TraceSample] = []
     for rec in records:
         kl = rec["kl"].float()
-        keep = contrast.keep_steps(kl, beta, first_step)
-        steps = keep.nonzero().flatten()
-        if steps.numel() == 0:
+        chosen = [t for t in contrast.keep_steps(kl, beta, first_step).nonzero().flatten().tolist() if _has_label(rec, t, alpha)]
+        if steps == "random" and chosen:
+            eligible = torch.tensor([t >= first_step and _has_label(rec, t, alpha) for t in range(kl.numel())])
+            chosen = contrast.random_steps(eligible, len(chosen), _step_generator(seed, str(rec["problem_id"]))).tolist()
+        if not chosen:
             continue
-        off = rec["cand_offsets"]
+        labels = [_label(rec, t, alpha, target) for t in chosen]
+        steps_t = torch.tensor(chosen, dtype=torch.long)
         prompt = rec["prompt_ids"].long()
-        kept, t_ids, t_w = [], [], []
-        for t in steps.tolist():
-            a, b = int(off[t]), int(off[t + 1])
-            w = contrast.soft_label(rec["cand_logp_e"][a:b], rec["cand_logp_a"][a:b], rec["max_logp_e"][t], alpha)
-            nz = w > 0
-            if not bool(nz.any()):
-                continue
-            kept.append(t)
-            t_ids.append(rec["cand_ids"][a:b][nz].long())
-            t_w.append(w[nz].float())
-        if not kept:
-            continue
-        steps_t = torch.tensor(kept, dtype=torch.long)
         positions = steps_t + len(prompt) - 1
         input_ids = torch.cat([prompt, rec["trace_ids"].long()])[: int(positions[-1]) + 1]
         out.append(
@@ -114,8 +148,8 @@ def select(
                 input_ids=input_ids,
                 positions=positions,
                 steps=steps_t,
-                target_ids=t_ids,
-                target_w=t_w,
+                target_ids=[ids for ids, _ in labels],
+                target_w=[w for _, w in labels],
                 kl=kl[steps_t].clone(),
             )
         )
@@ -191,8 +225,6 @@ def import_samples(
     (renormalised to sum 1). A malformed row raises one ``ValueError`` naming the line and field;
     nothing is returned then. ``vocab_size`` (the model's logit width) bounds the token ids.
     """
-    import hashlib
-
     path = Path(path)
     rows: list[tuple[int, dict]] = []
     with open(path, encoding="utf-8") as f:

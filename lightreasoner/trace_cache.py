@@ -112,12 +112,23 @@ def shard_name(problem_ids: Sequence[str]) -> str:
 class TraceCache:
     """One key directory of the scored-trace cache."""
 
-    def __init__(self, path: str | os.PathLike, key: str | None = None, fields: Mapping | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        key: str | None = None,
+        fields: Mapping | None = None,
+        record_keys: Sequence[str] = SCORED_TRACE_KEYS,
+    ) -> None:
+        self.record_keys = tuple(record_keys)
+        """The keys every stored record has (scored traces by default; the SFT baseline's
+        sampled solutions use the same store with their own keys)."""
         self.path = Path(path)
         """The key directory ``{cache_dir}/traces/{key}``."""
         self.key = key or self.path.name
         """The cache key (sha256 hex)."""
         self._fields = dict(fields) if fields is not None else None
+        self.sampled_now = 0
+        """Problems the producer sampled into this cache in the current call (0: all cached)."""
         self._index: dict[str, Path] = {}
         self._indexed: set[str] = set()
 
@@ -191,15 +202,15 @@ class TraceCache:
         if not records:
             raise ValueError("trace cache: empty shard")
         for r in records:
-            missing = [k for k in SCORED_TRACE_KEYS if k not in r]
+            missing = [k for k in self.record_keys if k not in r]
             if missing:
-                raise ValueError(f"trace cache: scored trace {r.get('problem_id')!r} lacks {missing}")
+                raise ValueError(f"trace cache: record {r.get('problem_id')!r} lacks {missing}")
         ids = [str(r["problem_id"]) for r in records]
         payload = {
             "format_version": FORMAT_VERSION,
             "key": self.key,
             "problem_ids": ids,
-            "records": [{k: _to_cpu(r[k]) for k in SCORED_TRACE_KEYS} for r in records],
+            "records": [{k: _to_cpu(r[k]) for k in self.record_keys} for r in records],
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -235,11 +246,14 @@ class TraceCache:
         return self.read(sorted(self.index()))
 
     # -------------------------------------------------------------- manifest
-    def write_manifest(self, config: Mapping, run_info: Mapping | None = None) -> dict:
-        """Recompute the manifest over every stored trace and publish it atomically."""
-        records = self.read_all()
-        beta = float(config.get("beta", 0.4))
-        first_step = int(config.get("first_step", 1))
+    def write_manifest(self, config: Mapping, run_info: Mapping | None = None, stats: Mapping | None = None) -> dict:
+        """Recompute the manifest over every stored record and publish it atomically.
+
+        ``stats`` are the record statistics (default: :func:`scored_trace_stats` of the scored
+        traces); ``run_info`` (what this run sampled and what it cost) is appended to ``runs``.
+        """
+        if stats is None:
+            stats = scored_trace_stats(self.read_all(), float(config.get("beta", 0.4)), int(config.get("first_step", 1)))
         old = self.manifest
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest = {
@@ -247,11 +261,7 @@ class TraceCache:
             "format_version": FORMAT_VERSION,
             "key_fields": self.fields,
             "config": dict(config),
-            "counts": trace_counts(records),
-            "kl": kl_statistics(records),
-            "kept_step_fraction": kept_fraction(records, beta, first_step),
-            "kept_step_fraction_by_beta": {str(b): kept_fraction(records, b, first_step) for b in MANIFEST_BETAS},
-            "selection": {"beta": beta, "first_step": first_step},
+            **stats,
             "versions": library_versions(),
             "git_commit": git_commit(),
             "created": old.get("created", now),
@@ -261,12 +271,36 @@ class TraceCache:
         atomic_write_json(self.path / "manifest.json", manifest)
         return manifest
 
+    def recorded_cost(self) -> dict:
+        """What making this cache cost, summed over the runs that sampled into it (from the
+        manifest): ``{"problems", "generated_tokens", "wall_s", "cpu_s", "runs"}``. A run that
+        reads the cache reports this, marked as cached, so a warm run does not look free."""
+        runs = self.manifest.get("runs", [])
+        total: dict[str, Any] = {"runs": len(runs)}
+        for field, src, kind in (("problems", "sampled_problems", int), ("generated_tokens", "generated_tokens", int),
+                                 ("wall_s", "wall_s", float), ("cpu_s", "cpu_s", float)):
+            values = [r.get(src) for r in runs]
+            # a cache made before a figure was recorded reports it as unknown, never as 0
+            total[field] = None if any(v is None for v in values) else round(sum(kind(v) for v in values), 3)
+        return total
+
 
 def _to_cpu(x: Any) -> Any:
     return x.detach().cpu().contiguous() if isinstance(x, torch.Tensor) else x
 
 
 # ----------------------------------------------------------------------------- statistics
+def scored_trace_stats(records: Sequence[Mapping], beta: float, first_step: int) -> dict:
+    """The manifest's statistics of scored traces: counts, KL quantiles, kept-step fractions."""
+    return {
+        "counts": trace_counts(records),
+        "kl": kl_statistics(records),
+        "kept_step_fraction": kept_fraction(records, beta, first_step),
+        "kept_step_fraction_by_beta": {str(b): kept_fraction(records, b, first_step) for b in MANIFEST_BETAS},
+        "selection": {"beta": beta, "first_step": first_step},
+    }
+
+
 def trace_counts(records: Sequence[Mapping]) -> dict:
     steps = sum(int(r["kl"].numel()) for r in records)
     return {

@@ -22,7 +22,7 @@ def _compose(overrides):
         return compose("train", overrides=overrides)
 
 
-GROUPS = ["model_pair", "dataset", "sampling", "generation", "distill", "peft", "optimizer", "scheduler", "trainer", "logger", "eval", "experiment"]
+GROUPS = ["model_pair", "dataset", "sampling", "generation", "method", "distill", "peft", "optimizer", "scheduler", "trainer", "logger", "eval", "experiment"]
 
 
 @pytest.mark.parametrize("group", GROUPS)

@@ -34,12 +34,12 @@ import torch
 
 from lightreasoner.answers import extract_answer, is_equivalent
 from lightreasoner.benchmarks import dataset_identity, known_datasets, load_problems
-from lightreasoner.checkpoints import load_ref_model, load_ref_tokenizer, model_identity, resolve_model_ref
+from lightreasoner.checkpoints import load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
 from lightreasoner.config import to_plain
 from lightreasoner.eval.results import check_settings, read_rows
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
-from lightreasoner.generation import Generation, GenerationSettings, build_engine
+from lightreasoner.generation import Generation, GenerationSettings
 from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem
 
@@ -223,7 +223,7 @@ def evaluate(
             todo = [p for p in b["problems"] if p.id not in done]
             if todo:
                 if engine is None:
-                    engine = build_engine(generation, load_ref_model(info, what), tokenizer)
+                    engine = load_ref_engine(info, what, tokenizer, generation)
                 prompt_ids = encode_prompts(tokenizer, [p.question for p in todo], system or None)
                 with open(path, "a", encoding="utf-8") as f:
 

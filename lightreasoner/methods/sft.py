@@ -1,0 +1,247 @@
+"""The paper's baseline: rejection-sampling SFT (METHOD.md, "Baselines and ablations").
+
+The expert samples ``samples_per_problem`` solutions per training problem at ``temperature``
+(the evaluation prompt, so answers end in ``\\boxed{}``); a solution is accepted when its final
+answer is equivalent to the gold one (the evaluation's own scorer, ``answers.py``); the expert is
+LoRA-tuned with cross-entropy on every token of the accepted solutions (one-hot targets through
+the same distillation module, LoRA, optimizer and update budget as LightReasoner).
+
+The sampled solutions are cached like the scored traces (``{cache_dir}/sft_solutions/{key}``,
+keyed by everything that determines them; per-batch atomic shards, a lock per key, resumable),
+so a sweep samples once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from lightreasoner.answers import extract_answer, is_equivalent
+from lightreasoner.benchmarks import dataset_identity, load_problems
+from lightreasoner.generation import GenerationSettings, build_engine
+from lightreasoner.models import ModelSpec, load_model, load_tokenizer, pair_specs
+from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
+from lightreasoner.records import Problem, TraceSample
+from lightreasoner.trace_cache import FORMAT_VERSION, TraceCache, canonical_json, tokenizer_fingerprint, trace_key
+
+from .base import Method
+
+log = logging.getLogger("lightreasoner")
+
+SOLUTION_KEYS = ("problem_id", "question_sha", "prompt_ids", "solutions", "finished", "correct")
+"""Keys of one cached record: a problem's prompt and its ``k`` sampled solutions (id tensors,
+each up to and including its end-of-sequence id), whether each finished and was correct."""
+
+
+def _batch_seed(seed: int, problem_ids: Sequence[str]) -> int:
+    h = hashlib.sha256(f"{seed}|".encode() + "\x1f".join(problem_ids).encode()).hexdigest()
+    return int(h[:15], 16)
+
+
+@dataclass
+class RejectionSFT(Method):
+    """Rejection-sampling SFT (the ``sft`` method)."""
+
+    name: str = "sft"
+    samples_per_problem: int = 4
+    """Solutions sampled per training problem (k)."""
+    temperature: float = 0.7
+    """Sampling temperature (> 0)."""
+    top_p: float = 1.0
+    """Nucleus mass, in (0, 1]."""
+    max_new_tokens: int | None = None
+    """Solution length cap (null: the training dataset's ``max_new_tokens``)."""
+    system_prompt: str | None = None
+    """System message (null: the evaluation prompt, which asks for a boxed answer)."""
+    batch_size: int | None = None
+    """Problems per generation batch (null: ``sampling.batch_size``); each brings k rows."""
+    seed: int = 0
+    """Base seed of the sampling (per-batch seeds derive from it and the problem ids)."""
+    dedupe: bool = True
+    """Train on each distinct accepted solution of a problem once."""
+
+    def __post_init__(self) -> None:
+        def bad(key: str, expected: str) -> ValueError:
+            return ValueError(f"method.{key}: expected {expected}, got {getattr(self, key)!r}")
+
+        if isinstance(self.samples_per_problem, bool) or not isinstance(self.samples_per_problem, int) or self.samples_per_problem < 1:
+            raise bad("samples_per_problem", "an integer >= 1")
+        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise bad("temperature", "a number > 0")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise bad("top_p", "0 < top_p <= 1")
+        for key in ("max_new_tokens", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise bad(key, "an integer >= 1 or null")
+
+    def generation_key(self, max_new_tokens: int) -> dict:
+        return {
+            "samples_per_problem": self.samples_per_problem,
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "max_new_tokens": int(max_new_tokens),
+            "seed": int(self.seed),
+        }
+
+    def training_samples(self, cfg: Any, state: Any) -> None:
+        ds = cfg.dataset
+        expert, _ = pair_specs(cfg)
+        problems = load_problems(ds, split=ds.split, max_problems=ds.max_problems, shuffle=ds.shuffle, seed=cfg.seed)
+        max_new = int(self.max_new_tokens or ds.get("max_new_tokens") or 512)
+        cache = sample_solutions(
+            self, expert, problems, dataset_identity(ds, ds.split), Path(cfg.paths.cache_dir), max_new,
+            batch_size=int(self.batch_size or cfg.sampling.batch_size), generation=cfg.get("generation"),
+        )
+        records = cache.read([p.id for p in problems])
+        samples = solution_samples(records, dedupe=self.dedupe)
+        drawn = sum(len(r["solutions"]) for r in records)
+        accepted = sum(int(r["correct"].sum()) for r in records)
+        if not samples:
+            raise ValueError(
+                f"method.samples_per_problem: none of the {drawn} sampled solutions was correct; raise "
+                "method.samples_per_problem or method.temperature, or sample more problems"
+            )
+        state.samples, state.sample_key = samples, cache.key
+        state.training_problems = len(problems)
+        state.sampling_cost = {**cache.recorded_cost(), "cached": not cache.sampled_now}
+        steps = sum(s.num_steps for s in samples)
+        state.selection = {
+            "sft_cache": str(cache.path),
+            "problems": len(problems),
+            "solutions_sampled": drawn,
+            "solutions_accepted": accepted,
+            "acceptance_rate": accepted / drawn if drawn else 0.0,
+            "problems_with_a_correct_solution": sum(bool(r["correct"].any()) for r in records),
+            "training_solutions": len(samples),
+            "kept_steps": steps,
+            "steps": sum(int(sum(x.numel() for x in r["solutions"])) for r in records),
+            "mean_solution_tokens": steps / len(samples),
+        }
+        log.info("sft selection: %s", json.dumps(state.selection))
+
+
+def solution_samples(records: Sequence[Mapping], dedupe: bool = True) -> list[TraceSample]:
+    """Accepted solutions -> TraceSamples with a one-hot target at every solution token
+    (cross-entropy on the whole solution, end-of-sequence token included)."""
+    out = []
+    for rec in records:
+        prompt = rec["prompt_ids"].long()
+        seen: set[tuple[int, ...]] = set()
+        for sol, ok in zip(rec["solutions"], rec["correct"].tolist()):
+            key = tuple(sol.tolist())
+            if not ok or not key or (dedupe and key in seen):
+                continue
+            seen.add(key)
+            sol = sol.long()
+            steps = torch.arange(sol.numel())
+            out.append(
+                TraceSample(
+                    problem_id=str(rec["problem_id"]),
+                    input_ids=torch.cat([prompt, sol]),
+                    positions=steps + len(prompt) - 1,
+                    steps=steps,
+                    target_ids=[sol[j : j + 1].clone() for j in range(sol.numel())],
+                    target_w=[torch.ones(1) for _ in range(sol.numel())],
+                )
+            )
+    return out
+
+
+def sample_solutions(
+    method: RejectionSFT,
+    expert: ModelSpec,
+    problems: Sequence[Problem],
+    dataset_ident: Mapping,
+    cache_dir: str | os.PathLike,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    generation: Mapping | None = None,
+    model=None,
+    tokenizer=None,
+) -> TraceCache:
+    """Make sure every problem has its ``k`` sampled, verified solutions in the cache; return it.
+
+    Only missing problems are sampled, batch by batch (batches fixed by problem index, each
+    seeded from ``method.seed`` and its problem ids, so a resumed run draws what an
+    uninterrupted one would), under a lock per key. ``model`` and ``tokenizer`` may be the
+    expert's, already built (tests); ``expert`` still gives the identity for the key.
+    """
+    problems = list(problems)
+    if not problems:
+        raise ValueError("dataset: no training problems to sample solutions for")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(expert, "model_pair.expert")
+    system = EVAL_SYSTEM if method.system_prompt is None else method.system_prompt
+    fields = {
+        "kind": "sft_solutions",
+        "format_version": FORMAT_VERSION,
+        "expert": expert.identity(),
+        "dataset": json.loads(canonical_json(dict(dataset_ident))),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "prompt_template": template_fingerprint(tokenizer, system or None),
+        "system_prompt": system,
+        "generation": method.generation_key(max_new_tokens),
+        "answer_types": sorted({p.answer_type for p in problems}),
+    }
+    key = trace_key(fields)
+    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "sft_solutions" / key, key, fields, record_keys=SOLUTION_KEYS)
+    ids = [p.id for p in problems]
+    if not cache.missing(ids) and (cache.path / "manifest.json").is_file():
+        return cache
+    cache.init_dir()
+    with FileLock(str(cache.lock_path)):
+        missing = set(cache.missing(ids))
+        todo = {i for i, pid in enumerate(ids) if pid in missing}
+        run_info = None
+        if todo:
+            t0, c0 = time.time(), time.process_time()
+            engine = build_engine(generation, model if model is not None else load_model(expert, "model_pair.expert"), tokenizer)
+            k = method.samples_per_problem
+            settings = GenerationSettings(max_new_tokens, do_sample=True, temperature=method.temperature, top_p=method.top_p)
+            prompt_ids = encode_prompts(tokenizer, [p.question for p in problems], system or None)
+            batches = [[i for i in range(s, min(s + batch_size, len(problems))) if i in todo] for s in range(0, len(problems), batch_size)]
+            tokens = 0
+            for group in tqdm([g for g in batches if g], desc="sft: sampling solutions", unit="batch"):
+                rows = [prompt_ids[i] for i in group for _ in range(k)]
+                out = engine.generate_batch(rows, settings, seed=_batch_seed(method.seed, [ids[i] for i in group]))
+                gens = [engine.finish(row, 0.0) for row in out.tokens.tolist()]
+                records = []
+                for j, i in enumerate(group):
+                    p, mine = problems[i], gens[j * k : (j + 1) * k]
+                    correct = [bool(is_equivalent(extract_answer(g.text, p.answer_type), p.answer, p.answer_type)) for g in mine]
+                    tokens += sum(g.num_tokens for g in mine)
+                    records.append({
+                        "problem_id": p.id,
+                        "question_sha": hashlib.sha256(p.question.encode("utf-8")).hexdigest()[:16],
+                        "prompt_ids": torch.tensor(prompt_ids[i], dtype=torch.long),
+                        "solutions": [torch.tensor(g.token_ids, dtype=torch.long) for g in mine],
+                        "finished": torch.tensor([not g.cut_off for g in mine]),
+                        "correct": torch.tensor(correct),
+                    })
+                cache.write_shard(records)
+            run_info = {
+                "sampled_problems": len(todo),
+                "generated_tokens": tokens,
+                "wall_s": round(time.time() - t0, 3),
+                "cpu_s": round(time.process_time() - c0, 3),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            cache.sampled_now = len(todo)
+        stored = cache.read_all()
+        drawn = sum(len(r["solutions"]) for r in stored)
+        accepted = sum(int(r["correct"].sum()) for r in stored)
+        stats = {"counts": {"problems": len(stored), "solutions": drawn, "accepted": accepted,
+                            "acceptance_rate": accepted / drawn if drawn else 0.0}}
+        cache.write_manifest({"method": method.settings(), "max_new_tokens": max_new_tokens}, run_info, stats=stats)
+    return cache
