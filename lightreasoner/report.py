@@ -148,8 +148,16 @@ def _summary_metrics(summary: dict) -> dict:
             for bench, acc in (accs or {}).items() if isinstance(accs, dict) else []:
                 if isinstance(acc, numbers.Number):
                     metrics[f"accuracy/{model}/{bench}"] = acc
-    for row in summary.get("comparisons") or []:
+    comparisons = summary.get("comparisons") or []
+    has_tuned = any(row.get("model") == TUNED for row in comparisons)
+    for row in comparisons:
         metrics.update(_fields(row, f"{row['model']}-vs-{row['baseline']}/{row['benchmark']}"))
+        if not has_tuned and row.get("model") == summary.get("method"):
+            # an inference-time method (contrastive decoding) is evaluated in place of `tuned`
+            metrics.update(_fields(row, f"{TUNED}-vs-{row['baseline']}/{row['benchmark']}"))
+            for r in results:
+                if r["model"] == row["model"] and r["benchmark"] == row["benchmark"]:
+                    metrics.update(_fields(r, f"{TUNED}/{r['benchmark']}"))
     return metrics
 
 
@@ -252,7 +260,25 @@ def varying_keys(runs: pd.DataFrame, exclude: Iterable[str] = ("seed",)) -> list
             continue
         if values.nunique() > 1:
             keys.append(key)
-    return keys
+    return _collapse_group_choices(with_config, keys)
+
+
+def _collapse_group_choices(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """A swept config-group choice (``method=sft,...``) changes every key of the group; keep
+    its ``<group>.name`` and drop the group's other varying keys that the name determines
+    (``method._target_``, ``method.target``, ...), so the table has one column per choice."""
+    out = list(keys)
+    for key in keys:
+        if not key.endswith(".name"):
+            continue
+        group = key[: -len("name")]
+        names = runs[key].map(_canonical)
+        for other in keys:
+            if other != key and other.startswith(group) and other in out:
+                pairs = pd.DataFrame({"n": names, "v": runs[other].map(_canonical)}).drop_duplicates()
+                if not pairs["n"].duplicated().any():  # one value per name: determined by it
+                    out.remove(other)
+    return out
 
 
 def _models_and_benchmarks(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -435,6 +461,15 @@ def _errors(frame: pd.DataFrame, value: str, lo: str, hi: str) -> np.ndarray:
     return np.nan_to_num(np.clip([y - frame[lo].to_numpy(float), frame[hi].to_numpy(float) - y], 0, None))
 
 
+def _tidy(fig) -> None:
+    """``tight_layout`` without its warning when long tick labels cannot fit (they still render)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+
+
 def _interval_label(table: pd.DataFrame) -> str:
     seeds = table.loc[table["seeds"] > 0, "seeds"]
     if (seeds >= 2).all():
@@ -459,7 +494,7 @@ def plot_gain_vs(table: pd.DataFrame, key: str) -> plt.Figure:
         ax.set(title=bench, xlabel=key, ylabel="gain (pp)")
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    _tidy(fig)
     return fig
 
 
@@ -479,7 +514,7 @@ def plot_gain_by(table: pd.DataFrame, key: str = "method") -> plt.Figure:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(x, labels, fontsize=7)
         ax.set(title=bench, xlabel=" / ".join(keys), ylabel="gain (pp)")
-    fig.tight_layout()
+    _tidy(fig)
     return fig
 
 
@@ -494,7 +529,7 @@ def plot_kept_vs_beta(table: pd.DataFrame, key: str = "sampling.beta") -> plt.Fi
     ax.set(xlabel=key, ylabel="kept steps (%)", ylim=(0, 105))
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    _tidy(fig)
     return fig
 
 
@@ -516,7 +551,7 @@ def plot_gain_per_run(runs: pd.DataFrame) -> plt.Figure:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xticks(x, labels, fontsize=7)
         ax.set(title=bench, ylabel="gain (pp)")
-    fig.tight_layout()
+    _tidy(fig)
     return fig
 
 
@@ -613,13 +648,68 @@ def _counts(runs: pd.DataFrame) -> str:
     return f"{len(runs)} runs ({', '.join(parts)})"
 
 
+# ---------------------------------------------------------------------------------------------
+# The paper's efficiency table
+
+
+def efficiency_table(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """The paper's efficiency comparison of finished runs (e.g. LightReasoner vs SFT): one row
+    per run with its method, sampled problems, tokens generated while sampling, tuned tokens,
+    sampling time (as recorded when its cache was made; ``cached`` when this run read it),
+    fine-tune time, total time and the accuracy gain of the tuned model over the base per
+    benchmark (points, with the paired-bootstrap interval)."""
+    rows = []
+    for run_dir in (r for p in ([paths] if isinstance(paths, (str, Path)) else paths) for r in find_runs(p)):
+        summary_path = Path(run_dir) / "summary.json"
+        if not summary_path.is_file():
+            continue
+        s = json.loads(summary_path.read_text())
+        if s.get("status", "finished") != "finished":
+            continue
+        eff = s.get("efficiency") or {}
+        sampling = eff.get("sampling") or {}
+        stages = eff.get("stages") or {}
+        sample_s = sampling.get("wall_s")
+        distill_s = (stages.get("distill") or {}).get("wall_s")
+        row = {
+            "run": Path(run_dir).name,
+            "method": s.get("method", "lightreasoner"),
+            "seed": s.get("seed"),
+            "problems sampled": eff.get("problems_sampled"),
+            "tokens generated": eff.get("tokens_generated"),
+            "tuned tokens": eff.get("tuned_tokens"),
+            "sampling s": sample_s,
+            "sampling cached": sampling.get("cached"),
+            "fine-tune s": distill_s,
+            "sampling + fine-tune s": None if sample_s is None or distill_s is None else round(sample_s + distill_s, 1),
+        }
+        for c in s.get("comparisons") or []:
+            if "refused" in c or c.get("baseline") != BASE:
+                continue
+            lo, hi = c["ci95"]
+            row[f"{c['benchmark']} gain pp ({c['model']})"] = f"{100 * c['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        rows.append(row)
+    if not rows:
+        raise ReportInputError(f"no finished run with a summary.json under {paths}")
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write the report files; bad input -> ``error: ...``, exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m lightreasoner.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="a Hydra multirun directory, run directories, or a parent of them")
     parser.add_argument("--out", help="output directory (default: <multirun dir>/report)")
+    parser.add_argument("--efficiency", action="store_true",
+                        help="print the paper's efficiency table of the given runs (e.g. a LightReasoner run and an SFT run)")
     args = parser.parse_args(argv)
     matplotlib.use("Agg")
+    if args.efficiency:
+        try:
+            print(_markdown(efficiency_table(args.paths).fillna("-")))
+        except ReportInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         report = write_report(args.paths, args.out)
     except ReportInputError as exc:
