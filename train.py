@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     """Run the stages; returns the objective (tuned accuracy) for hyper-parameter sweepers."""
     try:
         return run(cfg).objective
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -224,7 +224,7 @@ def load_ref_model(info: dict, what: str):
 def load_ref_engine(info: dict, what: str, tokenizer, generation: Mapping | None = None):
     """The generation engine that evaluates a resolved model reference: the configured engine
     (``generation``) on its model, or the contrastive-decoding engine on its pair."""
-    from lightreasoner.generation import build_engine
+    from lightreasoner.generation import build_engine, engine_class
 
     if info["kind"] == CONTRASTIVE:
         from lightreasoner.generation.contrastive import ContrastiveDecodingEngine
@@ -235,4 +235,9 @@ def load_ref_engine(info: dict, what: str, tokenizer, generation: Mapping | None
         )
         amateur = models.load_model(amateur_spec, what)
         return ContrastiveDecodingEngine(load_ref_model(info, what), tokenizer, amateur=amateur, alpha=info["alpha"])
-    return build_engine(generation, load_ref_model(info, what), tokenizer)
+    if info["kind"] == "lora_adapter" and engine_class(generation).loads_own_weights:
+        raise ValueError(
+            f"{what}: generation={engine_class(generation).name} evaluates whole checkpoints, not a LoRA adapter; "
+            "evaluate the merged directory (distill.merge=true writes it)"
+        )
+    return build_engine(generation, lambda: load_ref_model(info, what), tokenizer, spec=info.get("spec"))

@@ -191,6 +191,15 @@ def load_model(spec: ModelSpec, what: str = "model", plain: bool = False, dtype:
     return model
 
 
+def plain_checkpoint(spec: ModelSpec, what: str = "model") -> str:
+    """A path or hub name another library can load ``spec`` from: the local directory or hub
+    name as given, or for a GGUF checkpoint its dequantized plain copy (made once, cached)."""
+    _check_exists(spec, what)
+    if spec.gguf_file:
+        return str(_ensure_dequantized(spec, spec.torch_dtype))
+    return os.path.expanduser(spec.name_or_path)
+
+
 def _ensure_dequantized(spec: ModelSpec, dtype: torch.dtype) -> Path:
     """Dequantize ``spec``'s GGUF file into the cache once (atomic publish; safe if raced)."""
     import shutil

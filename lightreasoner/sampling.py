@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from . import contrast
-from .generation import Engine, GenerationSettings, build_engine
+from .generation import Engine, GenerationSettings, build_engine, engine_key
 from .generation.hf import left_pad
 from .models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
 from .prompts import SAMPLING_SYSTEM, encode_prompts
@@ -219,7 +219,7 @@ class ContrastiveSampler(LightningModule):
             m.eval()
             m.requires_grad_(False)
         if self.engine is None:
-            self.engine = build_engine(self._generation_cfg, self.expert_model, self.tokenizer)
+            self.engine = build_engine(self._generation_cfg, self.expert_model, self.tokenizer, spec=self.expert_spec)
 
     def setup_models(self) -> "ContrastiveSampler":
         """Load/check outside a Trainer (benchmarks, notebooks); returns self."""
@@ -456,7 +456,7 @@ def run_sampling(
         amateur_tokenizer = load_tokenizer(amateur, "model_pair.amateur")
     check_pair_tokenizers(tokenizer, amateur_tokenizer, expert.display_name(), amateur.display_name())
 
-    fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings)
+    fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings, engine=engine_key(generation))
     key = trace_key(fields)
     cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "traces" / key, key, fields)
     if not cache.missing(ids) and (cache.path / "manifest.json").is_file():

@@ -76,12 +76,15 @@ def trace_key_fields(
     dataset_identity: Mapping,
     tokenizer,
     settings: Any,
+    engine: Mapping | None = None,
 ) -> dict:
     """Everything that determines the scored traces (and nothing that does not).
 
     ``settings`` is the run's ``sampling.SamplingSettings`` (its ``key_fields()`` and
-    ``system_prompt``)."""
-    return {
+    ``system_prompt``); ``engine`` the generation engine's key identity
+    (``generation.engine_key``), absent for transformers at the model's precision, so caches
+    made before engines were configurable keep their keys."""
+    fields = {
         "format_version": FORMAT_VERSION,
         "expert": expert.identity(),
         "amateur": amateur.identity(),
@@ -91,6 +94,9 @@ def trace_key_fields(
         "system_prompt": settings.system_prompt or "",
         "generation": settings.key_fields(),
     }
+    if engine is not None:
+        fields["engine"] = dict(engine)
+    return fields
 
 
 def trace_key(fields: Mapping) -> str:

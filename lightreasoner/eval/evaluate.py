@@ -34,12 +34,12 @@ import torch
 
 from lightreasoner.answers import extract_answer, is_equivalent
 from lightreasoner.benchmarks import dataset_identity, known_datasets, load_problems
-from lightreasoner.checkpoints import load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
+from lightreasoner.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
 from lightreasoner.config import to_plain
 from lightreasoner.eval.results import check_settings, read_rows
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
-from lightreasoner.generation import Generation, GenerationSettings
+from lightreasoner.generation import Generation, GenerationSettings, engine_key
 from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem
 
@@ -203,6 +203,12 @@ def evaluate(
             "prompt_example": chat_prompt(tokenizer, "<<QUESTION>>", system or None),
         }
         engine = None
+        # the configured engine (contrastive decoding is a model of its own: its pair and alpha
+        # are in the model identity, and it is compared with the others as such)
+        engine_ident = engine_key(generation)
+        model_records[name]["engine"] = (
+            {"engine": CONTRASTIVE, "alpha": info["alpha"]} if info["kind"] == CONTRASTIVE else engine_ident or {"engine": "hf", "dtype": "the model's"}
+        )
         for bname, b in bench_info.items():
             t_run = time.perf_counter()
             run_settings = {
@@ -216,6 +222,7 @@ def evaluate(
                 "max_new_tokens": b["max_new_tokens"],
                 "do_sample": False,
                 "num_beams": 1,
+                "engine": engine_ident,
             }
             path = out_dir / _safe(name) / f"{bname}.jsonl"
             check_settings(path.with_name(f"{bname}.settings.json"), run_settings)
@@ -246,6 +253,8 @@ def evaluate(
             summary.update(model=name, benchmark=bname, regenerated=len(todo), wall_s=round(time.perf_counter() - t_run, 2), path=str(path))
             runs[(name, bname)] = {"model": name, "settings": run_settings, "rows": rows, "summary": summary}
             log.info("eval %s/%s: accuracy %.3f (n=%d, cut off %.2f)", name, bname, summary["accuracy"], summary["n"], summary["cut_off_frac"])
+        if engine is not None:
+            engine.close()
         del engine
         gc.collect()
         if torch.cuda.is_available():

@@ -70,10 +70,25 @@ class Engine:
     """Base class of the generation engines (``conf/generation/``).
 
     ``model`` and ``tokenizer`` are the loaded checkpoint (the engine may hold its own copy);
-    ``eos_token_ids`` default to the tokenizer's plus the generation config's.
+    ``eos_token_ids`` default to the tokenizer's plus the generation config's. An engine that
+    loads its own weights (``loads_own_weights``, e.g. vLLM) gets ``model=None`` and the
+    checkpoint's ``spec`` instead.
     """
 
     name = "engine"
+    loads_own_weights = False
+    """True: the engine reads the checkpoint itself (no transformers model is loaded for it)."""
+    full_precision_logits = True
+    """True when :meth:`generate_batch` can return the raw logits of the model at the precision
+    it was loaded in (what contrastive sampling scores with); otherwise sampling scores the
+    engine's tokens with a teacher-forced pass of the full-precision model."""
+
+    @classmethod
+    def key_identity(cls, **params) -> dict | None:
+        """What of this engine's configuration changes its outputs, for cache keys and
+        evaluation settings; ``None`` for the default (transformers at the model's precision),
+        so caches made before engines were configurable keep their keys."""
+        return {"engine": cls.name}
 
     def __init__(self, model, tokenizer, eos_token_ids: Sequence[int] | None = None) -> None:
         from lightreasoner.models import eos_token_ids as default_eos
@@ -95,6 +110,10 @@ class Engine:
     def identity(self) -> dict:
         """What identifies this engine's outputs (name, library version, precision)."""
         return {"engine": self.name}
+
+    def close(self) -> None:
+        """Free what the engine holds (models, worker processes)."""
+        self.model = None
 
     def generate_batch(
         self,

