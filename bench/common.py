@@ -45,11 +45,25 @@ def gsm8k_train(n: int):
 
 
 class PeakRSS:
-    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+    """Peak resident memory of this process (and, with ``children=True``, its child processes,
+    e.g. vLLM's engine core) while the block runs (sampled every 20 ms)."""
+
+    def __init__(self, children: bool = False):
+        self.children = children
+
+    def _rss(self) -> int:
+        procs = [self.proc] + (self.proc.children(recursive=True) if self.children else [])
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
 
     def __enter__(self):
         self.proc = psutil.Process()
-        self.peak = self.proc.memory_info().rss
+        self.peak = self._rss()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._watch, daemon=True)
         self._t.start()
@@ -57,13 +71,13 @@ class PeakRSS:
 
     def _watch(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
             time.sleep(0.02)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = max(self.peak, self._rss())
 
     @property
     def gib(self) -> float:

@@ -343,7 +343,8 @@ def print_summary(summary: dict) -> None:
     if eff.get("problems_sampled") is not None:
         cached = " (cached)" if (eff.get("sampling") or {}).get("cached") else ""
         rows.append(("problems sampled / tokens generated", f"{eff['problems_sampled']} / {eff['tokens_generated']}{cached}"))
-        rows.append(("sampling cost (wall / cpu)", f"{eff['sampling']['wall_s']:.1f} s / {eff['sampling']['cpu_s']:.1f} s{cached}"))
+        secs = lambda x: "?" if x is None else f"{x:.1f} s"  # noqa: E731  (a cache made before CPU time was recorded)
+        rows.append(("sampling cost (wall / cpu)", f"{secs(eff['sampling']['wall_s'])} / {secs(eff['sampling']['cpu_s'])}{cached}"))
     if summary.get("tuned_tokens") is not None:
         rows.append(("tuned tokens (kept steps trained)", str(summary["tuned_tokens"])))
     if summary.get("adapter_dir"):
