@@ -9,6 +9,7 @@ and problems; the slow arm may use fewer problems.
     python bench/sampling.py                         # offline Coder pair, 32 problems, batch 16
     python bench/sampling.py --problems 16 --slow-problems 1 --max-new-tokens 128
     python bench/sampling.py --tiny                  # smoke run on tiny random models
+    python bench/sampling.py --problems 16 --slow-problems 0 --engines hf_bf16,vllm   # generation engines, scoring fp32
 """
 
 from __future__ import annotations
@@ -59,10 +60,22 @@ def published_arm(tok, expert, amateur, prompt_ids, max_new_tokens, alpha_min=0.
     return time.perf_counter() - t0, gen_s, steps
 
 
-def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tokens):
-    """This sampler, batch by batch; generation time measured inside the same calls."""
+ENGINES = {
+    "hf": None,
+    "hf_bf16": {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": "bfloat16"},
+    "vllm": {"_target_": "lightreasoner.generation.vllm.VLLMEngine", "dtype": "bfloat16", "max_model_len": 1024},
+}
+
+
+def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tokens, generation=None, spec=None):
+    """This sampler, batch by batch; generation time measured inside the same calls.
+    Returns (seconds, generation seconds, steps, peaks, engine start-up seconds)."""
     settings = SamplingSettings(max_new_tokens=max_new_tokens, system_prompt=SAMPLING_SYSTEM)
-    sampler = ContrastiveSampler(settings=settings, expert_model=expert, amateur_model=amateur, tokenizer=tok).setup_models()
+    t_start = time.perf_counter()
+    sampler = ContrastiveSampler(
+        spec, None, settings=settings, expert_model=expert, amateur_model=amateur, tokenizer=tok, generation=generation
+    ).setup_models()
+    startup = time.perf_counter() - t_start
     gen_s = [0.0]
     orig = sampler.engine.generate_batch
 
@@ -87,7 +100,7 @@ def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tok
         sync()
     finally:
         sampler.engine.generate_batch = orig
-    return time.perf_counter() - t0, gen_s[0], steps, peaks
+    return time.perf_counter() - t0, gen_s[0], steps, peaks, startup
 
 
 def main() -> None:
@@ -98,6 +111,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--tiny", action="store_true", help="tiny random models instead of the Coder pair")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--engines", default="", help="also time the sampler with these generation engines (e.g. hf_bf16,vllm) "
+                    "against its transformers-fp32 generation, side by side; scoring stays fp32")
     args = ap.parse_args()
 
     specs = tiny_pair(Path(tempfile.mkdtemp())) if args.tiny else coder_specs()
@@ -108,11 +123,28 @@ def main() -> None:
 
     # warm-up (first-call allocations) on one short problem
     fast_arm(tok, expert, amateur, problems[:1], prompt_ids[:1], 1, 4)
+    if "vllm" in args.engines and not args.tiny:
+        print("vllm: builds its engine once per arm; its start-up is reported, not counted per problem")
 
-    slow_s, slow_gen, slow_steps = published_arm(tok, expert, amateur, prompt_ids[: args.slow_problems], args.max_new_tokens)
-    fast_s, fast_gen, fast_steps, peaks = fast_arm(
+    fast_s, fast_gen, fast_steps, peaks, _ = fast_arm(
         tok, expert, amateur, problems[: args.problems], prompt_ids[: args.problems], args.batch_size, args.max_new_tokens
     )
+    engines = {}
+    for name in [e.strip() for e in args.engines.split(",") if e.strip() and e.strip() != "hf"]:
+        e_s, e_gen, e_steps, e_peaks, e_start = fast_arm(
+            tok, expert, amateur, problems[: args.problems], prompt_ids[: args.problems], args.batch_size, args.max_new_tokens,
+            generation=ENGINES[name], spec=specs[0],
+        )
+        engines[name] = {"per_problem_s": round(e_s / args.problems, 2), "generation_s": round(e_gen, 1), "startup_s": round(e_start, 1),
+                         "steps": e_steps, "speedup_vs_hf_fp32_sampler": round(fast_s / e_s, 2), "peak_rss_gib_per_batch": e_peaks}
+        print(f"sampler with {name}: {engines[name]['per_problem_s']} s/problem vs {fast_s / args.problems:.2f} with hf fp32 "
+              f"= {engines[name]['speedup_vs_hf_fp32_sampler']}x (engine start-up {e_start:.0f} s, not included)", flush=True)
+    if args.slow_problems < 1:
+        print(json.dumps({"this_sampler_per_problem_s": round(fast_s / args.problems, 2), "engines": engines}, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps({"this_sampler_per_problem_s": round(fast_s / args.problems, 2), "engines": engines}, indent=2))
+        return
+    slow_s, slow_gen, slow_steps = published_arm(tok, expert, amateur, prompt_ids[: args.slow_problems], args.max_new_tokens)
     slow_pps = args.slow_problems / slow_s
     fast_pps = args.problems / fast_s
     res = {
@@ -125,6 +157,7 @@ def main() -> None:
                          "peak_rss_gib_per_batch": peaks},
         "speedup": round(fast_pps / slow_pps, 2),
         "max_new_tokens": args.max_new_tokens,
+        "engines": engines,
     }
     print(json.dumps(res, indent=2))
     print(f"speedup {res['speedup']}x  ({fast_pps:.4f} vs {slow_pps:.4f} problems/s); "
