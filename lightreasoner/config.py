@@ -81,6 +81,22 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lr_sweep_subdir", sweep_subdir_name)
 
 
+def settings_from_cfg(cls: type, cfg: Any, group: str):
+    """A settings dataclass from a config group's mapping: unknown keys are one error naming the
+    group and the keys it knows; the instance validates itself (``validate()``)."""
+    if isinstance(cfg, cls):
+        cfg.validate()
+        return cfg
+    d = dict(to_plain(cfg) or {})
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{group}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+    settings = cls(**d)
+    settings.validate()
+    return settings
+
+
 def to_plain(obj: Any) -> Any:
     """OmegaConf containers -> plain Python, resolved (other values unchanged; ``None`` stays)."""
     if isinstance(obj, (DictConfig, ListConfig)):

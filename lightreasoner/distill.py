@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from . import models
-from .config import to_plain
+from .config import settings_from_cfg, to_plain
 from .contrast import distill_loss, soft_label_entropy
 from .models import ModelSpec
 
@@ -81,14 +81,7 @@ class DistillSettings:
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":
         """From a ``distill`` mapping; one ``ValueError`` naming the first invalid key."""
-        d = dict(to_plain(cfg) or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"distill: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        settings = cls(**d)
-        settings.validate()
-        return settings
+        return settings_from_cfg(cls, cfg, "distill")
 
     def validate(self) -> None:
         for name in ("packing", "merge", "export_published"):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _demo_overrides import SHRUNKEN_DEMO
 from _tiny_pair import build_pair, problems
 
 from lightreasoner import contrast
@@ -157,20 +158,12 @@ def test_contrastive_decoding_equals_a_step_by_step_reference_and_greedy_with_a_
     assert contrast.contrastive_choice(torch.tensor([[0.0, -1.0]]).log_softmax(-1), torch.zeros(1, 2), 0.5).tolist() == [0]
 
 
-SHRUNKEN_DEMO = [
-    "demo.task.train_size=120", "demo.task.validation_size=20", "demo.task.test_size=40",
-    "demo.expert.train_steps=6", "demo.expert.hidden_size=32", "demo.expert.num_layers=1", "demo.expert.intermediate_size=64",
-    "demo.amateur.train_steps=3", "demo.amateur.hidden_size=16", "demo.amateur.num_layers=1", "demo.amateur.intermediate_size=32",
-    "demo.expert.batch_size=16", "demo.amateur.batch_size=16", "demo.eval_problems=0",
-    "dataset.max_problems=24", "sampling.batch_size=12", "sampling.max_new_tokens=24", "sampling.beta=0.0",
-    "trainer.max_steps=2", "distill.steps_per_batch=16", "eval.max_problems=40", "eval.max_new_tokens=24", "eval.batch_size=20",
-]
 
 
 def test_shrunken_demo_grid_over_methods_writes_every_summary_with_efficiency(tmp_path):
     sweep = tmp_path / "multirun"
     args = [sys.executable, str(REPO / "train.py"), "-m", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
-            "method=lightreasoner,sft,random_steps,no_contrast,contrastive_decoding", *SHRUNKEN_DEMO]
+            "method=lightreasoner,sft,random_steps,no_contrast,contrastive_decoding", *SHRUNKEN_DEMO, "sampling.beta=0.0"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-4000:]
     summaries = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from _demo_overrides import SHRUNKEN_DEMO
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,13 +120,7 @@ def test_shrunken_default_demo_runs_end_to_end(tmp_path):
     """`python train.py` (experiment=demo) with the demo world shrunk through overrides."""
     args = [
         sys.executable, str(REPO / "train.py"),
-        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
-        "demo.task.train_size=120", "demo.task.validation_size=20", "demo.task.test_size=40",
-        "demo.expert.train_steps=6", "demo.expert.hidden_size=32", "demo.expert.num_layers=1", "demo.expert.intermediate_size=64",
-        "demo.amateur.train_steps=3", "demo.amateur.hidden_size=16", "demo.amateur.num_layers=1", "demo.amateur.intermediate_size=32",
-        "demo.expert.batch_size=16", "demo.amateur.batch_size=16", "demo.eval_problems=0",
-        "dataset.max_problems=24", "sampling.batch_size=12", "sampling.max_new_tokens=24", "sampling.beta=0.0",
-        "trainer.max_steps=2", "distill.steps_per_batch=16", "eval.max_problems=40", "eval.max_new_tokens=24", "eval.batch_size=20",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *SHRUNKEN_DEMO, "sampling.beta=0.0",
     ]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -35,7 +35,7 @@ import torch
 from lightreasoner.answers import extract_answer, is_equivalent
 from lightreasoner.benchmarks import dataset_identity, known_datasets, load_problems
 from lightreasoner.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
-from lightreasoner.config import to_plain
+from lightreasoner.config import settings_from_cfg, to_plain
 from lightreasoner.eval.results import check_settings, read_rows
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
@@ -76,17 +76,7 @@ class EvalSettings:
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "EvalSettings":
         """From an ``eval`` mapping; one ``ValueError`` naming the first invalid key."""
-        if isinstance(cfg, EvalSettings):
-            cfg.validate()
-            return cfg
-        d = dict(to_plain(cfg) or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"eval: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        settings = cls(**d)
-        settings.validate()
-        return settings
+        return settings_from_cfg(cls, cfg, "eval")
 
     def validate(self) -> None:
         def positive_or_null(name: str) -> None:

@@ -125,6 +125,12 @@ class Engine:
         """Continue one batch of prompts (unpadded id lists). ``seed`` seeds ``do_sample``."""
         raise NotImplementedError(f"{type(self).__name__}.generate_batch")
 
+    @staticmethod
+    def check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:
+        """One error for a batch with no prompt or an empty one (every engine needs a context)."""
+        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("generation: empty prompt (or no prompts) in a batch")
+
     def finish(self, row: Sequence[int], seconds: float) -> Generation:
         """Cut a row of new ids at its first end-of-sequence id and decode it."""
         eos = set(self.eos_token_ids)

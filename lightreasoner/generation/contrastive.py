@@ -48,8 +48,7 @@ class ContrastiveDecodingEngine(Engine):
     ) -> GeneratedBatch:
         if settings.do_sample:
             raise ValueError("contrastive decoding is greedy: do_sample must be false")
-        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("generation: empty prompt (or no prompts) in a batch")
+        self.check_prompts(prompt_ids)
         dev_e = next(self.model.parameters()).device
         dev_a = next(self.amateur.parameters()).device
         pad = self.pad_token_id

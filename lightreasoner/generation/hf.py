@@ -142,8 +142,7 @@ class HFEngine(Engine):
         return_logits: bool = False,
         seed: int | None = None,
     ) -> GeneratedBatch:
-        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("generation: empty prompt (or no prompts) in a batch")
+        self.check_prompts(prompt_ids)
         return_logits = return_logits and self.full_precision_logits
         gen_cfg = self.generation_config(settings, return_logits)
         device = next(self.model.parameters()).device

@@ -101,8 +101,7 @@ class VLLMEngine(Engine):
         seed: int | None = None,
     ) -> GeneratedBatch:
         vllm = _import_vllm()
-        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("generation: empty prompt (or no prompts) in a batch")
+        self.check_prompts(prompt_ids)
         params = vllm.SamplingParams(
             max_tokens=settings.max_new_tokens,
             temperature=float(settings.temperature) if settings.do_sample else 0.0,
