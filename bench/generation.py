@@ -5,6 +5,7 @@ process (clean memory figures), compared with transformers fp32.
     python bench/generation.py --engines hf,hf_bf16 --problems 16               # without vLLM
     python bench/generation.py --tiny --problems 8 --max-new-tokens 16          # smoke run
     python bench/generation.py --vllm-python /path/to/venv-with-vllm/bin/python # vLLM from its own venv
+    VLLM_LD_PRELOAD=".../libtcmalloc_minimal.so.4:.../libiomp5.so" python bench/generation.py  # preloads for vLLM's arm only
 
 Per engine: start-up (load + build), generation time and tokens/s, peak memory of the engine's
 processes, accuracy on the problems, and agreement with transformers fp32 (identical first 64
@@ -93,6 +94,8 @@ def main() -> None:
         cmd = [python, __file__, "--_one", name, "--_spec", json.dumps(spec), "--_out", str(out), "--problems", str(args.problems),
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        if name == "vllm" and os.environ.get("VLLM_LD_PRELOAD"):  # tcmalloc + libiomp5 for vLLM's CPU build only
+            env["LD_PRELOAD"] = os.environ["VLLM_LD_PRELOAD"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
