@@ -51,9 +51,10 @@ def _number_text(x: float | int | str) -> str:
 
 
 def format_question(question: str, choices: list[str]) -> str:
-    """A multiple-choice question with its options as lines ``A. …`` to ``D. …``."""
-    options = "\n".join(f"{CHOICE_LETTERS[i]}. {str(c).strip()}" for i, c in enumerate(choices))
-    return f"{question.strip()}\n{options}"
+    """A multiple-choice question as the Qwen2.5-Math toolkit writes it:
+    ``<question>\nAnswer Choices: (A) … (B) … (C) … (D) …``."""
+    options = " ".join(f"({CHOICE_LETTERS[i]}) {str(c).strip()}" for i, c in enumerate(choices))
+    return f"{question.strip()}\nAnswer Choices: {options}"
 
 
 # --------------------------------------------------------------------------- row parsers
@@ -74,7 +75,9 @@ def _math500(row: dict, cfg) -> tuple[str, str, dict]:
 
 
 def _svamp(row: dict, cfg) -> tuple[str, str, dict]:
-    question = _field(row, "Body").strip() + " " + _field(row, "Question").strip()
+    body = _field(row, "Body").strip()
+    body = body if body.endswith(".") else body + "."  # as the toolkit: a period ends the body
+    question = body + " " + _field(row, "Question").strip()
     gold = _number_text(_field(row, "Answer", (int, float, str)))
     return question, gold, {k: row[k] for k in ("ID", "Type") if k in row}
 

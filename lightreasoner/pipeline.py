@@ -155,6 +155,16 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
 
     # under DDP each rank counted its own micro-batches; saving and evaluating is rank 0's job
     state.tuned_tokens = int(trainer.strategy.reduce(torch.tensor(float(counter.tuned_tokens)), reduce_op="sum"))
+    available = sum(s.num_steps for s in samples)
+    updates = int(trainer.global_step)
+    state.optimisation = {  # what the fine-tune really had (packing changes the composition)
+        "updates": updates,
+        "kept_steps_available": available,
+        "kept_steps_trained": state.tuned_tokens,
+        "kept_steps_per_update": round(state.tuned_tokens / updates, 2) if updates else None,
+        "epochs": round(state.tuned_tokens / available, 3) if available else None,
+        "packing": settings.packing,
+    }
     state.is_global_zero = trainer.is_global_zero
     if not trainer.is_global_zero:
         return
@@ -319,6 +329,7 @@ def efficiency(state: RunState) -> dict:
     cost = state.sampling_cost or {}
     return {
         "training_problems": state.training_problems,
+        "optimisation": state.optimisation,
         "problems_sampled": cost.get("problems"),
         "tokens_generated": cost.get("generated_tokens"),
         "tuned_tokens": state.tuned_tokens,

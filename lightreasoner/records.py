@@ -105,6 +105,8 @@ class RunState:
     """Process CPU seconds per stage (all threads of this process)."""
     training_problems: int | None = None
     """Training problems the method sampled (or read) for its training data."""
+    optimisation: dict = field(default_factory=dict)
+    """What the fine-tune really had: updates, kept steps per update, epochs over the selection."""
     sampling_cost: dict = field(default_factory=dict)
     """What sampling the training data cost, as recorded when it was made: ``problems``,
     ``generated_tokens``, ``wall_s``, ``cpu_s``, ``cached`` (True: read from the cache)."""

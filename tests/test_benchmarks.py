@@ -40,7 +40,7 @@ def test_row_parsers_on_real_rows(data_dir):
     svamp = load_problems(dataset_config("svamp", data_dir), max_problems=1)[0]
     assert svamp.answer == "145"
     assert svamp.question.startswith("There are 87 oranges") and svamp.question.endswith("How big is each group of bananas?")
-    assert " groups How big" in svamp.question  # Body + " " + Question
+    assert " groups. How big" in svamp.question  # Body (a period added, as the toolkit does) + " " + Question
 
     asdiv = load_problems(dataset_config("asdiv", data_dir), max_problems=1)[0]
     assert asdiv.question == "Seven red apples and two green apples are in the basket. How many apples are in the basket?"
@@ -58,9 +58,14 @@ def test_row_parsers_on_real_rows(data_dir):
 
     mmlu = load_problems(dataset_config("mmlu_stem", data_dir), max_problems=1)[0]
     assert mmlu.answer == "C" and mmlu.meta["answer_index"] == 2
-    lines = mmlu.question.splitlines()
-    assert [ln[:3] for ln in lines[-4:]] == ["A. ", "B. ", "C. ", "D. "]
-    assert lines[-2] == "C. reduce the carrying capacity cif the environment to lower the K value"
+    # the Qwen2.5-Math toolkit's format: "<question>\nAnswer Choices: (A) ... (B) ... (C) ... (D) ..."
+    assert mmlu.question == (
+        "Based on the characteristic population curves that result from plotting population growth of a species, "
+        "the most effective means of controlling the mosquito population is to\nAnswer Choices: "
+        "(A) maintain the population at a point corresponding to the midpoint of its logistic curve "
+        "(B) opt for zero population control once the K value of the curve has been reached "
+        "(C) reduce the carrying capacity cif the environment to lower the K value (D) increase the mortality rate"
+    )
 
 
 def test_gold_answers_match_themselves(data_dir):
@@ -148,3 +153,15 @@ def test_dataset_identity(tmp_path):
     assert dataset_identity(_cfg(tmp_path), "test")["sha256"] != a["sha256"]
     hub = dataset_identity(_cfg(tmp_path, hub={"name": "openai/gsm8k", "config": "main", "revision": None}), "train")
     assert hub == {"name": "t", "format": "gsm8k", "split": "train", "hub": "openai/gsm8k", "config": "main", "revision": "main"}
+
+
+def test_question_texts_are_the_toolkits(data_dir):
+    """SVAMP: a period ends the body before the question (the toolkit adds one when missing);
+    ASDiv: body and question joined by a space."""
+    svamp = load_problems(dataset_config("svamp", data_dir), split="test", max_problems=1)[0]
+    assert svamp.question == (
+        "There are 87 oranges and 290 bananas in Philip's collection. If the bananas are organized into 2 groups "
+        "and oranges are organized into 93 groups. How big is each group of bananas?"
+    )
+    asdiv = load_problems(dataset_config("asdiv", data_dir), split="test", max_problems=1)[0]
+    assert asdiv.question == "Seven red apples and two green apples are in the basket. How many apples are in the basket?"

@@ -63,7 +63,7 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
         assert 0 <= r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] <= 1
         assert all(row["num_tokens"] <= 5 for row in rows)
     mmlu = [json.loads(x) for x in (out / "base" / "mmlu_stem.jsonl").read_text().splitlines()]
-    assert mmlu[0]["gold"] == "C" and "\nA. " in mmlu[0]["question"]
+    assert mmlu[0]["gold"] == "C" and "\nAnswer Choices: (A) " in mmlu[0]["question"]
     # identical weights and settings: paired differences are exactly zero
     assert len(report["comparisons"]) == 7
     assert all(c["diff"] == 0 and c["mcnemar_p"] == 1.0 and c["ci95"] == [0.0, 0.0] for c in report["comparisons"])

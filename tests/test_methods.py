@@ -171,7 +171,7 @@ def test_shrunken_demo_grid_over_methods_writes_every_summary_with_efficiency(tm
     for name, s in summaries.items():
         assert s["status"] == "finished", name
         eff = s["efficiency"]
-        assert set(eff) == {"training_problems", "problems_sampled", "tokens_generated", "tuned_tokens", "sampling", "stages"}
+        assert set(eff) == {"training_problems", "optimisation", "problems_sampled", "tokens_generated", "tuned_tokens", "sampling", "stages"}
         assert all("wall_s" in v and "cpu_s" in v for v in eff["stages"].values())
         if name == "contrastive_decoding":
             assert eff["tuned_tokens"] is None and "contrastive_decoding" in s["eval"] and "tuned" not in s["eval"]

@@ -127,3 +127,21 @@ def test_optuna_preset_searches_on_validation_and_returns_the_objective(grid):
     assert 0.0 <= best["best_params"]["sampling.beta"] <= 0.005
     for settings in sweep.glob("*/eval/*/demo.settings.json"):  # the objective never touches test
         assert json.loads(settings.read_text())["split"] == "validation"
+
+
+def test_the_sweep_notebook_runs_on_the_real_grid(grid, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from test_sweep_notebook import run_notebook
+
+    _, sweep = grid
+    monkeypatch.setenv("LIGHTREASONER_SWEEP_DIR", str(sweep))
+    try:
+        scope = run_notebook()
+    finally:
+        plt.close("all")
+    out = capsys.readouterr().out
+    assert f"{sweep}: 4 runs" in out and "varying: ['sampling.beta', 'sampling.alpha']" in out
+    assert len(scope["table"]) == 4

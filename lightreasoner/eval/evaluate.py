@@ -40,7 +40,7 @@ from lightreasoner.eval.results import check_settings, read_rows
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
 from lightreasoner.generation import Generation, GenerationSettings, engine_key
-from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt, encode_prompts, template_fingerprint
+from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt, check_template, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,12 @@ class EvalSettings:
     """Problems per generation batch."""
     system_prompt: str | None = None
     """System message (null: ``prompts.EVAL_SYSTEM``; empty: no system turn)."""
+    prompt_template: str | None = None
+    """null: each model's own chat template; ``qwen25-math-cot``: the Qwen2.5-Math toolkit's
+    fixed ChatML prompt for every model (the paper presets)."""
+    stop_tokens: list = field(default_factory=lambda: ["<|im_end|>", "<|endoftext|>"])
+    """Tokens that end generation besides the tokenizer's and generation config's end-of-sequence
+    ids (those present in the vocabulary; the toolkit always stops at these two)."""
     verify_timeout_s: float = 5.0
     """Seconds the answer checker may spend on one answer."""
 
@@ -94,6 +100,9 @@ class EvalSettings:
         for name in self.benchmarks:
             if name not in known:
                 raise ValueError(f"eval.benchmarks: unknown benchmark {name!r}; expected some of {known}")
+        check_template(self.prompt_template)
+        if not isinstance(self.stop_tokens, (list, tuple)) or not all(isinstance(t, str) for t in self.stop_tokens):
+            raise ValueError(f"eval.stop_tokens: expected a list of token strings, got {self.stop_tokens!r}")
         if not isinstance(self.verify_timeout_s, (int, float)) or self.verify_timeout_s <= 0:
             raise ValueError(f"eval.verify_timeout_s: expected a number > 0, got {self.verify_timeout_s!r}")
 
@@ -185,12 +194,16 @@ def evaluate(
         info = resolve_model_ref(entry["ref"])
         what = f"eval.models[{name}]"
         tokenizer = load_ref_tokenizer(info, what)
-        fingerprint = template_fingerprint(tokenizer, system or None)
+        template = settings.prompt_template
+        fingerprint = template_fingerprint(tokenizer, system or None, template)
+        vocab = tokenizer.get_vocab()
+        stop_ids = sorted({int(vocab[t]) for t in settings.stop_tokens if t in vocab})
         model_records[name] = {
             **info,
             "identity": model_identity(info),
             "template_fingerprint": fingerprint,
-            "prompt_example": chat_prompt(tokenizer, "<<QUESTION>>", system or None),
+            "prompt_example": chat_prompt(tokenizer, "<<QUESTION>>", system or None, template),
+            "stop_token_ids": stop_ids,
         }
         engine = None
         # the configured engine (contrastive decoding is a model of its own: its pair and alpha
@@ -213,6 +226,8 @@ def evaluate(
                 "do_sample": False,
                 "num_beams": 1,
                 "engine": engine_ident,
+                "prompt_template": template,
+                "stop_token_ids": stop_ids,
             }
             path = out_dir / _safe(name) / f"{bname}.jsonl"
             check_settings(path.with_name(f"{bname}.settings.json"), run_settings)
@@ -221,7 +236,8 @@ def evaluate(
             if todo:
                 if engine is None:
                     engine = load_ref_engine(info, what, tokenizer, generation)
-                prompt_ids = encode_prompts(tokenizer, [p.question for p in todo], system or None)
+                    engine.eos_token_ids = sorted(set(engine.eos_token_ids) | set(stop_ids))
+                prompt_ids = encode_prompts(tokenizer, [p.question for p in todo], system or None, template)
                 with open(path, "a", encoding="utf-8") as f:
 
                     def write(start: int, batch: list[Generation]) -> None:
@@ -276,7 +292,9 @@ def evaluate(
             "num_beams": 1,
             "batch_size": batch_size,
             "padding_side": "left",
-            "eos": "tokenizer eos + generation config eos",
+            "eos": "tokenizer eos + generation config eos + eval.stop_tokens in the vocabulary",
+            "stop_tokens": list(settings.stop_tokens),
+            "prompt_template": settings.prompt_template or "each model's chat template",
             "max_new_tokens": {b: i["max_new_tokens"] for b, i in bench_info.items()},
             "verify_timeout_s": timeout_s,
         },
