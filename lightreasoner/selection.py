@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from .files import atomic_write_bytes
 from .prompts import SAMPLING_SYSTEM, chat_prompt
 from .records import TraceSample
 
+log = logging.getLogger(__name__)
+
 EXPORT_FIELDS = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights", "kl_divergence")
 """Fields of one row of the published samples format."""
 
@@ -40,8 +43,9 @@ class SelectionSettings:
     beta: float = 0.4
     """Keep step t iff ``KL_t >= beta`` (published 0.4; 0 keeps every eligible step)."""
     alpha: float = 0.2
-    """Tail filter: candidates with ``pE >= alpha * max pE`` (published 0.2); ``0 < alpha <= 1``
-    and at least the cached traces' ``alpha_min``."""
+    """Tail filter: candidates with ``pE >= alpha * max pE`` (published 0.2); ``0 <= alpha <= 1``
+    and at least the cached traces' ``alpha_min``, except ``0`` (the paper's "no tail filter"),
+    which means the widest set the cache holds: ``alpha_min``, at most ``max_candidates`` per step."""
     first_step: int = 1
     """First eligible step (the published code never keeps step 0)."""
 
@@ -51,6 +55,14 @@ class SelectionSettings:
     def from_cfg(cls, cfg: Mapping | None, alpha_min: float | None = None) -> "SelectionSettings":
         """From a ``sampling`` mapping (other keys ignored), validated against ``alpha_min``."""
         d = {k: v for k, v in dict(cfg or {}).items() if k in cls.KEYS}
+        if d.get("alpha") == 0 and not isinstance(d.get("alpha"), bool):
+            if alpha_min is None:
+                raise ValueError("sampling.alpha=0 (no tail filter) needs the scored traces' sampling.alpha_min")
+            log.info(
+                "sampling.alpha=0 (no tail filter): the widest candidate set the traces hold, pE >= %s * max pE, "
+                "at most sampling.max_candidates per step; a lower sampling.alpha_min (a re-score) widens it", alpha_min,
+            )
+            d["alpha"] = float(alpha_min)
         settings = cls(**d)
         settings.validate(alpha_min)
         return settings

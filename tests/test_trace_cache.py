@@ -244,7 +244,7 @@ def test_publish_is_atomic(pair, tmp_path):
     "over,field",
     [
         (dict(beta=-0.1), "sampling.beta"),
-        (dict(alpha=0.0), "sampling.alpha"),
+        (dict(alpha=-0.1), "sampling.alpha"),
         (dict(alpha=1.5), "sampling.alpha"),
         (dict(alpha=0.05), "alpha_min"),
         (dict(max_new_tokens=0), "sampling.max_new_tokens"),
@@ -264,3 +264,12 @@ def test_alpha_below_cached_alpha_min_says_how_to_rescore(pair, tmp_path):
     cache = run(pair, tmp_path, problems(2))
     with pytest.raises(ValueError, match=r"alpha_min.*Re-score with sampling.alpha_min <= 0.05"):
         select(cache.read_all(), 0.4, 0.05, alpha_min=cache.alpha_min)
+
+
+def test_alpha_zero_is_the_widest_candidate_set_the_cache_holds(pair, tmp_path):
+    from lightreasoner.selection import SelectionSettings
+
+    cache = run(pair, tmp_path, problems(3))
+    assert SelectionSettings.from_cfg({"alpha": 0.0}, alpha_min=cache.alpha_min).alpha == cache.alpha_min
+    with pytest.raises(ValueError, match="alpha_min"):
+        SelectionSettings.from_cfg({"alpha": 0.0})
