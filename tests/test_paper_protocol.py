@@ -71,3 +71,18 @@ def test_stop_tokens_end_evaluation_generation(tiny_pair_dirs, data_dir, tmp_pat
     evaluate(models, [dataset_config("gsm8k", data_dir)], {**cfg, "stop_tokens": [first]}, tmp_path / "b", progress=False)
     stopped = [json.loads(x) for x in (tmp_path / "b" / "base" / "gsm8k.jsonl").read_text().splitlines()]
     assert stopped[0]["num_tokens"] == 1 and not stopped[0]["cut_off"]
+
+
+def test_paper_presets_use_full_math_and_the_papers_amateurs(tmp_path):
+    from lightreasoner.benchmarks import dataset_config, load_problems
+
+    cfg = _compose(["experiment=paper_qwen25_math_1.5b"])
+    assert "math" in cfg.eval.benchmarks and "math500" not in cfg.eval.benchmarks
+    row = {"problem": "What is $1+1$?", "solution": "Clearly $1+1=\\boxed{2}$.", "level": "Level 1", "type": "Algebra"}
+    (tmp_path / "math").mkdir()
+    (tmp_path / "math" / "test.jsonl").write_text(__import__("json").dumps(row) + "\n")
+    (p,) = load_problems(dataset_config("math", tmp_path), split="test")
+    assert p.question == "What is $1+1$?" and p.answer == "2" and p.answer_type == "latex"
+    amateurs = (CONF / "sweep" / "amateurs.yaml").read_text()
+    for name in ("Qwen/Qwen2.5-0.5B,", "Qwen/Qwen2.5-1.5B,", "Qwen/Qwen2.5-Math-1.5B-Instruct"):
+        assert name in amateurs
