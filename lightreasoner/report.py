@@ -450,8 +450,8 @@ def _series(table: pd.DataFrame, key: str) -> list[tuple[str, pd.DataFrame]]:
     return [(label, table[labels == label]) for label in dict.fromkeys(labels)]
 
 
-def _axes(n: int, title: str):
-    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.8), squeeze=False)
+def _axes(n: int, title: str, width: float = 5.0):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, 4.2), squeeze=False)
     fig.suptitle(title)
     return fig, axes[0]
 
@@ -505,14 +505,14 @@ def plot_gain_by(table: pd.DataFrame, key: str = "method") -> plt.Figure:
     keys = [key] + [k for k in setting_keys(table) if k != key]
     table = table.sort_values(keys, key=_sort_key, kind="stable")
     labels = table[keys].apply(lambda r: "\n".join(_display_value(r[k]) for k in keys), axis=1)
-    fig, axes = _axes(max(1, len(benchmarks)), f"gain by {key} ({_interval_label(table)})")
+    fig, axes = _axes(max(1, len(benchmarks)), f"gain by {key}\n({_interval_label(table)})", width=max(5.0, 0.8 * len(table)))
     x = np.arange(len(table))
     for ax, bench in zip(axes, benchmarks):
         y = table[f"gain/{bench}"].to_numpy(float)
         ax.bar(x, np.nan_to_num(y), yerr=_errors(table, f"gain/{bench}", f"gain_lo/{bench}", f"gain_hi/{bench}"),
                capsize=3, color=["C0" if np.isfinite(v) else "lightgrey" for v in y])
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
         ax.set(title=bench, xlabel=" / ".join(keys), ylabel="gain (pp)")
     _tidy(fig)
     return fig
@@ -549,7 +549,7 @@ def plot_gain_per_run(runs: pd.DataFrame) -> plt.Figure:
         ax.bar(x, np.nan_to_num(frame["diff"].to_numpy(float)), yerr=_errors(frame, "diff", "ci95_lo", "ci95_hi"),
                capsize=3)
         ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
         ax.set(title=bench, ylabel="gain (pp)")
     _tidy(fig)
     return fig
@@ -691,7 +691,10 @@ def efficiency_table(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         rows.append(row)
     if not rows:
         raise ReportInputError(f"no finished run with a summary.json under {paths}")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for col in ("problems sampled", "tokens generated", "tuned tokens"):
+        table[col] = table[col].astype("Int64")  # counts stay integers with gaps
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -705,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     if args.efficiency:
         try:
-            print(_markdown(efficiency_table(args.paths).fillna("-")))
+            table = efficiency_table(args.paths)
+            print(_markdown(table.astype(object).where(table.notna(), "-")))
         except ReportInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
