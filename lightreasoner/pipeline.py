@@ -50,7 +50,7 @@ __all__ = ["STAGES", "RunState", "validate", "run"]
 # --------------------------------------------------------------------------- validation
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> Method:
     """Check every setting before any work; one clear error naming the field.
 
     Each group is checked by its own settings class; the checks here span groups.
@@ -62,9 +62,10 @@ def validate(cfg: DictConfig) -> None:
     DistillSettings.from_cfg(cfg.distill)
     EvalSettings.from_cfg(cfg.eval)
     lora_config(cfg.peft)
-    build_method(cfg)
+    method = build_method(cfg)
     if int(cfg.trainer.max_steps) < 1:
         raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {cfg.trainer.max_steps}")
+    return method
 
 
 # --------------------------------------------------------------------------- helpers
@@ -243,7 +244,7 @@ def run(cfg: DictConfig) -> RunState:
     out_dir = Path(cfg.paths.output_dir)
     state = RunState(out_dir=out_dir)
     try:
-        validate(cfg)
+        state.method = validate(cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
         state.logger = build_logger(cfg)
         _run_stages(cfg, state)
@@ -260,7 +261,7 @@ def run(cfg: DictConfig) -> RunState:
 
 def _run_stages(cfg: DictConfig, state: RunState) -> None:
     seed = int(cfg.seed)
-    method = build_method(cfg)
+    method = state.method
     with _stage(state, "prepare", seed):
         prepare(cfg)
     stage = cfg.stage
@@ -287,7 +288,7 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "status": "failed" if error is not None else "finished",
         "error": None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:500],
         "stage": cfg.stage,
-        "method": _method_name(cfg),
+        "method": state.method.name if state.method is not None else _method_name(cfg),
         "seed": int(cfg.seed),
         "model_pair": cfg.model_pair.name,
         "dataset": cfg.dataset.name,
@@ -314,10 +315,8 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
 
 
 def _method_name(cfg: DictConfig) -> str:
-    try:
-        return build_method(cfg).name
-    except Exception:  # an invalid method group: the summary of the failure still gets written
-        return str((cfg.get("method") or {}).get("name", "lightreasoner"))
+    """The method's name when validation failed before the method was built."""
+    return str((cfg.get("method") or {}).get("name", "lightreasoner"))
 
 
 def efficiency(state: RunState) -> dict:

@@ -110,6 +110,8 @@ class RunState:
     sampling_cost: dict = field(default_factory=dict)
     """What sampling the training data cost, as recorded when it was made: ``problems``,
     ``generated_tokens``, ``wall_s``, ``cpu_s``, ``cached`` (True: read from the cache)."""
+    method: Any = None
+    """The run's :class:`~lightreasoner.methods.Method`, built once by validation."""
     logger: Any = False
     """The run's Lightning logger (built once, finished at the end of the run), or False."""
     objective: float | None = None

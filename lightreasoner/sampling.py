@@ -279,7 +279,7 @@ class ContrastiveSampler(LightningModule):
         # 1. batched generation by the engine, raw logits kept where the engine has them
         input_ids, attn = left_pad(prompts, pad)
         plen = input_ids.shape[1]
-        seed = _batch_seed(s.seed, batch["problem_id"]) if s.do_sample and s.seed is not None else None
+        seed = batch_seed(s.seed, batch["problem_id"]) if s.do_sample and s.seed is not None else None
         out = engine.generate_batch(prompts, self.generation_settings(), return_logits=True, seed=seed)
         gen = out.tokens.to(dev)  # [B, T']
         t_max = gen.shape[1]
@@ -364,7 +364,7 @@ class ContrastiveSampler(LightningModule):
         return records
 
 
-def _batch_seed(seed: int, problem_ids: Sequence[str]) -> int:
+def batch_seed(seed: int, problem_ids: Sequence[str]) -> int:
     """A per-batch seed from the base seed and the batch's problem ids (resume-stable)."""
     h = hashlib.sha256(f"{seed}|".encode() + "\x1f".join(map(str, problem_ids)).encode()).hexdigest()
     return int(h[:15], 16)

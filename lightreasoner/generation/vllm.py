@@ -85,11 +85,6 @@ class VLLMEngine(Engine):
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
 
-    @property
-    def pad_token_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(self.eos_token_ids[0] if pad is None else pad)
-
     def identity(self) -> dict:
         return {"engine": self.name, "version": self.version, "dtype": self.dtype}
 

@@ -13,7 +13,6 @@ so a sweep samples once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from lightreasoner.generation import GenerationSettings, build_engine, engine_ke
 from lightreasoner.models import ModelSpec, load_model, load_tokenizer, pair_specs
 from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem, TraceSample
+from lightreasoner.sampling import batch_seed, question_sha
 from lightreasoner.trace_cache import FORMAT_VERSION, TraceCache, canonical_json, tokenizer_fingerprint, trace_key
 
 from .base import Method
@@ -42,11 +42,6 @@ log = logging.getLogger("lightreasoner")
 SOLUTION_KEYS = ("problem_id", "question_sha", "prompt_ids", "solutions", "finished", "correct")
 """Keys of one cached record: a problem's prompt and its ``k`` sampled solutions (id tensors,
 each up to and including its end-of-sequence id), whether each finished and was correct."""
-
-
-def _batch_seed(seed: int, problem_ids: Sequence[str]) -> int:
-    h = hashlib.sha256(f"{seed}|".encode() + "\x1f".join(problem_ids).encode()).hexdigest()
-    return int(h[:15], 16)
 
 
 @dataclass
@@ -216,7 +211,7 @@ def sample_solutions(
             tokens = 0
             for group in tqdm([g for g in batches if g], desc="sft: sampling solutions", unit="batch"):
                 rows = [prompt_ids[i] for i in group for _ in range(k)]
-                out = engine.generate_batch(rows, settings, seed=_batch_seed(method.seed, [ids[i] for i in group]))
+                out = engine.generate_batch(rows, settings, seed=batch_seed(method.seed, [ids[i] for i in group]))
                 gens = [engine.finish(row, 0.0) for row in out.tokens.tolist()]
                 records = []
                 for j, i in enumerate(group):
@@ -225,7 +220,7 @@ def sample_solutions(
                     tokens += sum(g.num_tokens for g in mine)
                     records.append({
                         "problem_id": p.id,
-                        "question_sha": hashlib.sha256(p.question.encode("utf-8")).hexdigest()[:16],
+                        "question_sha": question_sha(p.question),
                         "prompt_ids": torch.tensor(prompt_ids[i], dtype=torch.long),
                         "solutions": [torch.tensor(g.token_ids, dtype=torch.long) for g in mine],
                         "finished": torch.tensor([not g.cut_off for g in mine]),
