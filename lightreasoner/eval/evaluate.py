@@ -187,6 +187,9 @@ def evaluate(
             "dataset": dataset_identity(bench, split),
         }
 
+    # the configured engine (contrastive decoding is a model of its own: its pair and alpha are
+    # in the model identity, and it is compared with the others as such)
+    engine_ident = engine_key(generation)
     runs: dict[tuple[str, str], dict] = {}
     model_records: dict[str, dict] = {}
     for entry in models:
@@ -206,9 +209,6 @@ def evaluate(
             "stop_token_ids": stop_ids,
         }
         engine = None
-        # the configured engine (contrastive decoding is a model of its own: its pair and alpha
-        # are in the model identity, and it is compared with the others as such)
-        engine_ident = engine_key(generation)
         model_records[name]["engine"] = (
             {"engine": CONTRASTIVE, "alpha": info["alpha"]} if info["kind"] == CONTRASTIVE else engine_ident or {"engine": "hf", "dtype": "the model's"}
         )
