@@ -321,7 +321,8 @@ class _ResumableLoader(DataLoader):
 
 
 class _Collate:
-    def __init__(self, pad_token_id: int, padding_side: str, accumulate: int, world_size: int = 1):
+    def __init__(self, pad_token_id: int, padding_side: str, accumulate: int, world_size: int = 1, last_column: bool = False):
+        self.last_column = bool(last_column)
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
         self.accumulate = int(accumulate)
@@ -330,7 +331,7 @@ class _Collate:
     def __call__(self, items):
         examples = [it[0] for it in items]
         _, update_steps, epoch, batch_index, global_index = items[0]
-        batch = collate_examples(examples, self.pad_token_id, self.padding_side)
+        batch = collate_examples(examples, self.pad_token_id, self.padding_side, self.last_column)
         batch["update_steps"] = int(update_steps)
         batch["accumulate"] = self.accumulate
         batch["world_size"] = self.world_size
@@ -341,13 +342,21 @@ class _Collate:
         return batch
 
 
-def collate_examples(examples: Sequence[TraceSample], pad_token_id: int, padding_side: str = "right") -> dict:
+def collate_examples(
+    examples: Sequence[TraceSample], pad_token_id: int, padding_side: str = "right", last_column: bool = False
+) -> dict:
     """Pad ``examples`` into one batch and index their kept positions (see the module doc).
+
+    ``last_column`` is the published quirk ``distill.published_loss_column``: one kept step per
+    example, right-padded, and every row's loss read at the batch's last column (a padding
+    position for every row shorter than the longest), as the published ``logits[:, -1]``.
 
     Does not set the update fields (``update_steps``, ``accumulate``, ``loss_scale``).
     """
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side: expected 'right' or 'left', got {padding_side!r}")
+    if last_column and (padding_side != "right" or any(e.num_steps != 1 for e in examples)):
+        raise ValueError("distill.published_loss_column: needs one kept step per example (packing: false) and right padding")
     lengths = [int(e.input_ids.numel()) for e in examples]
     b, length = len(examples), max(lengths)
     input_ids = torch.full((b, length), int(pad_token_id), dtype=torch.long)
@@ -359,7 +368,7 @@ def collate_examples(examples: Sequence[TraceSample], pad_token_id: int, padding
         attention_mask[r, off : off + n] = 1
         k = e.num_steps
         rows.append(torch.full((k,), r, dtype=torch.long))
-        cols.append(e.positions.long() + off)
+        cols.append(torch.full((k,), length - 1, dtype=torch.long) if last_column else e.positions.long() + off)
         tids.extend(t.long() for t in e.target_ids)
         tws.extend(w.float() for w in e.target_w)
         kls.append(e.kl.float() if e.kl is not None else torch.full((k,), float("nan")))
@@ -407,6 +416,8 @@ class DistillDataModule(LightningDataModule):
         seed: seed of the deterministic per-epoch shuffle.
         shuffle: shuffle at all (False: file order, for inspection and tests).
         num_workers: DataLoader worker processes.
+        published_loss_column: the published quirk (``distill.published_loss_column``): every
+            row's loss at the batch's last column (needs ``packing=False``, right padding).
     """
 
     def __init__(
@@ -420,8 +431,12 @@ class DistillDataModule(LightningDataModule):
         seed: int = 0,
         shuffle: bool = True,
         num_workers: int = 0,
+        published_loss_column: bool = False,
     ):
         super().__init__()
+        if published_loss_column and (packing or padding_side != "right"):
+            raise ValueError("distill.published_loss_column: needs distill.packing=false and distill.padding_side=right")
+        self.published_loss_column = bool(published_loss_column)
         if int(steps_per_batch) < 1:
             raise ValueError(f"steps_per_batch: expected >= 1, got {steps_per_batch}")
         if int(accumulate_grad_batches) < 1:
@@ -531,7 +546,7 @@ class DistillDataModule(LightningDataModule):
         return _ResumableLoader(
             _Examples(self.examples),
             batch_sampler=self.batch_sampler,
-            collate_fn=_Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, self.world_size),
+            collate_fn=_Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, self.world_size, self.published_loss_column),
             num_workers=self.num_workers,
             persistent_workers=False,
         )
@@ -546,6 +561,6 @@ class DistillDataModule(LightningDataModule):
         training order (inspection and tests; default: this process's rank and world size)."""
         sampler = self._new_batch_sampler(rank, world_size)
         sampler.set_epoch(epoch)
-        collate = _Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, sampler.world_size)
+        collate = _Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, sampler.world_size, self.published_loss_column)
         ds = _Examples(self.examples)
         return [collate([ds[it] for it in mb]) for mb in sampler]

@@ -77,6 +77,15 @@ class DistillSettings:
     """Also write the selection in the published samples format (JSONL) to the run directory."""
     import_published: str | None = None
     """Train on a published samples JSONL instead of the trace cache (one step per example)."""
+    published_loss_column: bool = False
+    """Published quirk, off by default: read every row's loss at the *last column* of the
+    right-padded micro-batch (the published ``logits[:, -1]``), i.e. at a padding position for
+    every example but the longest. Needs ``packing: false`` and ``padding_side: right``."""
+    published_softmax_width: bool = False
+    """Published quirk, off by default: the tuned model's softmax spans only
+    ``tokenizer.vocab_size`` ids (151,643 for Qwen2.5: the added special tokens such as
+    ``<|im_end|>`` are cut off), and soft-label mass on ids beyond it is dropped without
+    renormalising the rest."""
 
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":
@@ -84,7 +93,7 @@ class DistillSettings:
         return settings_from_cfg(cls, cfg, "distill")
 
     def validate(self) -> None:
-        for name in ("packing", "merge", "export_published"):
+        for name in ("packing", "merge", "export_published", "published_loss_column", "published_softmax_width"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"distill.{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.steps_per_batch, bool) or not isinstance(self.steps_per_batch, int) or self.steps_per_batch < 1:
@@ -93,6 +102,11 @@ class DistillSettings:
             raise ValueError(f"distill.padding_side: expected 'right' or 'left', got {self.padding_side!r}")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"distill.num_workers: expected an integer >= 0, got {self.num_workers!r}")
+        if self.published_loss_column and (self.packing or self.padding_side != "right"):
+            raise ValueError(
+                "distill.published_loss_column: needs distill.packing=false and distill.padding_side=right "
+                f"(the published layout), got packing={self.packing}, padding_side={self.padding_side!r}"
+            )
         if self.import_published is not None and not Path(str(self.import_published)).expanduser().is_file():
             raise ValueError(f"distill.import_published: expected a samples JSONL file, {self.import_published!r} does not exist")
 
@@ -205,6 +219,9 @@ class DistillModule(LightningModule):
             (or its estimated stepping batches when that is unset).
         sample_key: the selection the samples came from (recorded with saved adapters).
         repeat_warn_epochs: warn when the budget repeats the samples more than this many times.
+        softmax_width: the published quirk ``distill.published_softmax_width``: the softmax over
+            the first ``softmax_width`` ids only (the tokenizer's ``vocab_size``) and soft-label
+            weight on ids beyond it dropped, not renormalised. None (default): the full width.
         model: an already built causal LM to use instead of loading ``expert`` (its weights
             must be those ``expert`` names, since saved adapters record ``expert`` as base).
     """
@@ -219,6 +236,7 @@ class DistillModule(LightningModule):
         sample_key: str | None = None,
         repeat_warn_epochs: float = 3.0,
         model: torch.nn.Module | None = None,
+        softmax_width: int | None = None,
     ):
         super().__init__()
         from peft import get_peft_model
@@ -235,6 +253,9 @@ class DistillModule(LightningModule):
         self.max_steps = max_steps
         self.sample_key = sample_key
         self.repeat_warn_epochs = float(repeat_warn_epochs)
+        if softmax_width is not None and (isinstance(softmax_width, bool) or int(softmax_width) < 1):
+            raise ValueError(f"softmax_width: expected an integer >= 1 or None, got {softmax_width!r}")
+        self.softmax_width = None if softmax_width is None else int(softmax_width)
         self.save_hyperparameters(
             {
                 "expert": self.expert_spec.to_dict(),
@@ -243,6 +264,7 @@ class DistillModule(LightningModule):
                 "scheduler": sched,
                 "max_steps": max_steps,
                 "sample_key": sample_key,
+                "softmax_width": self.softmax_width,
             }
         )
         if model is None:
@@ -286,7 +308,11 @@ class DistillModule(LightningModule):
         the kept steps) and ``entropy`` (mean soft-label entropy).
         """
         logits = self.step_logits(batch)
-        per_step = distill_loss(logits, batch["target_ids"], batch["target_w"])
+        target_w = batch["target_w"]
+        if self.softmax_width is not None:  # the published quirk (see __init__)
+            logits = logits[..., : self.softmax_width]
+            target_w = target_w.masked_fill(batch["target_ids"] >= self.softmax_width, 0.0)
+        per_step = distill_loss(logits, batch["target_ids"].clamp_max(logits.shape[-1] - 1), target_w)
         scale = batch.get("loss_scale")
         if scale is None:
             scale = int(batch["accumulate"]) / int(batch["update_steps"])

@@ -132,6 +132,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         padding_side=settings.padding_side,
         seed=int(cfg.seed),
         num_workers=settings.num_workers,
+        published_loss_column=settings.published_loss_column,
     )
     module = DistillModule(
         expert=expert,
@@ -140,6 +141,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         scheduler=to_plain(cfg.scheduler),
         max_steps=int(cfg.trainer.max_steps),
         sample_key=state.sample_key,
+        softmax_width=int(tokenizer.vocab_size) if settings.published_softmax_width else None,
     )
     ckpt_dir = state.out_dir / "checkpoints"
     logger = state.logger

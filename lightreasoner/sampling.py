@@ -75,6 +75,13 @@ class SamplingSettings:
     seed: int | None = None
     """Base seed for ``do_sample`` (each batch is seeded from it and its problem ids, so a
     resumed run draws the same traces); ignored when greedy."""
+    published_generation: bool = False
+    """Published quirk, off by default: the expert decodes with its checkpoint's own generation
+    config (an Instruct checkpoint samples, with its top-k/top-p and repetition penalty;
+    ``do_sample``/``temperature``/``top_p`` here are then ignored) and is scored from the
+    *processed* scores (after those warpers: tokens outside top-k get pE = 0), as the
+    published sampler did for Instruct/DeepSeek experts. The ``hf`` engine only; part of the
+    cache key when on."""
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "SamplingSettings":
@@ -117,6 +124,8 @@ class SamplingSettings:
             raise bad("system_prompt", "a string or null")
         if self.seed is not None and not _is_int(self.seed):
             raise bad("seed", "an integer or null")
+        if not isinstance(self.published_generation, bool):
+            raise bad("published_generation", "true or false")
 
     def key_fields(self) -> dict:
         """The generation/scoring settings that go into the trace-cache key.
@@ -131,6 +140,8 @@ class SamplingSettings:
         }
         if self.do_sample:
             d.update(temperature=float(self.temperature), top_p=float(self.top_p), seed=self.seed)
+        if self.published_generation:
+            d.update(published_generation=True, seed=self.seed)
         return d
 
 
@@ -220,6 +231,11 @@ class ContrastiveSampler(LightningModule):
             m.requires_grad_(False)
         if self.engine is None:
             self.engine = build_engine(self._generation_cfg, self.expert_model, self.tokenizer, spec=self.expert_spec)
+        if self.settings.published_generation and not self.engine.supports_checkpoint_config:
+            raise ValueError(
+                f"sampling.published_generation: needs generation=hf (the checkpoint's generation config and "
+                f"processed scores), got the {self.engine.name!r} engine"
+            )
 
     def setup_models(self) -> "ContrastiveSampler":
         """Load/check outside a Trainer (benchmarks, notebooks); returns self."""
@@ -241,7 +257,10 @@ class ContrastiveSampler(LightningModule):
     def generation_settings(self) -> GenerationSettings:
         """How the expert decodes its traces (from the ``sampling`` settings)."""
         s = self.settings
-        return GenerationSettings(s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p)
+        return GenerationSettings(
+            s.max_new_tokens, do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p,
+            checkpoint_config=s.published_generation,
+        )
 
     # --------------------------------------------------------------- the work
     def predict_step(self, batch: Mapping, batch_idx: int = 0, dataloader_idx: int = 0) -> list[dict]:
@@ -279,7 +298,7 @@ class ContrastiveSampler(LightningModule):
         # 1. batched generation by the engine, raw logits kept where the engine has them
         input_ids, attn = left_pad(prompts, pad)
         plen = input_ids.shape[1]
-        seed = batch_seed(s.seed, batch["problem_id"]) if s.do_sample and s.seed is not None else None
+        seed = batch_seed(s.seed, batch["problem_id"]) if (s.do_sample or s.published_generation) and s.seed is not None else None
         out = engine.generate_batch(prompts, self.generation_settings(), return_logits=True, seed=seed)
         gen = out.tokens.to(dev)  # [B, T']
         t_max = gen.shape[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from _samples import random_trace_samples
 from hydra import compose, initialize_config_dir
 
@@ -86,3 +87,86 @@ def test_paper_presets_use_full_math_and_the_papers_amateurs(tmp_path):
     amateurs = (CONF / "sweep" / "amateurs.yaml").read_text()
     for name in ("Qwen/Qwen2.5-0.5B,", "Qwen/Qwen2.5-1.5B,", "Qwen/Qwen2.5-Math-1.5B-Instruct"):
         assert name in amateurs
+
+
+# ---------------------------------------------------------------- published quirks (item 7)
+
+
+def test_quirks_preset_turns_on_exactly_the_three_switches():
+    off, on = _compose(["experiment=paper_qwen25_math_1.5b_instruct"]), _compose(["experiment=paper_qwen25_math_1.5b_instruct", "quirks=published"])
+    flags = [("sampling", "published_generation"), ("distill", "published_loss_column"), ("distill", "published_softmax_width")]
+    assert all(off[g][k] is False for g, k in flags) and all(on[g][k] is True for g, k in flags)
+    from lightreasoner.pipeline import validate
+
+    validate(on)  # the preset is a valid run
+    from lightreasoner.distill import DistillSettings
+
+    with pytest.raises(ValueError, match="distill.published_loss_column: needs distill.packing=false"):
+        DistillSettings.from_cfg({"packing": True, "published_loss_column": True})
+
+
+def test_published_loss_column_reads_the_last_column_of_right_padded_batches():
+    from lightreasoner.datamodule import collate_examples
+
+    samples = [x for s in random_trace_samples(3, 0, vocab=20, min_len=8, max_len=14, max_steps=3, max_cands=2, prompt=2) for x in s.split_steps()]
+    ours = collate_examples(samples, 0, "right")
+    quirk = collate_examples(samples, 0, "right", last_column=True)
+    lengths = [int(s.input_ids.numel()) for s in samples]
+    assert quirk["loss_cols"].tolist() == [max(lengths) - 1] * len(samples)
+    assert ours["loss_cols"].tolist() == [n - 1 for n in lengths]  # each example's own last (kept) position
+    assert torch.equal(quirk["input_ids"], ours["input_ids"]) and torch.equal(quirk["target_w"], ours["target_w"])
+    with pytest.raises(ValueError, match="published_loss_column"):
+        collate_examples(samples, 0, "left", last_column=True)
+    dm = DistillDataModule(random_trace_samples(6, 1, vocab=20, min_len=8, max_len=14, max_steps=3, max_cands=2, prompt=2), steps_per_batch=4,
+                           accumulate_grad_batches=1, packing=False, pad_token_id=0, published_loss_column=True)
+    for b in dm.epoch_batches(0):
+        assert set(b["loss_cols"].tolist()) == {b["input_ids"].shape[1] - 1}
+
+
+def test_published_softmax_width_cuts_special_ids_without_renormalising(tiny_pair_dirs):
+    from lightreasoner.contrast import distill_loss
+    from lightreasoner.datamodule import collate_examples
+    from lightreasoner.distill import DistillModule
+    from lightreasoner.records import TraceSample
+
+    width = 12  # the "regular" vocabulary: ids >= 12 play the special tokens
+    sample = TraceSample(problem_id="p", input_ids=torch.tensor([3, 4, 5, 6, 7]), positions=torch.tensor([3, 4]), steps=torch.tensor([0, 1]),
+                         target_ids=[torch.tensor([5, 14]), torch.tensor([2])], target_w=[torch.tensor([0.75, 0.25]), torch.tensor([1.0])],
+                         kl=torch.tensor([0.5, 0.6]))
+    batch = collate_examples([sample], 0)
+    batch.update(update_steps=2, accumulate=1, world_size=1, loss_scale=0.5)
+    full = DistillModule({"name_or_path": tiny_pair_dirs["expert"], "device": "cpu"}, max_steps=1)
+    cut = DistillModule({"name_or_path": tiny_pair_dirs["expert"], "device": "cpu"}, max_steps=1, softmax_width=width)
+    cut.model.load_state_dict(full.model.state_dict())
+    with torch.no_grad():
+        logits = full.step_logits(batch)
+        got_full, got_cut = full.compute_loss(batch)["per_step"], cut.compute_loss(batch)["per_step"]
+    assert torch.allclose(got_full, distill_loss(logits, batch["target_ids"], batch["target_w"]))
+    logq = torch.log_softmax(logits[:, :width].float(), -1)
+    by_hand = torch.tensor([0.75 * (torch.log(torch.tensor(0.75)) - logq[0, 5]), 1.0 * (0.0 - logq[1, 2])])  # 0.25 on id 14 dropped, not renormalised
+    assert torch.allclose(got_cut, by_hand, atol=1e-5) and not torch.allclose(got_cut, got_full)
+
+
+def test_published_generation_uses_the_checkpoint_config_and_processed_scores(tiny_pair_dirs):
+    from lightreasoner.generation import GenerationSettings
+    from lightreasoner.generation.hf import HFEngine
+    from lightreasoner.models import ModelSpec, load_model, load_tokenizer
+    from lightreasoner.sampling import SamplingSettings
+
+    spec = ModelSpec(tiny_pair_dirs["expert"], device="cpu")
+    tok, model = load_tokenizer(spec), load_model(spec)
+    model.generation_config.do_sample, model.generation_config.top_k, model.generation_config.temperature = True, 3, 0.7
+    engine = HFEngine(model, tok)
+    prompt = [tok("What is 1+1?", add_special_tokens=False)["input_ids"]]
+    raw = engine.generate_batch(prompt, GenerationSettings(4), return_logits=True)
+    quirk = engine.generate_batch(prompt, GenerationSettings(4, checkpoint_config=True), return_logits=True, seed=0)
+    assert all(torch.isfinite(s).all() for s in raw.logits)  # raw logits, greedy despite the checkpoint's do_sample
+    again = engine.generate_batch(prompt, GenerationSettings(4), return_logits=True)
+    assert torch.equal(raw.tokens, again.tokens)
+    finite = [int(torch.isfinite(s).sum()) for s in quirk.logits]
+    assert finite == [3] * len(quirk.logits)  # top_k=3 warper applied: the processed scores
+    assert model.generation_config.top_k == 3  # the model's own config is left as it was
+    key = SamplingSettings(published_generation=True, seed=5).key_fields()
+    assert key["published_generation"] is True and key["seed"] == 5 and "published_generation" not in SamplingSettings().key_fields()
+    with pytest.raises(ValueError, match="sampling.published_generation"):
+        SamplingSettings(published_generation="yes").validate()

@@ -29,6 +29,11 @@ class GenerationSettings:
     """Sampling temperature (only with ``do_sample``)."""
     top_p: float = 1.0
     """Nucleus mass (only with ``do_sample``)."""
+    checkpoint_config: bool = False
+    """Published quirk (``sampling.published_generation``): decode with the checkpoint's own
+    generation config (its sampling, top-k/top-p, penalties; only ``max_new_tokens`` and the
+    stop ids come from here), and return the *processed* per-step scores (after those
+    warpers) instead of the raw logits. Engines other than ``hf`` refuse it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -114,6 +119,9 @@ class Engine:
     def close(self) -> None:
         """Free what the engine holds (models, worker processes)."""
         self.model = None
+
+    supports_checkpoint_config: bool = False
+    """Whether :attr:`GenerationSettings.checkpoint_config` (the published sampling quirk) works."""
 
     def generate_batch(
         self,

@@ -4,7 +4,9 @@ Decoding follows :class:`~lightreasoner.generation.base.GenerationSettings` only
 ``GenerationConfig`` (:func:`neutral_generation_config`) replaces the checkpoint's own for the
 call, so a checkpoint that turns on sampling or penalties does not change greedy outputs. With
 ``return_logits`` the raw per-step logits (``output_logits=True``, never the processed scores)
-come back too — what contrastive sampling scores the expert with.
+come back too — what contrastive sampling scores the expert with. The one exception is the
+published sampling quirk (``GenerationSettings.checkpoint_config``, off by default): the
+checkpoint's own config and its processed ``scores``, as the published sampler did.
 """
 
 from __future__ import annotations
@@ -121,7 +123,11 @@ class HFEngine(Engine):
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
         return {"engine": self.name, "version": transformers.__version__, "dtype": dtype}
 
+    supports_checkpoint_config = True
+
     def generation_config(self, settings: GenerationSettings, return_logits: bool = False):
+        if settings.checkpoint_config:
+            return self.checkpoint_generation_config(settings, return_logits)
         extra = {"output_logits": True, "return_dict_in_generate": True} if return_logits else {}
         return neutral_generation_config(
             self.model,
@@ -133,6 +139,24 @@ class HFEngine(Engine):
             top_p=settings.top_p,
             **extra,
         )
+
+    def checkpoint_generation_config(self, settings: GenerationSettings, return_logits: bool = False):
+        """The published sampling quirk: the checkpoint's own generation config (sampling,
+        top-k/top-p, repetition penalty as the checkpoint ships them) with our length and stop
+        ids; with ``return_logits`` the processed ``scores`` (after its warpers) come back."""
+        import copy
+
+        from transformers import GenerationConfig
+
+        own = getattr(self.model, "generation_config", None)
+        cfg = copy.deepcopy(own) if own is not None else GenerationConfig()
+        cfg.max_new_tokens = int(settings.max_new_tokens)
+        cfg.max_length = None
+        cfg.eos_token_id = list(self.eos_token_ids)
+        cfg.pad_token_id = int(self.pad_token_id)
+        if return_logits:
+            cfg.output_scores, cfg.return_dict_in_generate = True, True
+        return cfg
 
     @torch.inference_mode()
     def generate_batch(
@@ -148,12 +172,13 @@ class HFEngine(Engine):
         device = next(self.model.parameters()).device
         input_ids, attn = left_pad(prompt_ids, int(gen_cfg.pad_token_id))
         input_ids, attn = input_ids.to(device), attn.to(device)
-        if settings.do_sample and seed is not None:
+        if (settings.do_sample or gen_cfg.do_sample) and seed is not None:
             torch.manual_seed(seed)
         # generate() fills every unset field from model.generation_config (e.g. a checkpoint's
         # repetition_penalty or temperature); swap in our config for the call so nothing leaks in.
         with using_generation_config(self.model, gen_cfg):
             out = self.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg)
         if return_logits:
-            return GeneratedBatch(tokens=out.sequences[:, input_ids.shape[1] :], logits=list(out.logits))
+            steps = out.scores if settings.checkpoint_config else out.logits
+            return GeneratedBatch(tokens=out.sequences[:, input_ids.shape[1] :], logits=list(steps))
         return GeneratedBatch(tokens=out[:, input_ids.shape[1] :])
