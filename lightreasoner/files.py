@@ -31,6 +31,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
+        if e.errno is None:
+            raise OSError(f"cannot write {path}: {e}") from e
         raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     finally:
         if tmp.exists():
