@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import lightreasoner.config  # noqa: F401  (registers the config resolvers)
+from lightreasoner.config import unknown_group_option  # (importing it registers the config resolvers)
 from lightreasoner.pipeline import run
 
 log = logging.getLogger("lightreasoner")
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     """Run the stages; returns the objective (tuned accuracy) for hyper-parameter sweepers."""
     try:
         return run(cfg).objective
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad input, a missing file, a full disk or read-only dir
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -35,4 +35,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if bad := unknown_group_option(sys.argv[1:]):
+        print(f"error: {bad}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,27 @@ def swept_keys(argv: list[str], sweeper_params: Any = None) -> set[str]:
         if sep and not key.startswith("-") and _is_sweep_value(value):
             keys.add(key.lstrip("+~"))
     return keys
+
+
+def unknown_group_option(argv: list[str], conf_dir: Path | None = None) -> str | None:
+    """One line naming the first command-line choice of a config group that has no such option
+    (``model_pair=nope``: ``conf/model_pair/nope.yaml`` does not exist), else None. Hydra's own
+    report of it is a screenful (options, search path, a hint); train.py prints this line instead.
+    Only plain values are checked (``a`` or a sweep ``a,b``); anything else is left to Hydra."""
+    conf_dir = conf_dir or PROJECT_ROOT / "conf"
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or not key or key.startswith("-") or "/" in key or "@" in key or key == "hydra":
+            continue
+        group = conf_dir / key
+        if not group.is_dir() or not re.fullmatch(r"[\w.-]+(,[\w.-]+)*", value):
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":
+                return f"{key}={choice}: no such option (conf/{key}/{choice}.yaml); expected one of {options}"
+    return None
 
 
 def sweep_subdir_name(*, _root_: Any) -> str:
