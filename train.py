@@ -16,7 +16,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lightreasoner.config import unknown_group_option  # (importing it registers the config resolvers)
-from lightreasoner.pipeline import run
+
+if __name__ == "__main__" and (bad := unknown_group_option(sys.argv[1:])):
+    print(f"error: {bad}", file=sys.stderr)  # before the slow imports below
+    sys.exit(2)
+
+from lightreasoner.pipeline import run  # noqa: E402
 
 log = logging.getLogger("lightreasoner")
 
@@ -35,7 +40,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    if bad := unknown_group_option(sys.argv[1:]):
-        print(f"error: {bad}", file=sys.stderr)
-        sys.exit(2)
     main()
