@@ -22,9 +22,19 @@ __all__ = [
     "tail_mask",
     "top_candidates",
     "soft_label",
+    "truncate_top_k",
     "keep_steps",
     "soft_label_entropy",
+    "candidate_entropy",
     "distill_loss",
+    "reverse_kl_loss",
+    "jsd_loss",
+    "LOSSES",
+    "objective_loss",
+    "fraction_quota",
+    "apportion",
+    "top_steps",
+    "junk_mass",
     "expert_label",
     "random_steps",
     "contrastive_choice",
@@ -96,19 +106,48 @@ def soft_label(
     max_logp_e: Tensor,
     alpha: float,
     valid: Tensor | None = None,
+    tau: float = 1.0,
+    top_k: int | None = None,
 ) -> Tensor:
-    """Contrastive soft label ``vC = softmax(log pE - log pA)`` restricted to ``V_t``.
+    """Contrastive soft label ``vC = softmax((log pE - log pA) / tau)`` restricted to ``V_t``.
 
     Inputs are candidate-aligned ``[..., K]`` (``max_logp_e`` is ``[...]``). Returns weights
     ``[..., K]`` that sum to 1 over the kept candidates and are exactly 0 elsewhere.
+    ``tau`` (> 0) is a temperature on the contrast (1: the method; below 1 sharper, above 1
+    flatter); ``top_k`` keeps only the ``k`` largest weights, renormalised
+    (:func:`truncate_top_k`; None: all of ``V_t``). The defaults compute exactly the published label.
     """
     keep = tail_mask(cand_logp_e, alpha, max_logp_e)
     if valid is not None:
         keep = keep & valid
     score = (cand_logp_e - cand_logp_a).float()
+    return _label_from_score(score, keep, tau, top_k)
+
+
+def _label_from_score(score: Tensor, keep: Tensor, tau: float, top_k: int | None) -> Tensor:
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"tau: expected a number > 0, got {tau!r}")
+    if tau != 1:
+        score = score / float(tau)
     score = score.masked_fill(~keep, float("-inf"))
-    w = torch.softmax(score, dim=-1)
-    return torch.nan_to_num(w, nan=0.0)
+    w = torch.nan_to_num(torch.softmax(score, dim=-1), nan=0.0)
+    return w if top_k is None else truncate_top_k(w, top_k)
+
+
+def truncate_top_k(weights: Tensor, k: int) -> Tensor:
+    """Soft labels ``[..., K]`` cut to their ``k`` largest weights and renormalised to sum 1
+    (zeros elsewhere; ties go to the earlier slot). Rows with at most ``k`` non-zero weights
+    are returned unchanged. Equals the softmax over the ``k`` best-scored candidates."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k: expected an integer >= 1, got {k!r}")
+    w = weights.float()
+    if w.shape[-1] <= k:
+        return w
+    order = torch.sort(w, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(w.shape[-1], device=w.device).expand_as(order))
+    cut = torch.where(rank < k, w, torch.zeros_like(w))
+    total = cut.sum(-1, keepdim=True)
+    return torch.where(total > 0, cut / total.clamp_min(1e-30), cut)
 
 
 def keep_steps(kl: Tensor, beta: float, first_step: int = 1, length: Tensor | int | None = None) -> Tensor:
@@ -132,6 +171,24 @@ def soft_label_entropy(weights: Tensor) -> Tensor:
     return -(torch.where(w > 0, w * w.clamp_min(1e-30).log(), torch.zeros_like(w))).sum(-1)
 
 
+def candidate_entropy(cand_logp_e: Tensor) -> Tensor:
+    """The expert's entropy (nats) estimated from its stored candidates ``[..., K]``
+    (log-probabilities; ``-inf`` in padding slots).
+
+    The scored traces keep only the candidates with ``pE >= alpha_min * max pE`` (at most
+    ``max_candidates``), not the full distribution. The estimate is ``-sum_c pE(c) log pE(c)``
+    over the candidates plus ``-r log r`` for the remaining mass ``r = 1 - sum_c pE(c)`` taken
+    as if it were one token: a lower bound of the true entropy (merging tokens never raises
+    entropy), exact when the candidates hold all the mass, and monotone in the spread of the
+    mass the candidates do not hold. Returns ``[...]``.
+    """
+    lp = cand_logp_e.float()
+    p = lp.exp()
+    inside = -torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(-1)
+    rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+    return inside - torch.where(rest > 0, rest * rest.clamp_min(1e-30).log(), torch.zeros_like(rest))
+
+
 def distill_loss(logits: Tensor, target_ids: Tensor, target_w: Tensor) -> Tensor:
     """Per-step ``KL(vC || softmax(logits))``.
 
@@ -145,17 +202,89 @@ def distill_loss(logits: Tensor, target_ids: Tensor, target_w: Tensor) -> Tensor
     return torch.where(w > 0, w * (logw - logq), torch.zeros_like(w)).sum(-1)
 
 
-def expert_label(cand_logp_e: Tensor, max_logp_e: Tensor, alpha: float, valid: Tensor | None = None) -> Tensor:
+def reverse_kl_loss(logits: Tensor, target_ids: Tensor, target_w: Tensor) -> Tensor:
+    """Per-step reverse KL ``KL(q_S || vC)`` on the soft label's support ``S`` (its non-zero
+    slots), with ``q_S`` the tuned model's distribution renormalised over ``S``.
+
+    The soft label is zero outside ``S``, so a reverse KL over the full width would be infinite
+    as soon as the model puts any mass there; restricting both to ``S`` (as NeMo-RL's top-k
+    ``reverse`` KL does) keeps it finite and mode-seeking. The model's mass outside ``S`` is not
+    trained by this loss, and a step whose label has a single candidate contributes 0 (so a
+    one-hot target, e.g. the ``sft`` method's, gives no gradient). Shapes as :func:`distill_loss`.
+    """
+    w = target_w.float()
+    support = w > 0
+    z = logits.float().gather(-1, target_ids.long())
+    # finite fill (not -inf): no nan in the backward of the masked-out slots, nor for an empty row
+    logq = torch.log_softmax(z.masked_fill(~support, torch.finfo(z.dtype).min), dim=-1)
+    logq = torch.where(support, logq, torch.zeros_like(logq))
+    q = torch.where(support, logq.exp(), torch.zeros_like(logq))
+    logw = w.clamp_min(1e-30).log()
+    return torch.where(support, q * (logq - logw), torch.zeros_like(w)).sum(-1)
+
+
+def jsd_loss(logits: Tensor, target_ids: Tensor, target_w: Tensor, beta: float = 0.5) -> Tensor:
+    """Per-step generalized Jensen-Shannon divergence (TRL's GKD convention)
+    ``JSD_beta = beta * KL(vC || M) + (1 - beta) * KL(q || M)``, ``M = beta * vC + (1 - beta) * q``,
+    with ``q`` the tuned model's softmax over its full width and ``0 < beta < 1``.
+
+    Outside the soft label's support ``M = (1 - beta) q``, so those ids add the closed-form
+    ``(1 - beta) * q(rest) * -log(1 - beta)`` (``q(rest)`` = the model's mass outside the
+    support): finite and exact without a vocabulary-sized target. Symmetric at ``beta = 0.5``;
+    ``JSD_beta / beta`` tends to the forward KL as ``beta -> 0``. Shapes as :func:`distill_loss`.
+    """
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0 < beta < 1):
+        raise ValueError(f"jsd_beta: expected 0 < beta < 1, got {beta!r}")
+    w = target_w.float()
+    support = w > 0
+    logq = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_ids.long())
+    q = torch.where(support, logq.exp(), torch.zeros_like(w))
+    m = beta * w + (1 - beta) * q
+    logm = m.clamp_min(1e-30).log()
+    kl_target = torch.where(support, w * (w.clamp_min(1e-30).log() - logm), torch.zeros_like(w)).sum(-1)
+    kl_model_in = torch.where(support & (q > 0), q * (logq - logm), torch.zeros_like(w)).sum(-1)
+    rest = (1.0 - q.sum(-1)).clamp_min(0.0)
+    kl_model = kl_model_in - rest * math.log(1 - beta)
+    return beta * kl_target + (1 - beta) * kl_model
+
+
+LOSSES = ("forward_kl", "reverse_kl", "jsd")
+"""``distill.loss``: ``forward_kl`` (the method, :func:`distill_loss`), ``reverse_kl``
+(:func:`reverse_kl_loss`), ``jsd`` (:func:`jsd_loss`, mixing weight ``distill.jsd_beta``)."""
+
+
+def objective_loss(kind: str, logits: Tensor, target_ids: Tensor, target_w: Tensor, jsd_beta: float = 0.5) -> Tensor:
+    """Per-step loss ``[K]`` of the objective ``kind`` (:data:`LOSSES`)."""
+    if kind == "forward_kl":
+        return distill_loss(logits, target_ids, target_w)
+    if kind == "reverse_kl":
+        return reverse_kl_loss(logits, target_ids, target_w)
+    if kind == "jsd":
+        return jsd_loss(logits, target_ids, target_w, jsd_beta)
+    raise ValueError(f"distill.loss: expected one of {list(LOSSES)}, got {kind!r}")
+
+
+def expert_label(
+    cand_logp_e: Tensor,
+    max_logp_e: Tensor,
+    alpha: float,
+    valid: Tensor | None = None,
+    tau: float = 1.0,
+    top_k: int | None = None,
+) -> Tensor:
     """The *no contrast* ablation's target: the expert's own distribution restricted to ``V_t``
     and renormalised, ``pE(v) / sum_{u in V_t} pE(u)`` (zero outside ``V_t``).
 
-    Same shapes as :func:`soft_label`; only the amateur's term is gone.
+    Same shapes as :func:`soft_label`; only the amateur's term is gone. ``tau`` and ``top_k``
+    act as there, on the score ``log pE``: ``softmax(log pE / tau)`` over ``V_t``.
     """
     keep = tail_mask(cand_logp_e, alpha, max_logp_e)
     if valid is not None:
         keep = keep & valid
-    w = torch.softmax(cand_logp_e.float().masked_fill(~keep, float("-inf")), dim=-1)
-    return torch.nan_to_num(w, nan=0.0)
+    if tau == 1 and top_k is None:
+        w = torch.softmax(cand_logp_e.float().masked_fill(~keep, float("-inf")), dim=-1)
+        return torch.nan_to_num(w, nan=0.0)
+    return _label_from_score(cand_logp_e.float(), keep, tau, top_k)
 
 
 def random_steps(eligible: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -183,3 +312,53 @@ def contrastive_choice(logp_e: Tensor, logp_a: Tensor, alpha: float) -> Tensor:
     choice = score.argmax(-1)
     none = ~keep.any(-1)
     return torch.where(none, logp_e.argmax(-1), choice)
+
+
+# --------------------------------------------------------------------------- step-selection rules
+
+
+def fraction_quota(eligible: Tensor, fraction: float) -> Tensor:
+    """Steps per trace the ``top_fraction`` rule keeps: ``floor(fraction * n + 1/2)`` of a trace's
+    ``n`` eligible steps (``eligible``: int ``[N]`` per trace; half rounds up)."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"fraction: expected 0 < fraction <= 1, got {fraction!r}")
+    n = eligible.long()
+    return torch.floor(n.double() * float(fraction) + 0.5).long().clamp(max=n)
+
+
+def apportion(total: int, sizes: Tensor) -> Tensor:
+    """``total`` kept steps shared among traces in proportion to their ``sizes`` (eligible steps,
+    int ``[N]``) by the largest-remainder method: each trace gets ``floor`` or ``ceil`` of
+    ``total * n_i / sum n``, capped at ``n_i``, and the shares sum to exactly ``min(total, sum n)``
+    (remainders tied: the earlier trace first). The same fraction of every trace, in integers."""
+    sizes = sizes.long()
+    budget = min(int(total), int(sizes.sum()))
+    if budget <= 0 or sizes.numel() == 0:
+        return torch.zeros_like(sizes)
+    exact = sizes.double() * budget / float(sizes.sum())
+    share = torch.floor(exact).long().clamp(max=sizes)
+    left = budget - int(share.sum())
+    if left > 0:
+        remainder = torch.where(share < sizes, exact - share.double(), torch.full_like(exact, -1.0))
+        order = torch.sort(remainder, descending=True, stable=True).indices[:left]
+        share[order] += 1
+    return share
+
+
+def top_steps(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest ``scores`` (``[T]``; ``-inf`` = not eligible), ties to the
+    earlier step, returned in step order."""
+    k = min(int(k), int(torch.isfinite(scores).sum()))
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.sort(scores.double(), descending=True, stable=True).indices[:k]
+    return order.sort().values
+
+
+def junk_mass(target_w: Tensor, cand_logp_e: Tensor, junk_pe: float) -> Tensor:
+    """Soft-label mass ``[...]`` on candidates the base expert itself finds implausible,
+    ``pE < junk_pe`` (``target_w`` and ``cand_logp_e`` candidate-aligned ``[..., K]``)."""
+    if not (isinstance(junk_pe, (int, float)) and 0 < junk_pe < 1):
+        raise ValueError(f"junk_pe: expected 0 < junk_pe < 1, got {junk_pe!r}")
+    junk = cand_logp_e.float() < math.log(junk_pe)
+    return torch.where(junk, target_w.float(), torch.zeros_like(target_w, dtype=torch.float32)).sum(-1)

@@ -3,9 +3,11 @@
 :class:`DistillModule` wraps the expert (a :class:`~lightreasoner.models.ModelSpec`; GGUF
 experts are rebuilt as plain models so peft and saving work) in a peft LoRA model and trains it
 to minimise ``KL(vC_t || softmax(logits_t))`` at every kept position of a batch from
-:class:`~lightreasoner.datamodule.DistillDataModule`. The decoder runs once over each padded
-sequence; the output embedding is applied only at the kept positions (``[K, V]`` logits, the
-softmax over the model's full logit width, so special tokens can be targets). The loss of each
+:class:`~lightreasoner.datamodule.DistillDataModule` (``distill.loss``: that forward KL, the
+method; or a reverse KL or a generalized JSD, :func:`lightreasoner.contrast.objective_loss`).
+The decoder runs once over each padded sequence; the output embedding is applied only at the
+kept positions (``[K, V]`` logits, the softmax over the model's full logit width, so special
+tokens can be targets). The loss of each
 optimizer update is the mean over its kept steps, accumulation and data parallelism (DDP, the
 batches' ``loss_scale``) included.
 
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from . import models
 from .config import settings_from_cfg, to_plain
-from .contrast import distill_loss, soft_label_entropy
+from .contrast import LOSSES, objective_loss, soft_label_entropy
 from .models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,14 @@ class DistillSettings:
     ``tokenizer.vocab_size`` ids (151,643 for Qwen2.5: the added special tokens such as
     ``<|im_end|>`` are cut off), and soft-label mass on ids beyond it is dropped without
     renormalising the rest."""
+    loss: str = "forward_kl"
+    """What the kept steps are trained towards their soft labels with (:data:`~lightreasoner.contrast.LOSSES`):
+    ``forward_kl`` ``KL(vC || q)`` (the method), ``reverse_kl`` ``KL(q_S || vC)`` on the label's
+    support (mode-seeking; a one-candidate label gives 0), ``jsd`` the generalized
+    Jensen-Shannon divergence with mixing weight ``jsd_beta``."""
+    jsd_beta: float = 0.5
+    """``jsd``: ``M = jsd_beta * vC + (1 - jsd_beta) * q``, ``0 < jsd_beta < 1`` (TRL's GKD beta;
+    0.5 is the symmetric JSD). Unused by the other losses."""
 
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":
@@ -109,6 +119,11 @@ class DistillSettings:
             )
         if self.import_published is not None and not Path(str(self.import_published)).expanduser().is_file():
             raise ValueError(f"distill.import_published: expected a samples JSONL file, {self.import_published!r} does not exist")
+        if self.loss not in LOSSES:
+            raise ValueError(f"distill.loss: expected one of {list(LOSSES)}, got {self.loss!r}")
+        jb = self.jsd_beta
+        if isinstance(jb, bool) or not isinstance(jb, (int, float)) or not 0 < jb < 1:
+            raise ValueError(f"distill.jsd_beta: expected 0 < jsd_beta < 1, got {jb!r}")
 
 
 class TunedTokenCounter(Callback):
@@ -224,6 +239,8 @@ class DistillModule(LightningModule):
             weight on ids beyond it dropped, not renormalised. None (default): the full width.
         model: an already built causal LM to use instead of loading ``expert`` (its weights
             must be those ``expert`` names, since saved adapters record ``expert`` as base).
+        loss: the objective (``distill.loss``: ``forward_kl``, the method; ``reverse_kl``; ``jsd``).
+        jsd_beta: the ``jsd`` mixing weight (``distill.jsd_beta``).
     """
 
     def __init__(
@@ -237,6 +254,8 @@ class DistillModule(LightningModule):
         repeat_warn_epochs: float = 3.0,
         model: torch.nn.Module | None = None,
         softmax_width: int | None = None,
+        loss: str = "forward_kl",
+        jsd_beta: float = 0.5,
     ):
         super().__init__()
         from peft import get_peft_model
@@ -256,6 +275,11 @@ class DistillModule(LightningModule):
         if softmax_width is not None and (isinstance(softmax_width, bool) or int(softmax_width) < 1):
             raise ValueError(f"softmax_width: expected an integer >= 1 or None, got {softmax_width!r}")
         self.softmax_width = None if softmax_width is None else int(softmax_width)
+        if loss not in LOSSES:
+            raise ValueError(f"distill.loss: expected one of {list(LOSSES)}, got {loss!r}")
+        if isinstance(jsd_beta, bool) or not isinstance(jsd_beta, (int, float)) or not 0 < jsd_beta < 1:
+            raise ValueError(f"distill.jsd_beta: expected 0 < jsd_beta < 1, got {jsd_beta!r}")
+        self.loss_kind, self.jsd_beta = str(loss), float(jsd_beta)
         self.save_hyperparameters(
             {
                 "expert": self.expert_spec.to_dict(),
@@ -265,6 +289,8 @@ class DistillModule(LightningModule):
                 "max_steps": max_steps,
                 "sample_key": sample_key,
                 "softmax_width": self.softmax_width,
+                "loss": self.loss_kind,
+                "jsd_beta": self.jsd_beta,
             }
         )
         if model is None:
@@ -301,7 +327,7 @@ class DistillModule(LightningModule):
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Loss of one micro-batch and its statistics (no logging).
 
-        ``loss`` = sum of per-step KLs × ``loss_scale`` (``accumulate * world_size /
+        ``loss`` = sum of per-step losses (``distill.loss``; the method: KLs) × ``loss_scale`` (``accumulate * world_size /
         update_steps``; ``accumulate / update_steps`` when a batch has no ``loss_scale``): after
         Lightning divides by ``accumulate_grad_batches`` and DDP averages over the processes,
         each update's gradient is that of the mean over its kept steps. Also returns ``per_step`` ``[K]``, ``mean_loss``, ``kl`` (the samples' mean KL at
@@ -312,7 +338,7 @@ class DistillModule(LightningModule):
         if self.softmax_width is not None:  # the published quirk (see __init__)
             logits = logits[..., : self.softmax_width]
             target_w = target_w.masked_fill(batch["target_ids"] >= self.softmax_width, 0.0)
-        per_step = distill_loss(logits, batch["target_ids"].clamp_max(logits.shape[-1] - 1), target_w)
+        per_step = objective_loss(self.loss_kind, logits, batch["target_ids"].clamp_max(logits.shape[-1] - 1), target_w, self.jsd_beta)
         scale = batch.get("loss_scale")
         if scale is None:
             scale = int(batch["accumulate"]) / int(batch["update_steps"])
