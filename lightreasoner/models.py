@@ -272,13 +272,19 @@ def eos_token_ids(tokenizer, model) -> list[int]:
 class VocabCheck:
     shared_width: int
     differing_special: list[tuple[str, int | None, int | None]] = field(default_factory=list)
+    shared: bool = True
+    """False: the tokenizers disagree on the regular vocabulary and ``alignment="string"``
+    allowed it (the pair is then aligned by token string, :mod:`lightreasoner.alignment`)."""
 
 
-def check_pair_tokenizers(tok_e, tok_a, expert_name: str = "expert", amateur_name: str = "amateur") -> VocabCheck:
+def check_pair_tokenizers(
+    tok_e, tok_a, expert_name: str = "expert", amateur_name: str = "amateur", alignment: str = "shared"
+) -> VocabCheck:
     """Check the pair agrees on the regular vocabulary (same token -> same id).
 
     Differences among special/added tokens are a warning that names them; any other mismatch
-    raises one clear error naming both models.
+    raises one clear error naming both models, unless ``alignment`` is ``"string"``
+    (``model_pair.alignment``): then the result says ``shared=False``.
     """
     ve, va = tok_e.get_vocab(), tok_a.get_vocab()
     special_e = set(getattr(tok_e, "all_special_tokens", [])) | {t.content for t in tok_e.added_tokens_decoder.values()}
@@ -289,12 +295,14 @@ def check_pair_tokenizers(tok_e, tok_a, expert_name: str = "expert", amateur_nam
     bad = [t for t, i in regular_e.items() if regular_a.get(t, i) != i]
     missing = len(set(regular_e) ^ set(regular_a))
     if bad or (missing and min(len(regular_e), len(regular_a)) and missing > 0.001 * max(len(regular_e), len(regular_a))):
+        if alignment == "string":
+            return VocabCheck(shared_width=min(len(ve), len(va)), shared=False)
         example = ", ".join(f"{t!r}: {regular_e[t]} vs {regular_a[t]}" for t in bad[:3])
         raise ValueError(
             f"model_pair: tokenizers of expert {expert_name!r} and amateur {amateur_name!r} disagree on the regular "
             f"vocabulary ({len(bad)} tokens with different ids, {missing} present in only one"
             + (f"; e.g. {example}" if example else "")
-            + "); a LightReasoner pair must share one tokenizer"
+            + "); a LightReasoner pair must share one tokenizer, or set model_pair.alignment=string"
         )
     differing = sorted(
         (t, ve.get(t), va.get(t)) for t in special if ve.get(t) != va.get(t)
@@ -313,8 +321,15 @@ def spec_json(spec: ModelSpec) -> str:
 
 
 def pair_specs(cfg) -> tuple[ModelSpec, ModelSpec]:
-    """``(expert, amateur)`` of a run config's ``model_pair`` group, interpolations resolved."""
+    """``(expert, amateur)`` of a run config's ``model_pair`` group, interpolations resolved.
+
+    The amateur's ``kind`` / ``layer`` (:class:`~lightreasoner.pairs.PairSettings`) are not spec
+    fields: an ``early_exit`` amateur's spec is the expert's, a ``checkpoint`` amateur's path
+    defaults to the expert's."""
     from lightreasoner.config import to_plain
+    from lightreasoner.pairs import PairSettings
 
     pair = cfg.model_pair
-    return ModelSpec.from_any(to_plain(pair.expert)), ModelSpec.from_any(to_plain(pair.amateur))
+    expert = to_plain(pair.expert)
+    amateur = PairSettings.from_cfg(pair).amateur_spec_fields(expert, to_plain(pair.amateur))
+    return ModelSpec.from_any(expert), ModelSpec.from_any(amateur)

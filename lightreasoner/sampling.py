@@ -33,12 +33,14 @@ from lightning import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from . import alignment as align
 from . import contrast
 from .generation import Engine, GenerationSettings, build_engine, engine_key
 from .generation.hf import left_pad
 from .models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
+from .pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur
 from .prompts import SAMPLING_SYSTEM, encode_prompts
-from .records import Problem
+from .records import SCORED_TRACE_KEYS, Problem
 from .selection import SelectionSettings
 from .trace_cache import TraceCache, trace_key, trace_key_fields
 
@@ -158,15 +160,28 @@ def question_sha(question: str) -> str:
     return hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
 
 
-def make_batch(problem_ids: Sequence[str], questions_sha: Sequence[str], prompt_ids: Sequence[Sequence[int]]) -> dict:
-    """The batch a :class:`ContrastiveSampler` consumes: parallel lists, prompts unpadded."""
+def make_batch(
+    problem_ids: Sequence[str],
+    questions_sha: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    amateur_prompt_ids: Sequence[Sequence[int]] | None = None,
+) -> dict:
+    """The batch a :class:`ContrastiveSampler` consumes: parallel lists, prompts unpadded.
+
+    ``amateur_prompt_ids``: the same prompts in the amateur's own tokenizer and chat template,
+    for a pair whose tokenizers differ (``model_pair.alignment=string``)."""
     if not (len(problem_ids) == len(questions_sha) == len(prompt_ids)):
         raise ValueError("sampling batch: problem_id, question_sha and prompt_ids must have the same length")
-    return {
+    batch = {
         "problem_id": list(problem_ids),
         "question_sha": list(questions_sha),
         "prompt_ids": [list(map(int, p)) for p in prompt_ids],
     }
+    if amateur_prompt_ids is not None:
+        if len(amateur_prompt_ids) != len(prompt_ids):
+            raise ValueError("sampling batch: amateur_prompt_ids must be as long as prompt_ids")
+        batch["amateur_prompt_ids"] = [list(map(int, p)) for p in amateur_prompt_ids]
+    return batch
 
 
 class ContrastiveSampler(LightningModule):
@@ -177,6 +192,13 @@ class ContrastiveSampler(LightningModule):
     ``amateur_model`` and ``tokenizer`` (tests, benchmarks). ``generation`` is the
     ``generation`` config node naming the engine that writes the expert's traces (default: the
     transformers engine); the scoring passes always run in transformers.
+
+    ``pair`` (:class:`~lightreasoner.pairs.PairSettings`, the ``model_pair`` group's pair keys):
+    with ``alignment=string`` a pair whose tokenizers differ is scored at shared token
+    boundaries (the amateur reads the trace's text in its own tokens, one pass;
+    :mod:`lightreasoner.alignment`); an ``early_exit`` amateur is the expert cut after a layer
+    (no amateur model is given or loaded); a ``checkpoint`` amateur must have the expert's
+    architecture.
     """
 
     def __init__(
@@ -190,12 +212,14 @@ class ContrastiveSampler(LightningModule):
         tokenizer: Any = None,
         amateur_tokenizer: Any = None,
         generation: Mapping | None = None,
+        pair: PairSettings | Mapping | None = None,
     ) -> None:
         super().__init__()
         self.settings = SamplingSettings.from_cfg(settings or {})
+        self.pair = pair if isinstance(pair, PairSettings) else PairSettings.from_cfg(pair or {})
         self.expert_spec = ModelSpec.from_any(expert) if expert is not None else None
         self.amateur_spec = ModelSpec.from_any(amateur) if amateur is not None else None
-        prebuilt = (expert_model is not None, amateur_model is not None, tokenizer is not None)
+        prebuilt = (expert_model is not None, amateur_model is not None or self.pair.early_exit, tokenizer is not None)
         if any(prebuilt) and not all(prebuilt):
             raise ValueError("ContrastiveSampler: give expert_model, amateur_model and tokenizer together (or none, with specs)")
         if not any(prebuilt) and (self.expert_spec is None or self.amateur_spec is None):
@@ -208,6 +232,8 @@ class ContrastiveSampler(LightningModule):
         self.engine: Engine | None = None
         self._checked = False
         self._warned_oov = False
+        self._aligner: align.TokenAligner | None = None
+        """Set when the pair's tokenizers differ (``alignment=string``)."""
 
     # ------------------------------------------------------------------ set-up
     def configure_model(self) -> None:
@@ -221,10 +247,20 @@ class ContrastiveSampler(LightningModule):
                 e_spec = dataclasses.replace(e_spec, device=str(device))
                 a_spec = dataclasses.replace(a_spec, device=str(device))
             self.tokenizer = load_tokenizer(e_spec, "model_pair.expert")
-            self._amateur_tokenizer = load_tokenizer(a_spec, "model_pair.amateur")
+            if not self.pair.early_exit:
+                self._amateur_tokenizer = load_tokenizer(a_spec, "model_pair.amateur")
             self._check_pair()
             self.expert_model = load_model(e_spec, "model_pair.expert")
-            self.amateur_model = load_model(a_spec, "model_pair.amateur")
+            if not self.pair.early_exit:
+                self.amateur_model = load_model(a_spec, "model_pair.amateur")
+        if self.pair.early_exit and not isinstance(self.amateur_model, EarlyExitLM):
+            self.amateur_model = EarlyExitLM(self.expert_model, self.pair.amateur_layer)
+        if self.pair.amateur_kind == "checkpoint":
+            check_checkpoint_amateur(
+                self.expert_model, self.amateur_model,
+                self.expert_spec.display_name() if self.expert_spec else "expert",
+                self.amateur_spec.display_name() if self.amateur_spec else "amateur",
+            )
         self._check_pair()
         for m in (self.expert_model, self.amateur_model):
             m.eval()
@@ -246,12 +282,19 @@ class ContrastiveSampler(LightningModule):
         if self._checked:
             return
         tok_a = self._amateur_tokenizer if self._amateur_tokenizer is not None else self.tokenizer
-        check_pair_tokenizers(
+        check = check_pair_tokenizers(
             self.tokenizer,
             tok_a,
             self.expert_spec.display_name() if self.expert_spec else "expert",
             self.amateur_spec.display_name() if self.amateur_spec else "amateur",
+            alignment=self.pair.alignment,
         )
+        if not check.shared:
+            self._aligner = align.TokenAligner(self.tokenizer, tok_a)
+            log.info(
+                "model_pair.alignment=string: %d of %d expert tokens have an amateur token of the same string",
+                self._aligner.vocab.aligned, self._aligner.vocab.expert_tokens,
+            )
         self._checked = True
 
     def generation_settings(self) -> GenerationSettings:
@@ -284,6 +327,7 @@ class ContrastiveSampler(LightningModule):
     def score_batch(self, batch: Mapping) -> list[dict]:
         if self.engine is None:
             self.configure_model()
+        self._check_pair()  # (once) also when the engine was set from outside
         s = self.settings
         expert, amateur, engine = self.expert_model, self.amateur_model, self.engine
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
@@ -321,15 +365,23 @@ class ContrastiveSampler(LightningModule):
             exp_logits = self._trace_logits(expert, sequences, attn, lengths, t_max)  # [B, T', V_e]
 
         # 4. ONE teacher-forced amateur pass over prompt + trace[:-1]; logits only at the T' trace steps
+        # (tokenizers that differ: over its own prompt + the trace's text in its own tokens, the
+        # logits gathered per step at the shared token boundaries; unscored steps index -1)
+        cross = self._aligner
+        if cross is not None:
+            am_logits, am_index = self._cross_amateur_logits(batch, gen, lengths)
+            vmap = cross.vocab.expert_to_amateur.to(dev)
+            masses = []
         am_ids = sequences.to(dev_a)
         n_embed = amateur.get_input_embeddings().num_embeddings
         oov = am_ids >= n_embed
-        if bool(oov.any()):
+        if cross is None and bool(oov.any()):
             if not self._warned_oov:
                 log.warning("expert generated ids beyond the amateur's embedding (%d); they are fed to the amateur as pad", n_embed)
                 self._warned_oov = True
             am_ids = am_ids.masked_fill(oov, pad)
-        am_logits = self._trace_logits(amateur, am_ids, attn, lengths, t_max)  # [B, T', V_a]
+        if cross is None:
+            am_logits = self._trace_logits(amateur, am_ids, attn, lengths, t_max)  # [B, T', V_a]
 
         # 5. per-step math, vocab_chunk steps at a time, fp32 log_softmax per chunk
         kls, ids, lpes, lpas, valids, maxes = [], [], [], [], [], []
@@ -337,9 +389,20 @@ class ContrastiveSampler(LightningModule):
             b = min(a + s.vocab_chunk, t_max)
             chunk = torch.stack(exp_logits[a:b], dim=1) if isinstance(exp_logits, list) else exp_logits[:, a:b]
             le = chunk.to(dev).float().log_softmax(-1)  # [B, c, V_e]
-            la = am_logits[:, a:b].to(dev).float().log_softmax(-1)  # [B, c, V_a]
-            kls.append(contrast.kl_shared(le, la))
-            c_ids, c_lpe, c_lpa, c_valid, c_max = contrast.top_candidates(le, la, s.alpha_min, s.max_candidates)
+            if cross is None:
+                la = am_logits[:, a:b].to(dev).float().log_softmax(-1)  # [B, c, V_a]
+                kls.append(contrast.kl_shared(le, la))
+                c_ids, c_lpe, c_lpa, c_valid, c_max = contrast.top_candidates(le, la, s.alpha_min, s.max_candidates)
+            else:
+                idx = am_index[:, a:b].to(am_logits.device)  # [B, c]
+                rows = am_logits.gather(1, idx.clamp_min(0).unsqueeze(-1).expand(-1, -1, am_logits.shape[-1]))
+                la = rows.to(dev).float().log_softmax(-1)  # [B, c, V_a]
+                scored = (idx >= 0).to(dev)
+                nan = torch.tensor(float("nan"), device=dev)
+                kls.append(torch.where(scored, align.aligned_kl(le, la, vmap), nan))
+                c_ids, c_lpe, c_lpa, c_valid, c_max, c_mass = align.aligned_candidates(le, la, vmap, s.alpha_min, s.max_candidates)
+                c_valid = c_valid & scored.unsqueeze(-1)
+                masses.append(torch.where(scored, c_mass, nan))
             ids.append(c_ids)
             lpes.append(c_lpe)
             lpas.append(c_lpa)
@@ -358,6 +421,7 @@ class ContrastiveSampler(LightningModule):
         lpa_c = torch.cat(lpas, 1).cpu()
         valid_c = torch.cat(valids, 1).cpu()
         max_c = torch.cat(maxes, 1).cpu()
+        mass_c = torch.cat(masses, 1).cpu() if cross is not None else None
         records = []
         for i in range(len(prompts)):
             t = int(lengths_c[i])
@@ -380,7 +444,46 @@ class ContrastiveSampler(LightningModule):
                     "cand_logp_a": lpa_c[i, :t][v].float(),
                 }
             )
+            if mass_c is not None:
+                records[-1]["aligned_mass"] = mass_c[i, :t].clone().float()
         return records
+
+    def _cross_amateur_logits(self, batch: Mapping, gen: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenizers that differ: ONE teacher-forced amateur pass over each problem's amateur
+        prompt + the trace's text in the amateur's tokens -> logits ``[B, K, V_a]`` (the last
+        ``K`` positions) and, per trace step, the index into ``K`` of the amateur position at
+        the same text boundary (``[B, T']``, -1: step not scored)."""
+        if "amateur_prompt_ids" not in batch:
+            raise ValueError(
+                "sampling batch: model_pair.alignment=string with tokenizers that differ needs the amateur's own "
+                "prompts (make_batch(..., amateur_prompt_ids=...))"
+            )
+        amateur, tok_a = self.amateur_model, self._amateur_tokenizer
+        dev_a = next(amateur.parameters()).device
+        gen_c, lengths_c = gen.cpu(), lengths.cpu().tolist()
+        seqs, n_tokens, positions = [], [], []
+        for i, prompt_a in enumerate(batch["amateur_prompt_ids"]):
+            a_ids, pos = self._aligner.amateur_inputs(gen_c[i, : int(lengths_c[i])].tolist())
+            seqs.append(list(map(int, prompt_a)) + a_ids)
+            n_tokens.append(len(a_ids))
+            positions.append(pos)
+        keep = max(n_tokens) + 1
+        pad = tok_a.pad_token_id if tok_a.pad_token_id is not None else 0
+        ids, mask = left_pad(seqs, pad)
+        pos_ids = (mask.cumsum(-1) - 1).clamp_min(0).masked_fill(mask == 0, 1)
+        logits = amateur(
+            input_ids=ids.to(dev_a), attention_mask=mask.to(dev_a), position_ids=pos_ids.to(dev_a),
+            logits_to_keep=keep, use_cache=False,
+        ).logits
+        if logits.shape[1] != keep:
+            raise RuntimeError(f"amateur pass returned logits for {logits.shape[1]} positions, expected {keep}")
+        index = torch.full((len(seqs), gen.shape[1]), -1, dtype=torch.long)
+        for i, pos in enumerate(positions):
+            base = keep - (n_tokens[i] + 1)  # kept index of amateur position 0 (predicting the first text token)
+            for t, j in enumerate(pos):
+                if j is not None:
+                    index[i, t] = base + j
+        return logits, index
 
 
 def batch_seed(seed: int, problem_ids: Sequence[str]) -> int:
@@ -442,16 +545,21 @@ def run_sampling(
     trainer_kwargs: Mapping | None = None,
     models: tuple | None = None,
     generation: Mapping | None = None,
+    pair: PairSettings | Mapping | None = None,
 ) -> TraceCache:
     """Make sure every problem has a scored trace in the cache; return the cache.
 
     Only problems without a stored record are sampled, by ``lightning.Trainer.predict`` with a
     :class:`TraceWriter` (batches of ``sampling_cfg.batch_size`` fixed by problem index). A
     filelock per key makes concurrent runs wait and then find the work done. ``models`` may be
-    ``(expert_model, amateur_model, tokenizer)`` already built (tests); the specs still
-    provide the identities for the key. ``generation`` is the ``generation`` config node (the
-    engine that writes the expert's traces; default transformers). All settings are validated
-    before anything is written.
+    ``(expert_model, amateur_model, tokenizer)`` already built (tests; a fourth item is the
+    amateur's own tokenizer); the specs still provide the identities for the key.
+    ``generation`` is the ``generation`` config node (the engine that writes the expert's
+    traces; default transformers). ``pair`` is the ``model_pair`` group's pair keys
+    (:class:`~lightreasoner.pairs.PairSettings`; default: one shared tokenizer, a second
+    model): a pair whose tokenizers differ (``alignment=string``) has its coverage in the
+    manifest and fails below ``min_coverage``. All settings are validated before anything is
+    written.
     """
     cfg = dict(sampling_cfg) if not isinstance(sampling_cfg, SamplingSettings) else dataclass_dict(sampling_cfg)
     settings = SamplingSettings.from_cfg(cfg)
@@ -466,20 +574,26 @@ def run_sampling(
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise ValueError(f"run_sampling: duplicate problem ids {dup}")
 
+    pair = pair if isinstance(pair, PairSettings) else PairSettings.from_cfg(pair or {})
     if models is not None:
-        expert_model, amateur_model, tokenizer = models
-        amateur_tokenizer = tokenizer
+        expert_model, amateur_model, tokenizer = models[:3]
+        amateur_tokenizer = models[3] if len(models) > 3 else tokenizer
     else:
         expert_model = amateur_model = None
         tokenizer = load_tokenizer(expert, "model_pair.expert")
-        amateur_tokenizer = load_tokenizer(amateur, "model_pair.amateur")
-    check_pair_tokenizers(tokenizer, amateur_tokenizer, expert.display_name(), amateur.display_name())
+        amateur_tokenizer = tokenizer if pair.early_exit else load_tokenizer(amateur, "model_pair.amateur")
+    cross = not check_pair_tokenizers(
+        tokenizer, amateur_tokenizer, expert.display_name(), amateur.display_name(), alignment=pair.alignment
+    ).shared
 
-    fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings, engine=engine_key(generation))
+    fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings, engine=engine_key(generation), pair=pair.key_fields())
     key = trace_key(fields)
-    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "traces" / key, key, fields)
+    record_keys = SCORED_TRACE_KEYS + (align.ALIGNMENT_KEYS if cross else ())
+    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "traces" / key, key, fields, record_keys=record_keys)
     if not cache.missing(ids) and (cache.path / "manifest.json").is_file():
         log.info("trace cache %s: all %d problems already scored", key[:12], len(ids))
+        if cross:
+            check_coverage(cache.manifest, pair, expert, amateur)
         return cache
 
     cache.init_dir()
@@ -497,6 +611,10 @@ def run_sampling(
         if missing:
             t0, c0 = time.time(), time.process_time()
             prompt_ids = encode_prompts(tokenizer, [problems[i].question for i in range(len(problems))], settings.system_prompt)
+            # tokenizers that differ: the amateur reads the same question in its own chat template
+            amateur_prompts = (
+                encode_prompts(amateur_tokenizer, [p.question for p in problems], settings.system_prompt) if cross else None
+            )
             batches = []
             for start in range(0, len(problems), batch_size):
                 group = [i for i in range(start, min(start + batch_size, len(problems))) if ids[i] in missing]
@@ -506,6 +624,7 @@ def run_sampling(
                             [ids[i] for i in group],
                             [question_sha(problems[i].question) for i in group],
                             [prompt_ids[i] for i in group],
+                            [amateur_prompts[i] for i in group] if cross else None,
                         )
                     )
             log.info("trace cache %s: sampling %d of %d problems in %d batches", key[:12], len(missing), len(ids), len(batches))
@@ -516,7 +635,9 @@ def run_sampling(
                 expert_model=expert_model,
                 amateur_model=amateur_model,
                 tokenizer=tokenizer if models is not None else None,
+                amateur_tokenizer=amateur_tokenizer if models is not None else None,
                 generation=generation,
+                pair=pair,
             )
             writer = TraceWriter(cache)
             trainer = _make_trainer(trainer_kwargs, writer)
@@ -542,11 +663,35 @@ def run_sampling(
         still = cache.missing(ids)
         if still:
             raise RuntimeError(f"trace cache {cache.path}: {len(still)} problems still missing after sampling (e.g. {still[:3]})")
-        cache.write_manifest(config, run_info)
+        manifest = cache.write_manifest(config, run_info)
+        if cross:
+            check_coverage(manifest, pair, expert, amateur)
     finally:
         if lock is not None:
             lock.release()
     return cache
+
+
+def check_coverage(manifest: Mapping, pair: PairSettings, expert: ModelSpec, amateur: ModelSpec) -> dict:
+    """Log a cross-tokenizer cache's coverage (the manifest's ``coverage``) and fail with one line
+    when the fraction of steps scored, or the aligned fraction of the expert's candidate mass at
+    kept steps (at scored steps when none is kept), is below ``model_pair.min_coverage``."""
+    cov = dict(manifest.get("coverage") or {})
+    scored = float(cov.get("steps_scored_fraction") or 0.0)
+    mass = cov.get("aligned_mass_kept")
+    mass = cov.get("aligned_mass_scored") if mass is None else mass
+    mass = 0.0 if mass is None else float(mass)
+    log.info(
+        "coverage (model_pair.alignment=string): %.1f%% of %d steps scored; aligned candidate mass %.1f%% at kept steps",
+        100 * scored, int(cov.get("steps") or 0), 100 * mass,
+    )
+    if min(scored, mass) < pair.min_coverage:
+        raise ValueError(
+            f"model_pair.min_coverage: expert {expert.display_name()!r} and amateur {amateur.display_name()!r} score "
+            f"{scored:.1%} of steps with {mass:.1%} of the expert's candidate mass aligned, below the floor "
+            f"{pair.min_coverage:.0%}; pick a closer amateur tokenizer or lower model_pair.min_coverage"
+        )
+    return cov
 
 
 def dataclass_dict(obj: Any) -> dict:

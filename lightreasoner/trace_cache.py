@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from . import contrast
+from . import alignment, contrast
 from .files import atomic_write_bytes, atomic_write_json
 from .models import ModelSpec
 from .prompts import template_fingerprint
@@ -77,13 +77,16 @@ def trace_key_fields(
     tokenizer,
     settings: Any,
     engine: Mapping | None = None,
+    pair: Mapping | None = None,
 ) -> dict:
     """Everything that determines the scored traces (and nothing that does not).
 
     ``settings`` is the run's ``sampling.SamplingSettings`` (its ``key_fields()`` and
     ``system_prompt``); ``engine`` the generation engine's key identity
     (``generation.engine_key``), absent for transformers at the model's precision, so caches
-    made before engines were configurable keep their keys."""
+    made before engines were configurable keep their keys; ``pair`` the pair's kind
+    (``pairs.PairSettings.key_fields``: a non-``shared`` alignment, an ``early_exit`` amateur
+    and its layer), absent for the default pair for the same reason."""
     fields = {
         "format_version": FORMAT_VERSION,
         "expert": expert.identity(),
@@ -96,6 +99,8 @@ def trace_key_fields(
     }
     if engine is not None:
         fields["engine"] = dict(engine)
+    if pair:
+        fields["pair"] = json.loads(canonical_json(dict(pair)))
     return fields
 
 
@@ -297,14 +302,19 @@ def _to_cpu(x: Any) -> Any:
 
 # ----------------------------------------------------------------------------- statistics
 def scored_trace_stats(records: Sequence[Mapping], beta: float, first_step: int) -> dict:
-    """The manifest's statistics of scored traces: counts, KL quantiles, kept-step fractions."""
-    return {
+    """The manifest's statistics of scored traces: counts, KL quantiles, kept-step fractions, and
+    for a cross-tokenizer pair (records with ``aligned_mass``) its coverage
+    (:func:`lightreasoner.alignment.coverage`)."""
+    stats = {
         "counts": trace_counts(records),
         "kl": kl_statistics(records),
         "kept_step_fraction": kept_fraction(records, beta, first_step),
         "kept_step_fraction_by_beta": {str(b): kept_fraction(records, b, first_step) for b in MANIFEST_BETAS},
         "selection": {"beta": beta, "first_step": first_step},
     }
+    if records and all(alignment.ALIGNMENT_KEYS[0] in r for r in records):
+        stats["coverage"] = alignment.coverage(records, beta, first_step)
+    return stats
 
 
 def trace_counts(records: Sequence[Mapping]) -> dict:
@@ -322,6 +332,7 @@ def kl_statistics(records: Sequence[Mapping]) -> dict:
     if not records:
         return {}
     kl = torch.cat([r["kl"].float() for r in records])
+    kl = kl[~torch.isnan(kl)]  # steps a cross-tokenizer pair does not score
     if kl.numel() == 0:
         return {}
     qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
