@@ -19,6 +19,16 @@ ones already done. Shards are written batch by batch as the sampler produces the
 ``sampling.TraceWriter`` prediction-writer callback; each DDP rank writes its own), atomically (tmp
 file + ``os.replace``), and batches are fixed by problem index, so an interrupted run resumes
 with only the missing batches and ends with the same samples as an uninterrupted one.
+
+A damaged cache never gives a silently wrong selection. Each shard carries a sha256 of its
+problem ids and record values (``digest``); reading checks it and the records' shapes. A shard
+that cannot be read, fails its digest, holds another key's traces or has malformed records is
+*damaged*: it is left out of the index with a warning naming the file, so its problems count as
+not sampled and the next sampling run re-samples exactly those (and deletes the damaged file
+when it writes the manifest); :meth:`TraceCache.read` of such a problem is one ``ValueError``
+naming the file. A shard the manifest lists but that is gone is re-sampled the same way. A
+manifest that is not valid JSON is moved aside (``manifest.json.damaged``) and rebuilt from
+the shards; the cost of runs it recorded is then unknown (``runs_incomplete``), never 0.
 """
 
 from __future__ import annotations
@@ -120,6 +130,63 @@ def shard_name(problem_ids: Sequence[str]) -> str:
     return f"{_safe(problem_ids[0])}--{_safe(problem_ids[-1])}-n{len(problem_ids)}-{h}.pt"
 
 
+def records_digest(problem_ids: Sequence[str], records: Sequence[Mapping]) -> str:
+    """sha256 of a shard's problem ids and every record value (tensors: dtype, shape and raw
+    bytes; other values: canonical JSON), stored in the shard so that any changed byte is found."""
+    h = hashlib.sha256(canonical_json(list(problem_ids)).encode())
+    for rec in records:
+        _digest_value(h, rec)
+    return h.hexdigest()
+
+
+def _digest_value(h, v: Any) -> None:
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        h.update(f"\x1dT{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(v, Mapping):
+        h.update(b"\x1dD")
+        for k in sorted(v):
+            h.update(f"\x1e{k}\x1f".encode())
+            _digest_value(h, v[k])
+    elif isinstance(v, (list, tuple)):
+        h.update(f"\x1dL{len(v)}".encode())
+        for x in v:
+            _digest_value(h, x)
+    else:
+        h.update(b"\x1dJ" + canonical_json(v).encode())
+
+
+def record_problem(rec: Mapping) -> str | None:
+    """What is wrong with a stored scored trace's shapes (None: nothing), so a malformed record
+    is never read as a shorter or shifted trace."""
+    t = rec["trace_ids"]
+    if not isinstance(t, torch.Tensor) or t.dim() != 1:
+        return "trace_ids is not a 1-D tensor"
+    steps = t.numel()
+    for k in ("kl", "max_logp_e"):
+        if not isinstance(rec[k], torch.Tensor) or rec[k].shape != (steps,):
+            return f"{k} does not have one value per step ({steps})"
+    off = rec["cand_offsets"]
+    if not isinstance(off, torch.Tensor) or off.shape != (steps + 1,):
+        return f"cand_offsets does not have {steps + 1} entries"
+    n = int(off[-1])
+    if int(off[0]) != 0 or bool((off[1:] < off[:-1]).any()):
+        return "cand_offsets do not rise from 0"
+    for k in ("cand_ids", "cand_logp_e", "cand_logp_a"):
+        if not isinstance(rec[k], torch.Tensor) or rec[k].shape != (n,):
+            return f"{k} does not have the {n} entries cand_offsets count"
+    return None
+
+
+class CacheMiss(KeyError, ValueError):
+    """Problems without a readable record (a ``KeyError`` for lookups, a ``ValueError`` for the
+    command line's one-line error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class TraceCache:
     """One key directory of the scored-trace cache."""
 
@@ -142,6 +209,9 @@ class TraceCache:
         """Problems the producer sampled into this cache in the current call (0: all cached)."""
         self._index: dict[str, Path] = {}
         self._indexed: set[str] = set()
+        self.damaged: dict[str, tuple[tuple[int, int], str]] = {}
+        """Damaged shards left out of the index: file name -> ((size, mtime_ns), what is wrong)."""
+        self._listing_checked = False
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike, key: str) -> "TraceCache":
@@ -164,7 +234,11 @@ class TraceCache:
     def fields(self) -> dict:
         """The key fields (from ``key.json`` when not given)."""
         if self._fields is None:
-            self._fields = json.loads((self.path / "key.json").read_text())
+            p = self.path / "key.json"
+            try:
+                self._fields = json.loads(p.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"trace cache: {p} is damaged ({e}); delete {self.path} to sample these traces again") from None
         return self._fields
 
     @property
@@ -174,27 +248,112 @@ class TraceCache:
 
     @property
     def manifest(self) -> dict:
+        """``manifest.json`` ({} when absent). One that is not a JSON object is moved aside to
+        ``manifest.json.damaged`` with a warning, so the next sampling run rebuilds it."""
         p = self.path / "manifest.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        try:
+            manifest = json.loads(p.read_text())
+            if isinstance(manifest, dict):
+                return manifest
+            problem = f"a JSON {type(manifest).__name__}, not an object"
+        except (ValueError, UnicodeDecodeError) as e:
+            problem = str(e)
+        log.warning("trace cache: %s is damaged (%s); moved aside to %s.damaged, rebuilt from the shards", p, problem, p.name)
+        try:
+            os.replace(p, p.with_name(p.name + ".damaged"))
+        except OSError:
+            pass  # another reader moved it first
+        return {}
 
     def init_dir(self) -> None:
-        """Create the directory and ``key.json`` (idempotent, atomic)."""
+        """Create the directory and ``key.json`` (idempotent, atomic; a damaged ``key.json`` is rewritten)."""
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.path / "key.json").is_file():
-            atomic_write_json(self.path / "key.json", self.fields)
+        self._ensure_key_file()
+
+    def _ensure_key_file(self) -> None:
+        p = self.path / "key.json"
+        try:
+            ok = json.loads(p.read_text()) == json.loads(canonical_json(self.fields))
+        except (OSError, ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            if p.exists():
+                log.warning("trace cache: %s is damaged; rewritten from the run's key fields", p)
+            atomic_write_json(p, self.fields)
 
     # -------------------------------------------------------------- shards
     def shard_paths(self) -> list[Path]:
         if not self.shard_dir.is_dir():
             return []
-        return sorted(p for p in self.shard_dir.iterdir() if p.suffix == ".pt" and not p.name.startswith("."))
+        return sorted(p for p in self.shard_dir.iterdir() if p.suffix == ".pt" and not p.name.startswith(".") and p.is_file())
+
+    def load_shard(self, path: Path, mmap: bool = False) -> tuple[dict | None, str | None]:
+        """``(payload, None)`` for a sound shard, ``(None, what is wrong)`` for a damaged one:
+        unreadable, another format or key, ids and records that disagree, a record without its
+        keys or with malformed shapes, or content that fails the shard's digest."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - truncated zip, garbage, unpickling: all mean damaged
+            return None, f"unreadable: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
+        if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+            return None, "not a shard of scored records"
+        if payload.get("format_version") != FORMAT_VERSION:
+            return None, f"format {payload.get('format_version')}, expected {FORMAT_VERSION}"
+        if payload.get("key") != self.key:
+            return None, f"holds the traces of another key ({str(payload.get('key'))[:12]}...)"
+        ids, records = payload.get("problem_ids"), payload["records"]
+        if not isinstance(ids, list) or len(ids) != len(records):
+            return None, "problem_ids and records disagree"
+        for pid, rec in zip(ids, records):
+            if not isinstance(rec, dict) or rec.get("problem_id") != pid:
+                return None, f"the record for {pid!r} is not where problem_ids says"
+            lacks = [k for k in self.record_keys if k not in rec]
+            if lacks:
+                return None, f"record {pid!r} lacks {lacks}"
+            if set(SCORED_TRACE_KEYS) <= set(rec):
+                try:
+                    problem = record_problem(rec)
+                except Exception as e:  # noqa: BLE001
+                    problem = f"unreadable values ({type(e).__name__})"
+                if problem:
+                    return None, f"record {pid!r}: {problem}"
+        digest = payload.get("digest")
+        if digest is not None and digest != records_digest(ids, records):
+            return None, "content does not match its sha256 digest"
+        return payload, None
 
     def index(self) -> dict[str, Path]:
-        """problem id -> shard holding it (new shards are picked up on each call)."""
+        """problem id -> shard holding it (new shards are picked up on each call). Damaged
+        shards are left out with a warning naming the file (see the module docstring)."""
+        if not self._listing_checked:
+            self._listing_checked = True
+            if self._fields is not None and self.path.is_dir():
+                self._ensure_key_file()
+            listed = self.manifest.get("shards") or {}
+            gone = sorted(name for name in listed if not (self.shard_dir / name).is_file())
+            if gone:
+                log.warning(
+                    "trace cache %s: %d shard(s) listed in manifest.json are missing (%s); their problems will be sampled again",
+                    self.path, len(gone), ", ".join(gone[:3]) + (" ..." if len(gone) > 3 else ""),
+                )
         for p in self.shard_paths():
             if p.name in self._indexed:
                 continue
-            payload = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                st = p.stat()
+            except OSError:
+                continue  # removed since the listing
+            sig = (st.st_size, st.st_mtime_ns)
+            if p.name in self.damaged and self.damaged[p.name][0] == sig:
+                continue  # already reported, unchanged
+            payload, problem = self.load_shard(p, mmap=True)
+            if problem is not None:
+                self.damaged[p.name] = (sig, problem)
+                log.warning("trace cache: damaged shard %s (%s); its problems will be sampled again", p, problem)
+                continue
+            self.damaged.pop(p.name, None)
             for pid in payload["problem_ids"]:
                 self._index.setdefault(pid, p)
             self._indexed.add(p.name)
@@ -223,6 +382,7 @@ class TraceCache:
             "problem_ids": ids,
             "records": [{k: _to_cpu(r[k]) for k in self.record_keys} for r in records],
         }
+        payload["digest"] = records_digest(ids, payload["records"])
         buf = io.BytesIO()
         torch.save(payload, buf)
         path = self.shard_dir / shard_name(ids)
@@ -234,18 +394,19 @@ class TraceCache:
         index = self.index()
         missing = [pid for pid in problem_ids if pid not in index]
         if missing:
-            raise KeyError(
-                f"trace cache {self.path}: {len(missing)} of {len(problem_ids)} problems not sampled yet "
-                f"(e.g. {missing[:3]}); run the sample stage for them"
+            damaged = "".join(f"; damaged shard {self.shard_dir / n} ({why})" for n, (_, why) in sorted(self.damaged.items())[:3])
+            raise CacheMiss(
+                f"trace cache {self.path}: {len(missing)} of {len(problem_ids)} problems not sampled yet or unreadable "
+                f"(e.g. {missing[:3]}){damaged}; run the sample stage to sample them"
             )
         by_shard: dict[Path, list[str]] = {}
         for pid in problem_ids:
             by_shard.setdefault(index[pid], []).append(pid)
         found: dict[str, dict] = {}
         for path, wanted in by_shard.items():
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            if payload.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"trace cache: {path} has format {payload.get('format_version')}, expected {FORMAT_VERSION}")
+            payload, problem = self.load_shard(path)
+            if problem is not None:
+                raise ValueError(f"trace cache: damaged shard {path} ({problem}); run the sample stage to sample its problems again")
             want = set(wanted)
             for rec in payload["records"]:
                 if rec["problem_id"] in want:
@@ -266,6 +427,23 @@ class TraceCache:
         if stats is None:
             stats = scored_trace_stats(self.read_all(), float(config.get("beta", 0.4)), int(config.get("first_step", 1)))
         old = self.manifest
+        index = self.index()
+        for name, (sig, problem) in sorted(self.damaged.items()):
+            p = self.shard_dir / name
+            try:
+                st = p.stat()
+                if (st.st_size, st.st_mtime_ns) == sig:
+                    p.unlink()
+                    log.warning("trace cache: deleted damaged shard %s (%s)", p, problem)
+            except OSError:
+                pass
+        shards: dict[str, int] = {}
+        for p in index.values():
+            shards[p.name] = shards.get(p.name, 0) + 1
+        # a manifest rebuilt over shards of runs it never recorded (damaged, or an interrupted
+        # run) does not know what they cost: recorded_cost() then says unknown, not 0
+        sampled = int((run_info or {}).get("sampled_problems") or 0)
+        incomplete = bool(old.get("runs_incomplete")) or (not old.get("runs") and len(index) > sampled)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         manifest = {
             "key": self.key,
@@ -278,6 +456,8 @@ class TraceCache:
             "created": old.get("created", now),
             "updated": now,
             "runs": list(old.get("runs", [])) + ([dict(run_info)] if run_info else []),
+            "runs_incomplete": incomplete,
+            "shards": dict(sorted(shards.items())),
         }
         atomic_write_json(self.path / "manifest.json", manifest)
         return manifest
@@ -286,11 +466,12 @@ class TraceCache:
         """What making this cache cost, summed over the runs that sampled into it (from the
         manifest): ``{"problems", "generated_tokens", "wall_s", "cpu_s", "runs"}``. A run that
         reads the cache reports this, marked as cached, so a warm run does not look free."""
-        runs = self.manifest.get("runs", [])
+        manifest = self.manifest
+        runs = manifest.get("runs", [])
         total: dict[str, Any] = {"runs": len(runs)}
         for field, src, kind in (("problems", "sampled_problems", int), ("generated_tokens", "generated_tokens", int),
                                  ("wall_s", "wall_s", float), ("cpu_s", "cpu_s", float)):
-            values = [r.get(src) for r in runs]
+            values = [r.get(src) for r in runs] + ([None] if manifest.get("runs_incomplete") or not runs else [])
             # a cache made before a figure was recorded reports it as unknown, never as 0
             total[field] = None if any(v is None for v in values) else round(sum(kind(v) for v in values), 3)
         return total
