@@ -45,6 +45,9 @@ __all__ = [
     "lora_config",
     "build_optimizer",
     "schedule_lambda",
+    "check_optimizer",
+    "check_scheduler",
+    "check_trainer",
 ]
 
 DEFAULT_LORA: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
@@ -152,17 +155,24 @@ def lora_config(lora: Mapping | None):
     cfg = dict(DEFAULT_LORA)
     cfg.update(dict(to_plain(lora) or {}))
     unknown_ok = set(LoraConfig.__dataclass_fields__)
-    r = int(cfg.pop("r"))
-    alpha = cfg.pop("alpha")
-    dropout = float(cfg.pop("dropout"))
-    targets = list(cfg.pop("target_modules"))
+    r, alpha, dropout, targets = cfg.pop("r"), cfg.pop("alpha"), cfg.pop("dropout"), cfg.pop("target_modules")
     bad = set(cfg) - unknown_ok
     if bad:
         raise ValueError(f"peft/lora: unknown field(s) {sorted(bad)}")
-    if r < 1:
-        raise ValueError(f"lora.r: expected >= 1, got {r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"lora.dropout: expected 0 <= dropout < 1, got {dropout}")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"lora.r: expected an integer >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"lora.alpha: expected a number > 0, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"lora.dropout: expected 0 <= dropout < 1, got {dropout!r}")
+    dropout = float(dropout)
+    # a list of module names, or one string (peft: a regex over module names, or "all-linear")
+    if isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) and t for t in targets):
+        targets = list(targets)
+    elif not (isinstance(targets, str) and targets):
+        raise ValueError(f"lora.target_modules: expected a list of module names (or one regex string), got {targets!r}")
+    if cfg.get("bias", "none") not in ("none", "all", "lora_only"):
+        raise ValueError(f"lora.bias: expected one of ['none', 'all', 'lora_only'], got {cfg['bias']!r}")
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -216,6 +226,82 @@ def schedule_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
     return f
+
+
+def check_scheduler(scheduler: Mapping | Any | None) -> None:
+    """The ``scheduler`` group, before any work: one ``ValueError`` naming the first bad key."""
+    sched = {**DEFAULT_SCHEDULER, **dict(to_plain(scheduler) or {})}
+    unknown = sorted(set(sched) - set(DEFAULT_SCHEDULER))
+    if unknown:
+        raise ValueError(f"scheduler: unknown field(s) {unknown}; expected some of {sorted(DEFAULT_SCHEDULER)}")
+    w = sched["warmup_steps"]
+    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        raise ValueError(f"scheduler.warmup_steps: expected an integer >= 0, got {w!r}")
+    schedule_lambda(sched["type"], w, 1)
+
+
+def check_optimizer(optimizer: Mapping | Any | None) -> None:
+    """Build the ``optimizer`` group on one dummy parameter, before any work: a bad learning
+    rate or an unknown key is one ``ValueError`` naming the group, not an error at fit time."""
+    spec = to_plain(optimizer)
+    if isinstance(spec, Mapping) and "lr" in spec:
+        lr = spec["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"optimizer.lr: expected a number > 0, got {lr!r}")
+    try:
+        build_optimizer(spec, [torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as e:
+        if str(e).startswith("optimizer"):
+            raise
+        raise ValueError(f"optimizer: {_target_name(spec)} rejects the group's settings: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - unknown keyword, wrong type, import error: one line naming the group
+        raise ValueError(f"optimizer: cannot build {_target_name(spec)} from the group ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def check_trainer(trainer: Mapping | Any | None) -> None:
+    """The ``trainer`` group (``lightning.Trainer`` keyword arguments), before any work: unknown
+    keys, the integer budgets the pipeline reads, precision, accelerator and strategy names."""
+    import inspect
+    import typing
+
+    import lightning
+    from lightning.fabric.connector import _PRECISION_INPUT
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    t = dict(to_plain(trainer) or {})
+    target = t.pop("_target_", "lightning.Trainer")
+    for key in ("max_steps", "accumulate_grad_batches"):
+        v = t.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"trainer.{key}: expected an integer >= 1, got {v!r}")
+    if target not in ("lightning.Trainer", "lightning.pytorch.Trainer", "pytorch_lightning.Trainer"):
+        return  # another trainer class: its own arguments
+    known = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(t) - known)
+    if unknown:
+        raise ValueError(f"trainer: unknown field(s) {unknown}; expected lightning.Trainer arguments ({', '.join(sorted(known)[:8])}, ...)")
+    precisions = [p for lit in typing.get_args(_PRECISION_INPUT) for p in typing.get_args(lit)]
+    if "precision" in t and t["precision"] is not None and t["precision"] not in precisions:
+        raise ValueError(f"trainer.precision: expected one of {[str(p) for p in precisions if isinstance(p, str)]}, got {t['precision']!r}")
+    accelerators = sorted(AcceleratorRegistry.available_accelerators() | {"auto", "gpu"})
+    if isinstance(t.get("accelerator"), str) and t["accelerator"] not in accelerators:
+        raise ValueError(f"trainer.accelerator: expected one of {accelerators}, got {t['accelerator']!r}")
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if isinstance(t.get("strategy"), str) and t["strategy"] not in strategies:
+        raise ValueError(f"trainer.strategy: expected one of {strategies[:8]} ..., got {t['strategy']!r}")
+    devices = t.get("devices", "auto")
+    if not (devices in ("auto", -1, "-1") or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+            or (isinstance(devices, list) and all(isinstance(d, int) for d in devices)) or (isinstance(devices, str) and devices.replace(",", "").isdigit())):
+        raise ValueError(f"trainer.devices: expected an integer >= 1, a list of device ids or 'auto', got {devices!r}")
+
+
+def _target_name(spec: Any) -> str:
+    return str(spec.get("_target_", "the optimizer")) if isinstance(spec, Mapping) else getattr(spec, "__name__", "the optimizer")
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 class DistillModule(LightningModule):
