@@ -158,21 +158,21 @@ def lora_config(lora: Mapping | None):
     r, alpha, dropout, targets = cfg.pop("r"), cfg.pop("alpha"), cfg.pop("dropout"), cfg.pop("target_modules")
     bad = set(cfg) - unknown_ok
     if bad:
-        raise ValueError(f"peft/lora: unknown field(s) {sorted(bad)}")
+        raise ValueError(f"peft: unknown field(s) {sorted(bad)}; expected r, alpha, dropout, target_modules or a peft.LoraConfig field")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"lora.r: expected an integer >= 1, got {r!r}")
+        raise ValueError(f"peft.r: expected an integer >= 1, got {r!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"lora.alpha: expected a number > 0, got {alpha!r}")
+        raise ValueError(f"peft.alpha: expected a number > 0, got {alpha!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"lora.dropout: expected 0 <= dropout < 1, got {dropout!r}")
+        raise ValueError(f"peft.dropout: expected 0 <= dropout < 1, got {dropout!r}")
     dropout = float(dropout)
     # a list of module names, or one string (peft: a regex over module names, or "all-linear")
     if isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) and t for t in targets):
         targets = list(targets)
     elif not (isinstance(targets, str) and targets):
-        raise ValueError(f"lora.target_modules: expected a list of module names (or one regex string), got {targets!r}")
+        raise ValueError(f"peft.target_modules: expected a list of module names (or one regex string), got {targets!r}")
     if cfg.get("bias", "none") not in ("none", "all", "lora_only"):
-        raise ValueError(f"lora.bias: expected one of ['none', 'all', 'lora_only'], got {cfg['bias']!r}")
+        raise ValueError(f"peft.bias: expected one of ['none', 'all', 'lora_only'], got {cfg['bias']!r}")
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -291,7 +291,7 @@ def check_trainer(trainer: Mapping | Any | None) -> None:
     if isinstance(t.get("strategy"), str) and t["strategy"] not in strategies:
         raise ValueError(f"trainer.strategy: expected one of {strategies[:8]} ..., got {t['strategy']!r}")
     devices = t.get("devices", "auto")
-    if not (devices in ("auto", -1, "-1") or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+    if not (devices in ("auto", -1, "-1", None) or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
             or (isinstance(devices, list) and all(isinstance(d, int) for d in devices)) or (isinstance(devices, str) and devices.replace(",", "").isdigit())):
         raise ValueError(f"trainer.devices: expected an integer >= 1, a list of device ids or 'auto', got {devices!r}")
 
