@@ -32,7 +32,34 @@ def build_method(cfg: Any) -> Method:
         from .lightreasoner import LightReasoner
 
         return LightReasoner()
-    method = instantiate(node, _convert_="all")
+    method = _instantiate(node)
     if not isinstance(method, Method):
         raise ValueError(f"method._target_: expected a lightreasoner.methods.Method, got {type(method).__name__}")
     return method
+
+
+def _instantiate(node: Any) -> Any:
+    """``instantiate`` with its errors as one line: the method's own ``ValueError`` as it is, an
+    unknown key named with the keys the method knows (not Hydra's wrapped multi-line report)."""
+    import dataclasses
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
+
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ValueError):
+            raise cause from None
+        target = str(node.get("_target_"))
+        try:
+            cls = get_class(target)
+        except Exception:  # noqa: BLE001 - the target itself is wrong
+            raise ValueError(f"method._target_: cannot import {target!r}") from None
+        if dataclasses.is_dataclass(cls):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(str(k) for k in node if not str(k).startswith("_") and k not in known)
+            if unknown:
+                raise ValueError(f"method: unknown field(s) {unknown}; expected some of {sorted(known)}") from None
+        raise ValueError(f"method: cannot build {target} ({type(cause).__name__}: {str(cause).splitlines()[0] if cause else err})") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,14 @@ class LightReasoner(Method):
             raise ValueError(f"method.target: expected one of {list(TARGETS)}, got {self.target!r}")
         if self.steps not in STEP_RULES:
             raise ValueError(f"method.steps: expected one of {list(STEP_RULES)}, got {self.steps!r}")
-        if self.alpha is not None and self.alpha != "alpha_min" and not isinstance(self.alpha, (int, float)):
-            raise ValueError(f"method.alpha: expected a number, 'alpha_min' or null, got {self.alpha!r}")
+        if self.alpha is not None and self.alpha != "alpha_min" and (
+            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1
+        ):
+            raise ValueError(f"method.alpha: expected a number 0 <= alpha <= 1, 'alpha_min' or null, got {self.alpha!r}")
+        if self.beta is not None and (
+            isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not math.isfinite(self.beta) or self.beta < 0
+        ):
+            raise ValueError(f"method.beta: expected a number >= 0 or null, got {self.beta!r}")
 
     def selection_settings(self, sampling_cfg: dict, alpha_min: float) -> SelectionSettings:
         """``sampling``'s beta / alpha / first_step with this method's overrides, validated."""
