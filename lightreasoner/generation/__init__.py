@@ -18,7 +18,10 @@ from typing import Any
 from .base import Engine, GeneratedBatch, Generation, GenerationSettings
 from .hf import HFEngine
 
-__all__ = ["Engine", "GeneratedBatch", "Generation", "GenerationSettings", "HFEngine", "build_engine", "engine_class", "engine_key"]
+__all__ = [
+    "Engine", "GeneratedBatch", "Generation", "GenerationSettings", "HFEngine", "build_engine", "check_engine_config",
+    "engine_class", "engine_key",
+]
 
 
 def _params(cfg: Mapping | Any | None) -> dict:
@@ -35,8 +38,8 @@ def engine_class(cfg: Mapping | Any | None) -> type[Engine]:
 
     try:
         cls = get_class(str(cfg["_target_"]))
-    except ImportError as err:  # an engine whose optional dependency is missing says which
-        raise ImportError(str(err).splitlines()[0]) from None
+    except ImportError as err:  # an engine whose optional dependency is missing says which, in one line
+        raise ImportError(f"generation._target_: cannot import {str(cfg['_target_'])!r} ({' '.join(str(err).split())[:300]})") from None
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
         raise ValueError(f"generation._target_: expected a lightreasoner.generation.Engine, got {cfg['_target_']!r}")
     return cls
@@ -45,6 +48,27 @@ def engine_class(cfg: Mapping | Any | None) -> type[Engine]:
 def engine_key(cfg: Mapping | Any | None) -> dict | None:
     """What the configured engine changes in the outputs (None: transformers at the model's precision)."""
     return engine_class(cfg).key_identity(**_params(cfg))
+
+
+def check_engine_config(cfg: Mapping | Any | None) -> None:
+    """The ``generation`` group before any work: the engine class, its keys (unknown ones named
+    with the known), ``dtype`` for the transformers engine, and an optional engine's import
+    (``ImportError`` with its install hint)."""
+    import inspect
+
+    from lightreasoner.models import DTYPES
+
+    cls = engine_class(cfg)
+    params = _params(cfg)
+    sig = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+        known = set(sig) - {"self", "model", "tokenizer", "spec", "eos_token_ids"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"generation: unknown field(s) {unknown} for {cls.__name__}; expected some of {sorted(known)}")
+    if issubclass(cls, HFEngine) and params.get("dtype") is not None and params["dtype"] not in DTYPES:
+        raise ValueError(f"generation.dtype: expected one of {sorted(DTYPES)} or null, got {params['dtype']!r}")
+    engine_key(cfg)
 
 
 def build_engine(cfg: Mapping | Any | None, model: Any, tokenizer, spec: Any = None, **kwargs) -> Engine:
