@@ -28,6 +28,7 @@ from lightreasoner.config import to_plain
 from lightreasoner.datamodule import DistillDataModule
 from lightreasoner.demo import prepare_demo
 from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCounter, lora_config
+from lightreasoner.drift import DriftSettings, build_drift_guard
 from lightreasoner.eval.evaluate import EvalSettings, evaluate
 from lightreasoner.eval.tables import log_report
 from lightreasoner.files import atomic_write_json
@@ -38,7 +39,7 @@ from lightreasoner.methods.contrastive_decoding import contrastive_ref
 from lightreasoner.models import load_tokenizer, pair_specs
 from lightreasoner.records import RunState
 from lightreasoner.sampling import SamplingSettings
-from lightreasoner.selection import SelectionSettings, import_samples
+from lightreasoner.selection import SelectionSettings, SelectorSettings, import_samples
 
 log = logging.getLogger("lightreasoner")
 
@@ -59,10 +60,14 @@ def validate(cfg: DictConfig) -> Method:
         raise ValueError(f"stage: expected one of {list(STAGES)}, got {cfg.stage!r}")
     sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
     SelectionSettings.from_cfg(to_plain(cfg.sampling), alpha_min=sampling.alpha_min)
-    DistillSettings.from_cfg(cfg.distill)
+    distill = DistillSettings.from_cfg(cfg.distill)
+    SelectorSettings.from_cfg(cfg.get("selection"))
+    DriftSettings.from_cfg(cfg.get("drift"))
     EvalSettings.from_cfg(cfg.eval)
     lora_config(cfg.peft)
     method = build_method(cfg)
+    if distill.loss == "reverse_kl" and method.name == "sft":
+        raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
     if int(cfg.trainer.max_steps) < 1:
         raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {cfg.trainer.max_steps}")
     return method
@@ -142,6 +147,8 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         max_steps=int(cfg.trainer.max_steps),
         sample_key=state.sample_key,
         softmax_width=int(tokenizer.vocab_size) if settings.published_softmax_width else None,
+        loss=settings.loss,
+        jsd_beta=settings.jsd_beta,
     )
     ckpt_dir = state.out_dir / "checkpoints"
     logger = state.logger
@@ -152,6 +159,9 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    guard = build_drift_guard(cfg, state, tokenizer)
+    if guard is not None:
+        callbacks.append(guard)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
@@ -169,6 +179,8 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         "packing": settings.packing,
     }
     state.is_global_zero = trainer.is_global_zero
+    if guard is not None:
+        state.drift = guard.summary()
     if not trainer.is_global_zero:
         return
     state.adapter_dir = save_adapter(
@@ -301,6 +313,7 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,
         "merged_dir": str(state.merged_dir) if state.merged_dir else None,
         "tuned_tokens": state.tuned_tokens,
+        "drift": state.drift or None,
         "efficiency": efficiency(state),
         "wall_s": state.wall_s,
         "cpu_s": state.cpu_s,
@@ -359,6 +372,12 @@ def print_summary(summary: dict) -> None:
         rows.append(("sampling cost (wall / cpu)", f"{secs(eff['sampling']['wall_s'])} / {secs(eff['sampling']['cpu_s'])}{cached}"))
     if summary.get("tuned_tokens") is not None:
         rows.append(("tuned tokens (kept steps trained)", str(summary["tuned_tokens"])))
+    drift = summary.get("drift") or {}
+    if drift:
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in (drift.get("final") or {}).items() if isinstance(v, (int, float)))
+        rows.append((f"drift (update {drift.get('kept_step')})", figures))
+        beyond = "; ".join(f"{e['figure']} {e['value']:.4g} > {e['limit']:.4g}" for e in drift.get("exceeded") or [])
+        rows.append(("drift limits", f"BEYOND LIMIT: {beyond}" if beyond else ("within limits" if drift.get("limits") else "none set")))
     if summary.get("adapter_dir"):
         rows.append(("adapter", summary["adapter_dir"]))
     if summary.get("merged_dir"):

@@ -6,6 +6,14 @@
 be ``>= alpha_min`` of the cached traces) and take the contrastive soft label
 (``contrast.soft_label``). Cheap: a beta x alpha grid never touches the models.
 
+The ``selection`` config group (:class:`SelectorSettings`) adds the rival selectors and the
+target shaping, all at read time: ``rule`` (``kl``: KL >= beta, the method; ``top_fraction``: the
+highest-KL share of each trace's eligible steps; ``expert_entropy``: the steps where the expert's
+own entropy is high, no amateur), ``match_count`` (every rule keeps exactly beta's count),
+``verified_only`` (only traces whose final answer verifies against the gold,
+:func:`verify_traces`), ``tau`` (a temperature on the contrast) and ``top_k`` (soft labels cut to
+their k best candidates). The defaults select and label exactly as the method does.
+
 Also: :func:`export_samples` / :func:`import_samples` for the published samples format
 (JSON Lines: ``prompt_id`` = the question text, ``step``, ``prefix``, ``tokens``,
 ``token_ids``, ``weights``, ``kl_divergence``; one row per kept step).
@@ -26,9 +34,11 @@ from typing import Any
 import torch
 
 from . import contrast
+from .answers import extract_answer, is_equivalent
+from .config import settings_from_cfg
 from .files import atomic_write_bytes
 from .prompts import SAMPLING_SYSTEM, chat_prompt
-from .records import TraceSample
+from .records import Problem, TraceSample
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +94,89 @@ class SelectionSettings:
             )
 
 
+RULES = ("kl", "top_fraction", "expert_entropy")
+"""``selection.rule``: which steps of a trace are trained (see :class:`SelectorSettings`)."""
+
+
+@dataclass(frozen=True)
+class SelectorSettings:
+    """The ``selection`` config group (``conf/selection/``): which steps are kept and how their
+    soft labels are shaped, applied at read time over the cached scored traces (never re-runs
+    the models). Each rule reports its kept count next to beta's (``kl_kept_steps``)."""
+
+    rule: str = "kl"
+    """``kl``: ``KL_t >= sampling.beta`` (the method). ``top_fraction``: in every trace, the
+    ``fraction`` of its eligible steps with the highest KL (so easy and hard traces contribute
+    alike). ``expert_entropy``: the steps whose expert entropy is at least ``entropy_min``: the
+    expert's own uncertainty, no amateur (entropy estimated from the stored candidates,
+    :func:`~lightreasoner.contrast.candidate_entropy`). Eligible: ``t >= sampling.first_step``
+    and a non-empty tail set."""
+    fraction: float = 0.2
+    """``top_fraction``: share of each trace's eligible steps kept, ``0 < fraction <= 1``
+    (``floor(fraction * n + 1/2)`` of ``n``); the published beta keeps about 20% on GSM8K."""
+    entropy_min: float = 1.0
+    """``expert_entropy``: keep the steps with expert entropy ``>= entropy_min`` (nats, ``>= 0``)."""
+    match_count: bool = False
+    """Keep exactly as many steps as ``kl`` keeps at ``sampling.beta`` over the same traces:
+    ``top_fraction`` shares them among the traces in proportion to their eligible steps,
+    ``expert_entropy`` takes the most uncertain ones; ``fraction`` / ``entropy_min`` are then
+    unused. Compares the rules' choice of steps at an equal budget."""
+    verified_only: bool = False
+    """Only traces whose final answer verifies against the gold answer (any rule; a trace cut
+    off at ``sampling.max_new_tokens`` has no final answer and does not verify), the way
+    rejection sampling and Rho-1 trust only clean data (:func:`verify_traces`)."""
+    tau: float = 1.0
+    """Temperature on the contrast: ``softmax((log pE - log pA) / tau)`` over ``V_t`` (> 0; 1 is
+    the method; ``no_contrast``: ``softmax(log pE / tau)``)."""
+    top_k: int | None = None
+    """Soft labels cut to their ``top_k`` largest weights, renormalised (>= 1; null: all of ``V_t``)."""
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping | Any | None) -> "SelectorSettings":
+        """From a ``selection`` mapping; one ``ValueError`` naming the first invalid key."""
+        return settings_from_cfg(cls, cfg, "selection")
+
+    def validate(self) -> None:
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if self.rule not in RULES:
+            raise ValueError(f"selection.rule: expected one of {list(RULES)}, got {self.rule!r}")
+        if not number(self.fraction) or not 0 < self.fraction <= 1:
+            raise ValueError(f"selection.fraction: expected 0 < fraction <= 1, got {self.fraction!r}")
+        if not number(self.entropy_min) or self.entropy_min < 0:
+            raise ValueError(f"selection.entropy_min: expected a number >= 0 (nats), got {self.entropy_min!r}")
+        for name in ("match_count", "verified_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"selection.{name}: expected true or false, got {getattr(self, name)!r}")
+        if not number(self.tau) or self.tau <= 0:
+            raise ValueError(f"selection.tau: expected a number > 0, got {self.tau!r}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"selection.top_k: expected an integer >= 1 or null, got {self.top_k!r}")
+
+
+def verify_traces(records: Sequence[Mapping], problems: Sequence[Problem], tokenizer, timeout_s: float = 5.0) -> dict[str, bool]:
+    """Problem id -> whether the trace's final answer is equivalent to the gold answer.
+
+    The trace (``trace_ids``, special tokens dropped) is decoded with the expert's tokenizer and
+    scored as evaluation scores a generation (``answers.extract_answer`` / ``is_equivalent``).
+    An unfinished trace (cut at ``sampling.max_new_tokens``) never verifies: its last number
+    is not a final answer. A record whose problem is not in ``problems`` is an error."""
+    by_id = {p.id: p for p in problems}
+    out = {}
+    for rec in records:
+        pid = str(rec["problem_id"])
+        if pid not in by_id:
+            raise KeyError(f"verify_traces: no problem {pid!r} for a scored trace")
+        p = by_id[pid]
+        if not bool(rec["finished"]):
+            out[pid] = False
+            continue
+        text = tokenizer.decode(rec["trace_ids"].tolist(), skip_special_tokens=True)
+        out[pid] = bool(is_equivalent(extract_answer(text, p.answer_type), p.answer, p.answer_type, timeout_s=timeout_s))
+    return out
+
+
 TARGETS = ("contrast", "expert")
 """``contrast``: softmax(log pE - log pA) over V_t (the method); ``expert``: the expert's own
 distribution over V_t, renormalised (the *no contrast* ablation)."""
@@ -92,16 +185,49 @@ STEP_RULES = ("kl", "random")
 ``kl`` keeps, drawn uniformly among the eligible ones (the *random steps* ablation)."""
 
 
-def _label(rec: Mapping, t: int, alpha: float, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _label(
+    rec: Mapping, t: int, alpha: float, target: str, tau: float = 1.0, top_k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate ids and weights (zeros dropped) of step ``t``'s training target."""
     off = rec["cand_offsets"]
     a, b = int(off[t]), int(off[t + 1])
     if target == "contrast":
-        w = contrast.soft_label(rec["cand_logp_e"][a:b], rec["cand_logp_a"][a:b], rec["max_logp_e"][t], alpha)
+        w = contrast.soft_label(rec["cand_logp_e"][a:b], rec["cand_logp_a"][a:b], rec["max_logp_e"][t], alpha, tau=tau, top_k=top_k)
     else:
-        w = contrast.expert_label(rec["cand_logp_e"][a:b], rec["max_logp_e"][t], alpha)
+        w = contrast.expert_label(rec["cand_logp_e"][a:b], rec["max_logp_e"][t], alpha, tau=tau, top_k=top_k)
     nz = w > 0
     return rec["cand_ids"][a:b][nz].long(), w[nz].float()
+
+
+def _candidate_steps(rec: Mapping) -> torch.Tensor:
+    """The step of every stored candidate (``[N]``, from ``cand_offsets``)."""
+    off = rec["cand_offsets"].long()
+    return torch.repeat_interleave(torch.arange(off.numel() - 1), off[1:] - off[:-1])
+
+
+def eligible_steps(rec: Mapping, alpha: float, first_step: int) -> torch.Tensor:
+    """Bool ``[T]``: step ``t >= first_step`` whose tail set at ``alpha`` holds a stored candidate
+    (a step that can carry a target; the same test as the ``kl`` rule's, for all steps at once)."""
+    steps = rec["kl"].numel()
+    owner = _candidate_steps(rec)
+    # elementwise the same float32 arithmetic as contrast.tail_mask
+    plausible = rec["cand_logp_e"] >= (rec["max_logp_e"][owner] + math.log(alpha) - 1e-6)
+    has = torch.bincount(owner[plausible], minlength=steps)[:steps] > 0
+    return has & (torch.arange(steps) >= first_step)
+
+
+def step_entropy(rec: Mapping) -> torch.Tensor:
+    """Float ``[T]``: the expert's entropy at every step, estimated from the stored candidates
+    (:func:`~lightreasoner.contrast.candidate_entropy`: a lower bound, exact when the candidates
+    hold all the probability mass)."""
+    steps = rec["kl"].numel()
+    owner = _candidate_steps(rec)
+    off = rec["cand_offsets"].long()
+    width = int((off[1:] - off[:-1]).max()) if steps else 0
+    padded = torch.full((steps, max(width, 1)), float("-inf"))
+    if owner.numel():
+        padded[owner, torch.arange(owner.numel()) - off[owner]] = rec["cand_logp_e"].float()
+    return contrast.candidate_entropy(padded)
 
 
 def _has_label(rec: Mapping, t: int, alpha: float) -> bool:
@@ -125,31 +251,57 @@ def select(
     target: str = "contrast",
     steps: str = "kl",
     seed: int = 0,
+    selector: SelectorSettings | None = None,
+    verified: Mapping[str, bool] | None = None,
+    report: dict | None = None,
 ) -> list[TraceSample]:
     """Scored traces -> TraceSamples (one per trace with at least one kept step, input order).
 
     ``alpha_min`` is the cached traces' (``TraceCache.alpha_min``); ``alpha`` below it is an
     error. A kept step whose tail set is empty (the expert's mode lies outside the shared ids)
     has no target and is dropped. ``target`` (:data:`TARGETS`) and ``steps`` (:data:`STEP_RULES`)
-    choose the ablations; ``steps="random"`` draws, per trace, exactly as many steps as ``kl``
+    choose the ablations; ``steps="random"`` draws, per trace, exactly as many steps as the rule
     keeps, uniformly among the eligible steps that have a target, from a generator seeded by
     ``seed`` and the problem id (reproducible, independent of trace order).
+
+    ``selector`` (:class:`SelectorSettings`, default: the method's ``kl`` rule, plain labels)
+    picks the rule and shapes the labels; with ``selector.verified_only`` only the traces that
+    ``verified`` maps to True are read (:func:`verify_traces`). ``report``, when given, receives
+    the counts that go with the samples' own (:func:`selection_stats`): ``rule``,
+    ``kl_kept_steps`` (what ``kl`` at ``beta`` keeps over the same traces, the count
+    ``match_count`` matches), ``traces_read`` and, with ``verified_only``, ``traces_verified``.
     """
     SelectionSettings(beta, alpha, first_step).validate(alpha_min)
     if target not in TARGETS:
         raise ValueError(f"method.target: expected one of {list(TARGETS)}, got {target!r}")
     if steps not in STEP_RULES:
         raise ValueError(f"method.steps: expected one of {list(STEP_RULES)}, got {steps!r}")
+    sel = selector if selector is not None else SelectorSettings()
+    sel.validate()
+    if sel.verified_only:
+        if verified is None:
+            raise ValueError("selection.verified_only: needs the traces' verification (verify_traces)")
+        records = [r for r in records if verified.get(str(r["problem_id"]), False)]
+    # the kl rule's choice (the method), per trace: KL >= beta among steps that have a target
+    kl_chosen = [
+        [t for t in contrast.keep_steps(rec["kl"].float(), beta, first_step).nonzero().flatten().tolist() if _has_label(rec, t, alpha)]
+        for rec in records
+    ]
+    kl_count = sum(len(c) for c in kl_chosen)
+    if sel.rule == "kl":
+        chosen_all = kl_chosen
+    else:
+        eligible = [eligible_steps(rec, alpha, first_step) for rec in records]
+        chosen_all = _rule_choice(records, eligible, sel, kl_count)
     out: list[TraceSample] = []
-    for rec in records:
+    for rec, chosen in zip(records, chosen_all):
         kl = rec["kl"].float()
-        chosen = [t for t in contrast.keep_steps(kl, beta, first_step).nonzero().flatten().tolist() if _has_label(rec, t, alpha)]
         if steps == "random" and chosen:
-            eligible = torch.tensor([t >= first_step and _has_label(rec, t, alpha) for t in range(kl.numel())])
-            chosen = contrast.random_steps(eligible, len(chosen), _step_generator(seed, str(rec["problem_id"]))).tolist()
+            eligible_t = torch.tensor([t >= first_step and _has_label(rec, t, alpha) for t in range(kl.numel())])
+            chosen = contrast.random_steps(eligible_t, len(chosen), _step_generator(seed, str(rec["problem_id"]))).tolist()
         if not chosen:
             continue
-        labels = [_label(rec, t, alpha, target) for t in chosen]
+        labels = [_label(rec, t, alpha, target, sel.tau, sel.top_k) for t in chosen]
         steps_t = torch.tensor(chosen, dtype=torch.long)
         prompt = rec["prompt_ids"].long()
         positions = steps_t + len(prompt) - 1
@@ -165,15 +317,65 @@ def select(
                 kl=kl[steps_t].clone(),
             )
         )
+    if report is not None:
+        report.update(rule=sel.rule, kl_kept_steps=kl_count, traces_read=len(records))
+        if sel.verified_only:
+            report["traces_verified"] = len(records)
     return out
 
 
-def selection_stats(records: Sequence[Mapping], samples: Sequence[TraceSample]) -> dict:
-    """Kept-step fraction, kept steps per trace, mean KL at kept steps, mean soft-label entropy."""
+def _rule_choice(records: Sequence[Mapping], eligible: list[torch.Tensor], sel: SelectorSettings, kl_count: int) -> list[list[int]]:
+    """Per trace, the steps the ``top_fraction`` or ``expert_entropy`` rule keeps (step order)."""
+    if sel.rule == "top_fraction":
+        sizes = torch.tensor([int(e.sum()) for e in eligible], dtype=torch.long)
+        quota = contrast.apportion(kl_count, sizes) if sel.match_count else contrast.fraction_quota(sizes, sel.fraction)
+        return [
+            contrast.top_steps(rec["kl"].float().masked_fill(~e, float("-inf")), int(k)).tolist()
+            for rec, e, k in zip(records, eligible, quota.tolist())
+        ]
+    # expert_entropy: one threshold over all traces (like beta), or beta's count of the highest
+    scores = [step_entropy(rec).masked_fill(~e, float("-inf")) for rec, e in zip(records, eligible)]
+    if not sel.match_count:
+        return [(h >= sel.entropy_min).nonzero().flatten().tolist() for h in scores]
+    if not scores:
+        return []
+    flat = torch.cat(scores)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[contrast.top_steps(flat, kl_count)] = True  # ties: the earlier trace, then the earlier step
+    out, start = [], 0
+    for h in scores:
+        out.append(keep[start : start + h.numel()].nonzero().flatten().tolist())
+        start += h.numel()
+    return out
+
+
+def junk_rate(records: Sequence[Mapping], samples: Sequence[TraceSample], junk_pe: float) -> float:
+    """Share of the kept steps' soft-label mass on candidates the base expert itself finds
+    implausible, ``pE < junk_pe`` (mean over kept steps of the mass on such tokens): what the
+    targets would teach that the expert alone would not say (e.g. `` userId`` in arithmetic)."""
+    by_id = {str(r["problem_id"]): r for r in records}
+    masses = []
+    for s in samples:
+        rec = by_id.get(s.problem_id)
+        if rec is None:
+            continue
+        off = rec["cand_offsets"]
+        for t, ids, w in zip(s.steps.tolist(), s.target_ids, s.target_w):
+            a, b = int(off[t]), int(off[t + 1])
+            logp = dict(zip(rec["cand_ids"][a:b].tolist(), rec["cand_logp_e"][a:b].tolist()))
+            lpe = torch.tensor([logp[i] for i in ids.tolist()])
+            masses.append(float(contrast.junk_mass(w, lpe, junk_pe)))
+    return sum(masses) / len(masses) if masses else 0.0
+
+
+def selection_stats(records: Sequence[Mapping], samples: Sequence[TraceSample], junk_pe: float | None = None) -> dict:
+    """Kept-step fraction, kept steps per trace, mean KL at kept steps, mean soft-label entropy
+    (and, with ``junk_pe``, the :func:`junk_rate` of the kept steps' labels)."""
     total_steps = sum(int(r["kl"].numel()) for r in records)
     kept = sum(s.num_steps for s in samples)
     kls = [s.kl for s in samples if s.kl is not None and s.kl.numel()]
     ent = [float(contrast.soft_label_entropy(w)) for s in samples for w in s.target_w]
+    extra = {} if junk_pe is None else {"junk_rate": junk_rate(records, samples, junk_pe)}
     return {
         "traces": len(records),
         "traces_with_kept_steps": len(samples),
@@ -184,6 +386,7 @@ def selection_stats(records: Sequence[Mapping], samples: Sequence[TraceSample]) 
         "mean_kl_kept": float(torch.cat(kls).mean()) if kls else 0.0,
         "mean_soft_label_entropy": sum(ent) / len(ent) if ent else 0.0,
         "mean_candidates_per_kept_step": (sum(int(w.numel()) for s in samples for w in s.target_w) / kept) if kept else 0.0,
+        **extra,
     }
 
 

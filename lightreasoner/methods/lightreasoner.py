@@ -10,6 +10,10 @@ over the plausible set. The ablations change one ingredient each and read the sa
   renormalised — isolates the amateur;
 - ``no_selection`` (``beta: 0``): every eligible step;
 - ``no_tail`` (``alpha: alpha_min``): the widest candidate set the cache holds.
+
+Every member reads the ``selection`` group too (:class:`~lightreasoner.selection.SelectorSettings`):
+the rival selectors (``top_fraction``, ``expert_entropy``, ``verified_only``, ``match_count``)
+and the target shaping (``tau``, ``top_k``), all at read time over the same traces.
 """
 
 from __future__ import annotations
@@ -21,12 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightreasoner.alignment import coverage
 from lightreasoner.benchmarks import dataset_identity, load_problems
 from lightreasoner.config import to_plain
+from lightreasoner.drift import DriftSettings
 from lightreasoner.loggers import log_trace_media
 from lightreasoner.models import load_tokenizer, pair_specs
+from lightreasoner.pairs import PairSettings
 from lightreasoner.sampling import run_sampling
-from lightreasoner.selection import STEP_RULES, TARGETS, SelectionSettings, export_samples, select, selection_stats
+from lightreasoner.selection import (
+    STEP_RULES,
+    TARGETS,
+    SelectionSettings,
+    SelectorSettings,
+    export_samples,
+    select,
+    selection_stats,
+    verify_traces,
+)
 
 from .base import Method
 
@@ -48,7 +64,8 @@ class LightReasoner(Method):
     """``contrast``: softmax(log pE - log pA) over the plausible set; ``expert``: the expert's
     own renormalised distribution there (no contrast)."""
     steps: str = "kl"
-    """``kl``: KL >= beta; ``random``: beta's count per trace at seeded random positions."""
+    """``kl``: the steps ``selection.rule`` keeps (the method: KL >= beta); ``random``: the
+    rule's count per trace at seeded random positions."""
     beta: float | None = None
     """Overrides ``sampling.beta`` (null: use it; ``no_selection``: 0)."""
     alpha: float | str | None = None
@@ -93,22 +110,33 @@ class LightReasoner(Method):
             cache_dir=Path(cfg.paths.cache_dir),
             trainer_kwargs=trainer_placement(cfg),
             generation=cfg.get("generation"),
+            pair=PairSettings.from_cfg(cfg.model_pair),
         )
         records = cache.read([p.id for p in problems])
         sel = self.selection_settings(sampling_cfg, cache.alpha_min)
+        rule = SelectorSettings.from_cfg(cfg.get("selection"))
+        tokenizer = None
+        verified = None
+        if rule.verified_only:
+            tokenizer = load_tokenizer(expert, "model_pair.expert")
+            verified = verify_traces(records, problems, tokenizer)
+        counts: dict = {}
         samples = select(
             records, beta=sel.beta, alpha=sel.alpha, first_step=sel.first_step, alpha_min=cache.alpha_min,
-            target=self.target, steps=self.steps, seed=int(cfg.seed),
+            target=self.target, steps=self.steps, seed=int(cfg.seed), selector=rule, verified=verified, report=counts,
         )
         state.samples, state.sample_key = samples, cache.key
         state.selection = {
             "trace_cache": str(cache.path), "problems": len(problems), "beta": sel.beta, "alpha": sel.alpha,
-            **selection_stats(records, samples),
+            **selection_stats(records, samples, junk_pe=DriftSettings.from_cfg(cfg.get("drift")).junk_pe),
+            **counts,
         }
+        if records and "aligned_mass" in records[0]:  # a cross-tokenizer pair: its coverage at this run's beta
+            state.selection["coverage"] = coverage(records, sel.beta, sel.first_step)
         state.training_problems = len(problems)
         state.sampling_cost = {**cache.recorded_cost(), "cached": not cache.sampled_now}
         if cfg.distill.export_published or state.logger:
-            tokenizer = load_tokenizer(expert, "model_pair.expert")
+            tokenizer = tokenizer or load_tokenizer(expert, "model_pair.expert")
             log_trace_media(state.logger, records, tokenizer, sel.beta, sel.alpha, sel.first_step)
             if cfg.distill.export_published:
                 questions = {p.id: p.question for p in problems}
