@@ -50,7 +50,8 @@ class ModelSpec:
     """Load the tokenizer from here instead of ``name_or_path`` (same gguf_file rules)."""
 
     @classmethod
-    def from_any(cls, spec: Any) -> "ModelSpec":
+    def from_any(cls, spec: Any, what: str = "model spec") -> "ModelSpec":
+        """From a spec, a name or a mapping; ``what`` (e.g. ``model_pair.expert``) names it in errors."""
         if isinstance(spec, ModelSpec):
             return spec
         if isinstance(spec, str):
@@ -60,10 +61,29 @@ class ModelSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"model spec: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
+            raise ValueError(f"{what}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
         if not d.get("name_or_path"):
-            raise ValueError("model spec: name_or_path is required (a hub name or a local directory)")
+            raise ValueError(f"{what}.name_or_path: required (a hub name or a local directory)")
         return cls(**d)
+
+    def check(self, what: str = "model") -> None:
+        """The spec's values before anything is loaded: one error naming the first bad key
+        (``{what}.dtype`` ...) or the local directory / GGUF file that is not there."""
+        for key in ("name_or_path", "revision", "gguf_file", "tokenizer"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"{what}.{key}: expected a string{'' if key == 'name_or_path' else ' or null'}, got {v!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{what}.dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        try:
+            ok = isinstance(self.device, str) and (self.device == "auto" or torch.device(self.device) is not None)
+        except (RuntimeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{what}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not isinstance(self.trust_remote_code, bool):
+            raise ValueError(f"{what}.trust_remote_code: expected true or false, got {self.trust_remote_code!r}")
+        _check_exists(self, what)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,11 +152,20 @@ def _check_exists(spec: ModelSpec, what: str) -> None:
     looks_local = spec.name_or_path.startswith(("/", ".", "~")) or path.exists()
     if looks_local and not path.exists():
         raise FileNotFoundError(f"{what}.name_or_path: no such directory {spec.name_or_path!r}")
+    if path.exists() and not spec.gguf_file and not any((path / f).is_file() for f in ("config.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{what}.name_or_path: {spec.name_or_path!r} is not a model directory (no config.json)")
     if spec.gguf_file and path.exists() and not (path / spec.gguf_file).is_file():
         raise FileNotFoundError(
             f"{what}.gguf_file: {spec.gguf_file!r} not found in {spec.name_or_path!r} "
             "(run ../shared/tools/fetch-offline-models, or set LIGHTREASONER_MODELS)"
         )
+
+
+def _load_error(err: Exception, where: str) -> Exception:
+    """A transformers loading error as one line naming the config key (``FileNotFoundError`` for
+    a checkpoint that is not there or not reachable, else ``ValueError``)."""
+    line = " ".join(str(err).split())[:300]
+    return FileNotFoundError(f"{where} ({line})") if isinstance(err, OSError) else ValueError(f"{where} ({line})")
 
 
 def load_tokenizer(spec: ModelSpec, what: str = "model", padding_side: str = "left"):
@@ -149,7 +178,10 @@ def load_tokenizer(spec: ModelSpec, what: str = "model", padding_side: str = "le
         # the dequantized copy holds the converted tokenizer (GGUF conversion is slow)
         src = str(_ensure_dequantized(spec, spec.torch_dtype))
         kwargs = {}
-    tok = AutoTokenizer.from_pretrained(os.path.expanduser(src), **kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(os.path.expanduser(src), **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(err, f"{what}: cannot load the tokenizer of {spec.display_name()!r}") from None
     tok.padding_side = padding_side
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -185,7 +217,10 @@ def load_model(spec: ModelSpec, what: str = "model", plain: bool = False, dtype:
     if spec.gguf_file:
         model = AutoModelForCausalLM.from_pretrained(str(_ensure_dequantized(spec, dtype)), dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(spec.name_or_path), **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(spec.name_or_path), **kwargs)
+        except (OSError, ValueError) as err:
+            raise _load_error(err, f"{what}: cannot load {spec.display_name()!r}") from None
     model.to(spec.resolved_device())
     model.eval()
     return model
@@ -332,4 +367,4 @@ def pair_specs(cfg) -> tuple[ModelSpec, ModelSpec]:
     pair = cfg.model_pair
     expert = to_plain(pair.expert)
     amateur = PairSettings.from_cfg(pair).amateur_spec_fields(expert, to_plain(pair.amateur))
-    return ModelSpec.from_any(expert), ModelSpec.from_any(amateur)
+    return ModelSpec.from_any(expert, "model_pair.expert"), ModelSpec.from_any(amateur, "model_pair.amateur")

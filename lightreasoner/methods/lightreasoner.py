@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightreasoner.alignment import coverage
 from lightreasoner.benchmarks import dataset_identity, load_problems
 from lightreasoner.config import to_plain
 from lightreasoner.drift import DriftSettings
 from lightreasoner.loggers import log_trace_media
 from lightreasoner.models import load_tokenizer, pair_specs
+from lightreasoner.pairs import PairSettings
 from lightreasoner.sampling import run_sampling
 from lightreasoner.selection import (
     STEP_RULES,
@@ -108,6 +110,7 @@ class LightReasoner(Method):
             cache_dir=Path(cfg.paths.cache_dir),
             trainer_kwargs=trainer_placement(cfg),
             generation=cfg.get("generation"),
+            pair=PairSettings.from_cfg(cfg.model_pair),
         )
         records = cache.read([p.id for p in problems])
         sel = self.selection_settings(sampling_cfg, cache.alpha_min)
@@ -128,6 +131,8 @@ class LightReasoner(Method):
             **selection_stats(records, samples, junk_pe=DriftSettings.from_cfg(cfg.get("drift")).junk_pe),
             **counts,
         }
+        if records and "aligned_mass" in records[0]:  # a cross-tokenizer pair: its coverage at this run's beta
+            state.selection["coverage"] = coverage(records, sel.beta, sel.first_step)
         state.training_problems = len(problems)
         state.sampling_cost = {**cache.recorded_cost(), "cached": not cache.sampled_now}
         if cfg.distill.export_published or state.logger:
