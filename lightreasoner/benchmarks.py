@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from lightreasoner.answers import last_boxed
+from lightreasoner.answers import ANSWER_TYPES, last_boxed
 from lightreasoner.records import Problem
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,16 @@ def _hub_rows(dataset_cfg, split: str) -> Iterable[tuple[int, dict]]:
             f"dataset {_get(dataset_cfg, 'name', '?')!r}: no local file for split {split!r} "
             f"(files: {dict(_get(dataset_cfg, 'files', {}) or {})}) and no hub name configured"
         )
-    from datasets import load_dataset
+    try:
+        from datasets import load_dataset
 
-    ds = load_dataset(hub["name"], hub.get("config"), revision=hub.get("revision"), split=split)
+        ds = load_dataset(hub["name"], hub.get("config"), revision=hub.get("revision"), split=split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown name or split: one line naming all three
+        path = local_file(dataset_cfg, split)
+        raise FileNotFoundError(
+            f"dataset {_get(dataset_cfg, 'name', '?')!r}: {'no local file ' + str(path) if path else 'no local file'} for split "
+            f"{split!r}, and the hub copy {hub['name']}[{split}] cannot be loaded ({' '.join(str(e).split())[:240] or type(e).__name__})"
+        ) from None
     for i, row in enumerate(ds, start=1):
         yield i, dict(row)
 
@@ -203,6 +210,51 @@ def _source(dataset_cfg, split: str) -> tuple[str, Iterable[tuple[int, dict]]]:
 
 # --------------------------------------------------------------------------- public API
 
+DATASET_KEYS = ("name", "format", "answer_type", "files", "hub", "split", "max_problems", "shuffle", "max_new_tokens", "fields")
+"""The keys of a ``dataset`` config (``conf/dataset/*.yaml``)."""
+
+
+def check_dataset_config(dataset_cfg, split: str | None = None, what: str = "dataset") -> None:
+    """A dataset config's keys and values before anything is read: one ``ValueError`` naming
+    the first bad key (``what`` is its place in the run config, e.g. ``dataset``)."""
+    d = {k: _get(dataset_cfg, k) for k in DATASET_KEYS}
+    keys = list(dataset_cfg.keys()) if hasattr(dataset_cfg, "keys") else []
+    unknown = sorted(str(k) for k in keys if k not in DATASET_KEYS)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; expected some of {sorted(DATASET_KEYS)}")
+
+    def bad(key: str, expected: str) -> ValueError:
+        return ValueError(f"{what}.{key}: expected {expected}, got {d[key]!r}")
+
+    if not isinstance(d["name"], str) or not d["name"]:
+        raise bad("name", "a non-empty string")
+    fmt = d["format"] if d["format"] is not None else d["name"]
+    if fmt not in PARSERS:
+        raise ValueError(f"{what}.format: unknown format {fmt!r}; expected one of {sorted(PARSERS)}")
+    if d["answer_type"] not in ANSWER_TYPES:
+        raise bad("answer_type", f"one of {list(ANSWER_TYPES)}")
+    split = split or d["split"]
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"{what}.split: expected a split name (train, test, ...), got {split!r}")
+    mp = d["max_problems"]
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int)):
+        raise bad("max_problems", "an integer (<= 0 or null: all)")
+    if d["shuffle"] is not None and not isinstance(d["shuffle"], bool):
+        raise bad("shuffle", "true or false")
+    mn = d["max_new_tokens"]
+    if mn is not None and (isinstance(mn, bool) or not isinstance(mn, int) or mn < 1):
+        raise bad("max_new_tokens", "an integer >= 1 or null")
+    files = d["files"] or {}
+    if not hasattr(files, "get") or not all(isinstance(v, str) or v is None for v in files.values()):
+        raise bad("files", "a mapping {split: path of a JSONL file}")
+    hub = d["hub"] or {}
+    if not hasattr(hub, "get") or (hub and not isinstance(hub.get("name"), str)):
+        raise bad("hub", "null or {name, config, revision}")
+    if d["fields"] is not None and (not hasattr(d["fields"], "get") or not all(isinstance(v, str) for v in d["fields"].values())):
+        raise bad("fields", "a mapping {question: field name, answer: field name}")
+    if not files.get(split) and not hub.get("name"):
+        raise ValueError(f"{what}.split: no file for split {split!r} (files: {sorted(files)}) and no hub copy")
+
 
 def load_problems(
     dataset_cfg,
@@ -217,6 +269,7 @@ def load_problems(
     ``<= 0`` means all. Truncation takes the first N in file order, after a seeded shuffle
     when ``shuffle`` is on. Bad input raises one error naming the file, line and field.
     """
+    check_dataset_config(dataset_cfg, split)
     name = _get(dataset_cfg, "name")
     fmt = _get(dataset_cfg, "format", name)
     answer_type = _get(dataset_cfg, "answer_type")
@@ -239,6 +292,8 @@ def load_problems(
         except RowError as e:
             raise ValueError(f"{where}:{lineno}: {e}") from None
         problems.append(Problem(id=f"{name}/{split}/{index}", question=question, answer=gold, answer_type=answer_type, meta=meta))
+    if not problems:
+        raise ValueError(f"{where.removesuffix(' row')}: no problems (the file has no rows)")
     if shuffle:
         random.Random(seed).shuffle(problems)
     if max_problems is not None and int(max_problems) > 0:
