@@ -77,9 +77,9 @@ class PairSettings:
         layer = self.amateur_layer
         if self.amateur_kind == "early_exit":
             if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-                raise ValueError(f"model_pair.amateur.layer: kind=early_exit needs an expert layer, an integer >= 0, got {layer!r}")
+                raise ValueError(f"model_pair.amateur.layer: expected an integer >= 0 (the expert layer kind=early_exit reads), got {layer!r}")
         elif layer is not None:
-            raise ValueError(f"model_pair.amateur.layer: only read with kind=early_exit (kind is {self.amateur_kind!r}), got {layer!r}")
+            raise ValueError(f"model_pair.amateur.layer: expected null (only kind=early_exit reads a layer; kind is {self.amateur_kind!r}), got {layer!r}")
 
     @property
     def early_exit(self) -> bool:
