@@ -66,9 +66,9 @@ class ModelSpec:
             raise ValueError(f"{what}.name_or_path: required (a hub name or a local directory)")
         return cls(**d)
 
-    def check(self, what: str = "model") -> None:
+    def check(self, what: str = "model", paths: bool = True) -> None:
         """The spec's values before anything is loaded: one error naming the first bad key
-        (``{what}.dtype`` ...) or the local directory / GGUF file that is not there."""
+        (``{what}.dtype`` ...) or (``paths``) the local directory / GGUF file that is not there."""
         for key in ("name_or_path", "revision", "gguf_file", "tokenizer"):
             v = getattr(self, key)
             if v is not None and not isinstance(v, str):
@@ -83,7 +83,8 @@ class ModelSpec:
             raise ValueError(f"{what}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"{what}.trust_remote_code: expected true or false, got {self.trust_remote_code!r}")
-        _check_exists(self, what)
+        if paths:
+            _check_exists(self, what)
 
     def to_dict(self) -> dict:
         return asdict(self)
