@@ -92,13 +92,31 @@ def sweep_subdir_name(*, _root_: Any) -> str:
     return short_name(",".join(items) if items else hydra.job.override_dirname)
 
 
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+"""A run name: letters, digits, ``.``, ``_``, ``-``; ``/`` separates sub-folders (no ``..``)."""
+
+
+def run_dir_name(run_name: Any, fallback: str) -> str:
+    """``${lr_run_dir:${run_name},<timestamp>}``: the run's directory name under ``outputs/``
+    (``multirun/``): ``run_name`` when given (a fixed, resumable place), else ``fallback``."""
+    if run_name is None or run_name == "":
+        return str(fallback)
+    name = str(run_name)
+    if not RUN_NAME_RE.match(name):
+        raise ValueError(f"run_name: expected letters, digits, '.', '_' or '-' (and '/' between parts), got {name!r}")
+    return name
+
+
 def register_resolvers() -> None:
     """Register ``${lr_project_root:}`` (the checkout holding ``conf/`` and ``train.py``),
-    ``${lr_short:text}`` (:func:`short_name`) and ``${lr_sweep_subdir:}`` (:func:`sweep_subdir_name`)."""
+    ``${lr_short:text}`` (:func:`short_name`), ``${lr_run_dir:name,fallback}`` (:func:`run_dir_name`)
+    and ``${lr_sweep_subdir:}`` (:func:`sweep_subdir_name`)."""
     if not OmegaConf.has_resolver("lr_project_root"):
         OmegaConf.register_new_resolver("lr_project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("lr_short"):
         OmegaConf.register_new_resolver("lr_short", short_name)
+    if not OmegaConf.has_resolver("lr_run_dir"):
+        OmegaConf.register_new_resolver("lr_run_dir", run_dir_name)
     if not OmegaConf.has_resolver("lr_sweep_subdir"):
         OmegaConf.register_new_resolver("lr_sweep_subdir", sweep_subdir_name)
 

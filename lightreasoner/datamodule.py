@@ -549,6 +549,9 @@ class DistillDataModule(LightningDataModule):
             collate_fn=_Collate(self.pad_token_id, self.padding_side, self.accumulate_grad_batches, self.world_size, self.published_loss_column),
             num_workers=self.num_workers,
             persistent_workers=False,
+            # its own generator: creating an epoch's iterator never draws from the global RNG
+            # (that LoRA dropout uses), so a resumed fine-tune sees the same dropout stream
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -499,6 +499,10 @@ class DistillModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self._trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        # the RNG that LoRA dropout draws from: a resumed fine-tune continues the same stream
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = self._trainable_names() - set(checkpoint.get("state_dict", {}))
@@ -507,3 +511,14 @@ class DistillModule(LightningModule):
                 f"checkpoint: {len(missing)} LoRA weight(s) missing (e.g. {sorted(missing)[0]}); "
                 "was it written by a DistillModule with the same LoRA setting?"
             )
+        self._resume_rng = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        """Resuming: put back the RNG state of the checkpoint (after the restore and set-up,
+        just before the first update), so dropout draws what the uninterrupted run drew."""
+        rng = getattr(self, "_resume_rng", None)
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._resume_rng = None

@@ -38,6 +38,7 @@ from lightreasoner.methods.contrastive_decoding import EVAL_NAME as CONTRASTIVE_
 from lightreasoner.methods.contrastive_decoding import contrastive_ref
 from lightreasoner.models import load_tokenizer, pair_specs
 from lightreasoner.records import RunState
+from lightreasoner.resume import StageRecord
 from lightreasoner.sampling import SamplingSettings
 from lightreasoner.selection import SelectionSettings, SelectorSettings, import_samples
 
@@ -56,8 +57,25 @@ def validate(cfg: DictConfig) -> Method:
 
     Each group is checked by its own settings class; the checks here span groups.
     """
+    from omegaconf import OmegaConf
+
+    from lightreasoner.benchmarks import check_dataset_config
+    from lightreasoner.checkpoints import resolve_model_ref
+    from lightreasoner.config import PROJECT_ROOT
+    from lightreasoner.distill import check_optimizer, check_scheduler, check_trainer
+    from lightreasoner.eval.evaluate import _eval_split
+    from lightreasoner.generation import check_engine_config
+    from lightreasoner.models import ModelSpec
+
     if cfg.stage not in STAGES:
         raise ValueError(f"stage: expected one of {list(STAGES)}, got {cfg.stage!r}")
+    conf = PROJECT_ROOT / "conf"  # top-level keys: train.yaml's own and one per config group
+    known = {str(k) for k in OmegaConf.load(conf / "train.yaml") if k != "defaults"} | {p.name for p in conf.iterdir() if p.is_dir()}
+    unknown = sorted(str(k) for k in cfg if str(k) not in known)
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {unknown}; expected some of {sorted(known)}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed: expected an integer, got {cfg.seed!r}")
     sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
     SelectionSettings.from_cfg(to_plain(cfg.sampling), alpha_min=sampling.alpha_min)
     distill = DistillSettings.from_cfg(cfg.distill)
@@ -68,8 +86,33 @@ def validate(cfg: DictConfig) -> Method:
     method = build_method(cfg)
     if distill.loss == "reverse_kl" and method.name == "sft":
         raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
+    check_scheduler(cfg.scheduler)
+    check_optimizer(cfg.optimizer)
+    check_trainer(cfg.trainer)
+    check_engine_config(cfg.get("generation"))
+    check_dataset_config(cfg.dataset)
+    pair = cfg.model_pair  # the demo's pair is filled in by prepare(): checked when it is built
+    if not any(r in pair and "name_or_path" in pair[r] and OmegaConf.is_missing(pair[r], "name_or_path") for r in ("expert", "amateur")):
+        for spec, what in zip(pair_specs(cfg), ("model_pair.expert", "model_pair.amateur")):
+            spec.check(what, paths=False)  # a missing checkpoint is named when it is loaded
+    tuned = cfg.get("tuned")
+    if tuned is not None:
+        if str(tuned).startswith(("/", ".", "~")) and not Path(os.path.expanduser(str(tuned))).exists():
+            raise FileNotFoundError(f"tuned: no such directory {str(tuned)!r} (expected the adapter or merged directory of a finished run)")
+        info = resolve_model_ref(str(tuned))
+        if info["kind"] == "spec":
+            ModelSpec.from_any(info["spec"]).check("tuned")
+    if cfg.stage in ("evaluate", "all"):
+        eval_settings = EvalSettings.from_cfg(cfg.eval)
+        if cfg.stage == "evaluate" and "tuned" in cfg.eval.models and tuned is None and method.trains:
+            raise ValueError("eval.models: 'tuned' needs tuned=<adapter or merged dir> with stage=evaluate")
+        for name in cfg.eval.benchmarks:
+            bench = benchmark_config(cfg, str(name))
+            check_dataset_config(bench, _eval_split(bench, eval_settings), what=f"eval.benchmarks[{name}]")
     if int(cfg.trainer.max_steps) < 1:
         raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {cfg.trainer.max_steps}")
+    for name in STAGE_NAMES:
+        stage_threads(cfg, name)
     return method
 
 
@@ -84,18 +127,65 @@ def benchmark_config(cfg: DictConfig, name: str) -> dict:
     return dataset_config(name, paths=to_plain(cfg.paths))
 
 
+STAGE_NAMES = ("prepare", "sample", "distill", "evaluate")
+"""The stages a run times (and sets threads for)."""
+
+TINY_THREADS = 1
+"""``threads: auto`` for the demo's tiny models: intra-op threads buy them nothing, and on a
+busy machine two spinning threads sharing a core collapse (measured: the demo expert trained
+at 0.27 it/s with 2 threads and one core busy elsewhere, 3.6 it/s with 1; ``bench/threads.py``)."""
+
+
+def stage_threads(cfg: DictConfig, stage: str) -> int | None:
+    """torch CPU threads for ``stage`` from the ``threads`` key (None: leave torch's default).
+
+    ``threads``: ``auto`` (the demo's tiny models: 1; real models: torch's default, one per
+    core; env ``LIGHTREASONER_THREADS`` overrides ``auto``), an integer for every stage, or a
+    mapping ``{prepare, sample, distill, evaluate}`` of integers / ``auto``.
+    """
+    value = cfg.get("threads", "auto")
+    if hasattr(value, "items"):
+        unknown = sorted(set(value) - set(STAGE_NAMES))
+        if unknown:
+            raise ValueError(f"threads: unknown stage(s) {unknown}; expected some of {list(STAGE_NAMES)}")
+        value = value.get(stage, "auto")
+    if value is None or value == "auto":
+        env = os.environ.get("LIGHTREASONER_THREADS")
+        if env:
+            if not env.isdigit() or int(env) < 1:
+                raise ValueError(f"LIGHTREASONER_THREADS: expected an integer >= 1, got {env!r}")
+            return int(env)
+        return TINY_THREADS if cfg.get("demo") is not None else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"threads: expected 'auto', an integer >= 1 or a mapping of stages to them, got {value!r}")
+    return value
+
+
 @contextlib.contextmanager
-def _stage(state: RunState, name: str, seed: int):
-    """Time one stage into ``state.wall_s``, starting it from ``seed``.
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _stage(state: RunState, name: str, cfg: DictConfig):
+    """Time one stage into ``state.wall_s``, starting it from ``cfg.seed`` with the stage's
+    torch threads (:func:`stage_threads`).
 
     Every stage is re-seeded, so its random draws (LoRA init, shuffles, dropout) do not depend
     on what ran before it in the process: a cold run that trained the demo pair or sampled
     traces gives the same adapter as a warm run that found them in the cache.
     """
-    L.seed_everything(seed, workers=True, verbose=False)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t, c = time.perf_counter(), time.process_time()
     try:
-        yield
+        with _threads(stage_threads(cfg, name)):
+            yield
     finally:
         state.wall_s[name] = round(time.perf_counter() - t, 2)
         state.cpu_s[name] = round(time.process_time() - c, 2)
@@ -259,6 +349,7 @@ def run(cfg: DictConfig) -> RunState:
     state = RunState(out_dir=out_dir)
     try:
         state.method = validate(cfg)
+        state.stage_record = StageRecord(out_dir, cfg)  # before prepare() localises the demo's paths
         out_dir.mkdir(parents=True, exist_ok=True)
         state.logger = build_logger(cfg)
         _run_stages(cfg, state)
@@ -274,22 +365,62 @@ def run(cfg: DictConfig) -> RunState:
 
 
 def _run_stages(cfg: DictConfig, state: RunState) -> None:
-    seed = int(cfg.seed)
     method = state.method
-    with _stage(state, "prepare", seed):
+    with _stage(state, "prepare", cfg):
         prepare(cfg)
     stage = cfg.stage
-    if stage in ("sample", "distill", "all") and method.trains and not cfg.distill.import_published:
-        with _stage(state, "sample", seed):
+    trained = restore_finished_training(state) if stage in ("distill", "evaluate", "all") and method.trains else False
+    if stage in ("sample", "distill", "all") and method.trains and not cfg.distill.import_published and not trained:
+        with _stage(state, "sample", cfg):
             method.training_samples(cfg, state)
-    if stage in ("distill", "all") and method.trains:
-        with _stage(state, "distill", seed):
+    if stage in ("distill", "all") and method.trains and not trained:
+        with _stage(state, "distill", cfg):
             distill_stage(cfg, state)
+        if state.is_global_zero:
+            record_finished_training(state)
     if not state.is_global_zero:
         return
     if stage in ("evaluate", "all"):
-        with _stage(state, "evaluate", seed):
+        with _stage(state, "evaluate", cfg):
             evaluate_stage(cfg, state, method)
+
+
+# --------------------------------------------------------------------------- resume
+
+TRAINING_FIELDS = ("selection", "sample_key", "sampling_cost", "training_problems", "optimisation", "tuned_tokens")
+"""What a finished fine-tune leaves for the summary (recorded in ``stages.json``)."""
+
+
+def record_finished_training(state: RunState) -> None:
+    """Record the finished fine-tune in the run's ``stages.json`` (see :mod:`lightreasoner.resume`)."""
+    state.stage_record.finish("distill", {
+        **{k: getattr(state, k) for k in TRAINING_FIELDS},
+        "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,
+        "merged_dir": str(state.merged_dir) if state.merged_dir else None,
+        "wall_s": {k: state.wall_s[k] for k in ("sample", "distill") if k in state.wall_s},
+        "cpu_s": {k: state.cpu_s[k] for k in ("sample", "distill") if k in state.cpu_s},
+    })
+
+
+def restore_finished_training(state: RunState) -> bool:
+    """A rerun of a named run whose fine-tune finished: take its results instead of training
+    again (True). False when there is none, or its adapter is gone (then it trains again)."""
+    done = state.stage_record.done("distill") if state.stage_record is not None else None
+    if not done:
+        return False
+    adapter = done.get("adapter_dir")
+    if not adapter or not Path(adapter).is_dir():
+        log.warning("resume: %s records a finished fine-tune but its adapter %s is missing; training again", state.stage_record.path, adapter)
+        return False
+    for k in TRAINING_FIELDS:
+        setattr(state, k, done.get(k))
+    state.selection = state.selection or {}
+    state.adapter_dir = Path(adapter)
+    state.merged_dir = Path(done["merged_dir"]) if done.get("merged_dir") and Path(done["merged_dir"]).is_dir() else None
+    state.wall_s.update(done.get("wall_s") or {})
+    state.cpu_s.update(done.get("cpu_s") or {})
+    log.info("resume: the fine-tune of this run finished earlier (%s); sampling and distillation skipped", adapter)
+    return True
 
 
 # --------------------------------------------------------------------------- summary

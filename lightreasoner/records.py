@@ -114,6 +114,8 @@ class RunState:
     """The run's :class:`~lightreasoner.methods.Method`, built once by validation."""
     logger: Any = False
     """The run's Lightning logger (built once, finished at the end of the run), or False."""
+    stage_record: Any = None
+    """The run's :class:`~lightreasoner.resume.StageRecord` (finished stages of a named run)."""
     drift: dict = field(default_factory=dict)
     """The drift guard's summary (:meth:`lightreasoner.drift.DriftGuard.summary`; empty when off)."""
     objective: float | None = None

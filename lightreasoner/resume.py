@@ -1,0 +1,91 @@
+"""Resumable runs: ``run_name=NAME`` gives a run a fixed output directory, and rerunning the same
+command continues where it stopped.
+
+What each stage resumes from (nothing here duplicates it):
+
+- sampling: the shared trace cache (finished per-batch shards are read, not regenerated);
+- distillation: ``<run>/checkpoints/last.ckpt`` (LoRA weights, optimizer, schedule, the data
+  loader's position and the RNG state, so a resumed fine-tune equals an uninterrupted one);
+- evaluation: the per-problem records under ``<run>/eval/`` (finished problems are not
+  regenerated; the report is recomputed from them).
+
+A finished fine-tune is recorded in ``<run>/stages.json`` with what the summary needs from
+it; a rerun finds the record and skips sampling and distillation. The record carries a hash of
+the settings that determine the fine-tune (:data:`TRAINING_GROUPS`): rerunning a name with
+different settings is one clear error, never a silent mix of two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import to_plain
+from .files import atomic_write_json
+
+__all__ = ["TRAINING_GROUPS", "training_identity", "StageRecord"]
+
+TRAINING_GROUPS = ("model_pair", "dataset", "sampling", "method", "distill", "peft", "optimizer", "scheduler", "demo", "seed")
+"""Config nodes whose values determine the fine-tune (``trainer`` adds its optimisation keys)."""
+
+TRAINER_KEYS = ("max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision")
+"""``trainer`` keys that change the fine-tune (placement, logging and progress bars do not)."""
+
+
+def training_identity(cfg: Any) -> tuple[str, dict]:
+    """(sha256[:16], the settings hashed) of what determines the run's fine-tune; take it before
+    the demo's ``prepare`` points the pair at machine-local cache paths."""
+    d = {k: to_plain(cfg.get(k)) for k in TRAINING_GROUPS}
+    trainer = cfg.get("trainer") or {}
+    d["trainer"] = {k: to_plain(trainer.get(k)) for k in TRAINER_KEYS}
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], d
+
+
+def _diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            keys += _diff(x, y, f"{prefix}{k}.")
+        elif x != y:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+class StageRecord:
+    """``<run dir>/stages.json``: finished stages of a named run and what they produced."""
+
+    FILE = "stages.json"
+
+    def __init__(self, out_dir: Path, cfg: Any) -> None:
+        self.path = Path(out_dir) / self.FILE
+        self.sha, self.settings = training_identity(cfg)
+        self.data: dict = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"run_name: {self.path} is not valid JSON ({err}); delete it to retrain") from err
+            if self.data.get("training_sha") != self.sha:
+                changed = _diff(self.data.get("training_settings") or {}, self.settings)
+                raise ValueError(
+                    f"run_name: {self.path.parent} was trained with other settings (changed: "
+                    f"{', '.join(changed[:8]) or 'unknown'}); rerun with the original settings, or choose another run_name"
+                )
+
+    def done(self, stage: str) -> dict | None:
+        """What ``stage`` recorded when it finished, or None."""
+        return (self.data.get("stages") or {}).get(stage)
+
+    def finish(self, stage: str, record: Mapping) -> None:
+        """Record ``stage`` as finished (atomically)."""
+        self.data = {
+            "training_sha": self.sha,
+            "training_settings": self.settings,
+            "stages": {**(self.data.get("stages") or {}), stage: dict(record)},
+        }
+        atomic_write_json(self.path, self.data, sort_keys=False)

@@ -1,0 +1,102 @@
+"""Runs survive being killed: ``run_name=NAME`` and the same command again continues every
+unfinished stage (kill -9 drills on the shrunken demo, through train.py as a user runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _demo_overrides import SHRUNKEN_DEMO
+from safetensors.torch import load_file
+
+from lightreasoner.config import run_dir_name
+
+REPO = Path(__file__).resolve().parents[1]
+DRILL = [*SHRUNKEN_DEMO, "sampling.beta=0.005", "trainer.max_steps=60", "distill.steps_per_batch=4", "peft.dropout=0.1", "logger=none",
+         "eval.batch_size=2", "trainer.enable_progress_bar=false"]
+
+
+def _cmd(tmp: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), f"paths.cache_dir={tmp / 'cache'}", *DRILL, *overrides]
+
+
+def _run(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(_cmd(tmp, *overrides), capture_output=True, text=True, cwd=tmp, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _kill_when(tmp: Path, ready, *overrides: str, timeout: float = 300) -> None:
+    """Start train.py, SIGKILL it as soon as ``ready()`` is true; the drill must hit mid-stage."""
+    proc = subprocess.Popen(_cmd(tmp, *overrides), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"train.py ended before the kill point: {proc.stderr.read()[-2000:]}"
+        assert time.time() - t0 < timeout, "kill point never reached"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _adapter(run: Path) -> dict:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def drills(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("drills")
+    _run(tmp, "run_name=full")  # builds the demo pair and the traces; the uninterrupted reference
+    return tmp
+
+
+def test_run_name_is_a_fixed_directory_and_is_checked():
+    assert run_dir_name("abc/seed-1", "2026-01-01/00-00-00") == "abc/seed-1"
+    assert run_dir_name(None, "2026-01-01/00-00-00") == "2026-01-01/00-00-00"
+    for bad in ("../up", "/abs", "a b", "a//b"):
+        with pytest.raises(ValueError, match="run_name: expected"):
+            run_dir_name(bad, "x")
+
+
+def test_kill_during_distillation_then_rerun_gives_the_uninterrupted_adapter(drills):
+    tmp = drills
+    run = tmp / "outputs" / "killed"
+    ckpts = run / "checkpoints"
+    _kill_when(tmp, lambda: any(ckpts.glob("*step=24*")), "run_name=killed")
+    assert not (run / "adapter").exists() and (ckpts / "last.ckpt").is_file()  # killed mid-fine-tune
+    _run(tmp, "run_name=killed")
+    full, resumed = _adapter(tmp / "outputs" / "full"), _adapter(run)
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k  # bit-identical on CPU (dropout RNG restored too)
+    a, b = (json.loads((tmp / "outputs" / n / "summary.json").read_text()) for n in ("full", "killed"))
+    assert a["eval"] == b["eval"] and a["tuned_tokens"] == b["tuned_tokens"]
+
+
+def test_kill_during_evaluation_keeps_finished_problems_and_the_report(drills):
+    tmp = drills
+    run = tmp / "outputs" / "evalkill"
+    _run(tmp, "run_name=evalkill", "stage=distill")
+    records = run / "eval" / "tuned" / "demo.jsonl"
+    _kill_when(tmp, lambda: records.is_file() and len(records.read_text().splitlines()) >= 4, "run_name=evalkill")
+    before = records.read_text().splitlines()
+    assert 4 <= len(before) < 40  # killed mid-evaluation
+    proc = _run(tmp, "run_name=evalkill")
+    assert "sampling and distillation skipped" in proc.stderr + proc.stdout
+    after = records.read_text().splitlines()
+    assert after[: len(before)] == before and len(after) == 40  # finished problems not regenerated
+    ref = json.loads((tmp / "outputs" / "full" / "summary.json").read_text())
+    got = json.loads((run / "summary.json").read_text())
+    assert got["eval"] == ref["eval"] and got["comparisons"] == ref["comparisons"]
+
+
+def test_rerunning_a_name_with_other_training_settings_is_one_clear_error(drills):
+    proc = subprocess.run(_cmd(drills, "run_name=full", "sampling.beta=0.9"), capture_output=True, text=True, cwd=drills, timeout=300)
+    assert proc.returncode == 2
+    assert "run_name:" in proc.stderr and "sampling.beta" in proc.stderr and "Traceback" not in proc.stderr
