@@ -126,3 +126,37 @@ def test_a_checkpoint_amateur_must_have_the_experts_architecture(expert):
     sampler = ContrastiveSampler(expert_model=model, amateur_model=other, tokenizer=tok, settings=SETTINGS, pair=PairSettings(amateur_kind="checkpoint"))
     with pytest.raises(ValueError, match="not a checkpoint of the expert"):
         sampler.setup_models()
+
+
+def test_demo_keeps_earlier_expert_checkpoints_for_a_checkpoint_amateur(tmp_path):
+    from pathlib import Path
+
+    from lightreasoner.demo.pair import DemoConfig, demo_amateur_dir, load_manifest, prepare_demo
+    from lightreasoner.models import load_model
+
+    raw = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "demo" / "default.yaml")
+    tiny_cfg = {
+        "task": {"seed": 3, "train_size": 48, "validation_size": 8, "test_size": 8},
+        "expert": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "train_steps": 4, "batch_size": 16, "warmup_steps": 1},
+        "amateur": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "train_steps": 2, "batch_size": 16, "warmup_steps": 1},
+        "eval_problems": 8, "max_new_tokens": 8, "progress": False,
+    }
+    plain = DemoConfig.from_any(OmegaConf.merge(raw, tiny_cfg))
+    assert "expert_checkpoints" not in plain.key_dict()  # the demo without checkpoints keeps its key
+    cfg = DemoConfig.from_any(OmegaConf.merge(raw, tiny_cfg, {"expert_checkpoints": [2]}))
+    assert cfg.key() != plain.key()
+    with pytest.raises(ValueError, match=r"demo.expert_checkpoints: expected distinct training steps in \[1, 3\]"):
+        DemoConfig.from_any(OmegaConf.merge(raw, tiny_cfg, {"expert_checkpoints": [4]}))
+    dirs = prepare_demo(cfg, tmp_path)
+    assert list(dirs["expert_checkpoints"]) == ["expert_step2"]
+    assert load_manifest(dirs)["members"]["expert"]["checkpoints"]["2"]["validation"]["n"] == 8
+    early = load_model(ModelSpec(dirs["expert_checkpoints"]["expert_step2"], device="cpu"))
+    final = load_model(ModelSpec(dirs["expert_dir"], device="cpu"))
+    check_checkpoint_amateur(final, early)
+    assert not torch.equal(early.lm_head.weight, final.lm_head.weight)
+    # the amateur directory each kind points at
+    assert demo_amateur_dir({"kind": "checkpoint", "name_or_path": "expert_step2"}, dirs) == dirs["expert_checkpoints"]["expert_step2"]
+    assert demo_amateur_dir({"kind": "early_exit", "layer": 1}, dirs) == dirs["expert_dir"]
+    assert demo_amateur_dir({"kind": "model"}, dirs) == dirs["amateur_dir"]
+    with pytest.raises(ValueError, match=r"expected one of the demo expert's checkpoints \['expert_step2'\]"):
+        demo_amateur_dir({"kind": "checkpoint", "name_or_path": "expert_step3"}, dirs)

@@ -8,6 +8,7 @@ greedy accuracy on validation problems with the evaluation prompt, and caches ev
 under ``{cache_dir}/demo/{key}/`` where ``key`` hashes the demo config::
 
     {key}/expert/      save_pretrained model + tokenizer
+    {key}/expert_step{N}/  the expert after N of its training steps (``demo.expert_checkpoints``)
     {key}/amateur/     save_pretrained model + tokenizer
     {key}/data/        train.jsonl, validation.jsonl, test.jsonl
     {key}/manifest.json  config, validation accuracies, train times, library versions
@@ -90,6 +91,10 @@ class DemoConfig:
     """Problems per generation batch when scoring."""
     max_new_tokens: int = 64
     """Generation limit when scoring (the longest solution is under 50 tokens)."""
+    expert_checkpoints: list[int] = field(default_factory=list)
+    """Also keep the expert as it was after these training steps (``expert_step{N}/``, scored
+    on validation like the pair): earlier checkpoints of the expert, for
+    ``model_pair.amateur.kind=checkpoint``. Part of the cache key only when not empty."""
     num_threads: int | None = None
     """torch CPU threads while building (``None``: torch's default; not part of the cache key)."""
     progress: bool = True
@@ -143,12 +148,24 @@ class DemoConfig:
             raise ValueError(f"demo.num_threads: expected null or >= 1, got {self.num_threads}")
         if self.max_new_tokens < 1 or self.eval_batch_size < 1:
             raise ValueError("demo: max_new_tokens and eval_batch_size must be >= 1")
+        steps = self.expert_checkpoints
+        if not isinstance(steps, (list, tuple)) or len(set(steps)) != len(steps) or any(
+            isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < self.expert.train_steps for n in steps
+        ):
+            raise ValueError(
+                f"demo.expert_checkpoints: expected distinct training steps in [1, {self.expert.train_steps - 1}] "
+                f"(demo.expert.train_steps - 1), got {steps!r}"
+            )
 
     def key_dict(self) -> dict:
         """Everything that determines the built pair (what the cache key hashes)."""
         d = asdict(self)
         d.pop("progress")
         d.pop("num_threads")
+        if not d["expert_checkpoints"]:  # the demo without checkpoints keeps the key it always had
+            d.pop("expert_checkpoints")
+        else:
+            d["expert_checkpoints"] = sorted(d["expert_checkpoints"])
         d["format_version"] = FORMAT_VERSION
         return d
 
@@ -230,11 +247,13 @@ def build_member(tokenizer, m: MemberConfig, max_positions: int = 512):
 
 
 def train_member(model, tokenizer, examples: list[dict], m: MemberConfig, name: str = "model",
-                 progress: bool = True, work_dir: str | Path | None = None) -> dict:
+                 progress: bool = True, work_dir: str | Path | None = None,
+                 snapshots: dict[int, dict] | None = None) -> dict:
     """Train ``model`` in place with :class:`TraceSFTModule` for ``m.train_steps`` steps (CPU).
 
     ``examples``: encoded traces (:func:`lightreasoner.sft.encode_traces`). Returns
-    ``{"seconds", "steps", "final_loss", "params"}``.
+    ``{"seconds", "steps", "final_loss", "params"}``. ``snapshots``: a mapping whose keys are
+    training steps; each gets a copy of the model's state dict as it was after that step.
     """
     import lightning as L
     from torch.utils.data import DataLoader, RandomSampler
@@ -259,6 +278,8 @@ def train_member(model, tokenizer, examples: list[dict], m: MemberConfig, name: 
     class _Record(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
+            if snapshots is not None and trainer.global_step in snapshots and not snapshots[trainer.global_step]:
+                snapshots[trainer.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="lr-demo-train-"))
     with _QuietLightning(), warnings.catch_warnings():
@@ -351,7 +372,11 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
     for name in ("expert", "amateur"):
         m: MemberConfig = getattr(cfg, name)
         model = build_member(tokenizer, m, max_positions=max_positions)
-        stats = train_member(model, tokenizer, examples, m, name=name, progress=cfg.progress, work_dir=out / "_work")
+        snapshots: dict[int, dict] = {n: {} for n in cfg.expert_checkpoints} if name == "expert" else {}
+        stats = train_member(model, tokenizer, examples, m, name=name, progress=cfg.progress, work_dir=out / "_work",
+                             snapshots=snapshots)
+        if snapshots:
+            stats["checkpoints"] = _save_snapshots(cfg, tokenizer, m, max_positions, snapshots, val, out)
         t0 = time.perf_counter()
         val_stats = score(model, tokenizer, val, prompts.EVAL_SYSTEM, cfg.eval_batch_size, cfg.max_new_tokens)
         stats["validation_eval_seconds"] = round(time.perf_counter() - t0, 2)
@@ -383,6 +408,26 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
     return manifest
 
 
+def _save_snapshots(cfg: DemoConfig, tokenizer, m: MemberConfig, max_positions: int, snapshots: dict[int, dict],
+                    val: list, out: Path) -> dict:
+    """Save each expert snapshot as ``expert_step{N}/`` and score it on validation like the pair."""
+    from lightreasoner.tiny import save_pair_member
+
+    result = {}
+    for step, state in sorted(snapshots.items()):
+        if not state:
+            raise RuntimeError(f"demo.expert_checkpoints: training never reached step {step}")
+        model = build_member(tokenizer, m, max_positions=max_positions)
+        model.load_state_dict(state)
+        model.eval()
+        val_stats = score(model, tokenizer, val, prompts.EVAL_SYSTEM, cfg.eval_batch_size, cfg.max_new_tokens)
+        save_pair_member(model, tokenizer, out / f"expert_step{step}")
+        result[str(step)] = {"validation": val_stats}
+        if cfg.progress and val_stats["accuracy"] is not None:
+            print(f"demo: expert after {step} steps: validation accuracy {val_stats['accuracy']:.1%}", flush=True)
+    return result
+
+
 def _versions() -> dict:
     import lightning
     import transformers
@@ -392,12 +437,39 @@ def _versions() -> dict:
 
 
 def _dirs(root: Path) -> dict:
-    return {
+    dirs = {
         "expert_dir": str(root / "expert"),
         "amateur_dir": str(root / "amateur"),
         "data_dir": str(root / "data"),
         "manifest": str(root / "manifest.json"),
     }
+    snaps = sorted(p.name for p in root.glob("expert_step*") if p.is_dir())
+    if snaps:  # earlier checkpoints of the expert (demo.expert_checkpoints), by directory name
+        dirs["expert_checkpoints"] = {name: str(root / name) for name in snaps}
+    return dirs
+
+
+def demo_amateur_dir(amateur: Any, dirs: dict) -> str:
+    """The directory ``model_pair.amateur`` points at in the demo: the trained amateur
+    (``kind=model``), the expert itself (``kind=early_exit``: a layer of it), or for
+    ``kind=checkpoint`` the expert's checkpoint that ``name_or_path`` names (``expert_step{N}``,
+    one of ``demo.expert_checkpoints``; an existing directory is taken as it is)."""
+    node = dict(amateur or {})
+    kind = node.get("kind") or "model"
+    if kind == "early_exit":
+        return dirs["expert_dir"]
+    if kind != "checkpoint":
+        return dirs["amateur_dir"]
+    name = str(node.get("name_or_path") or "")
+    snaps = dirs.get("expert_checkpoints", {})
+    if name in snaps:
+        return snaps[name]
+    if name and name != "???" and Path(os.path.expanduser(name)).is_dir():
+        return name
+    raise ValueError(
+        f"model_pair.amateur.name_or_path: with the demo and kind=checkpoint, expected one of the demo expert's "
+        f"checkpoints {sorted(snaps)} or a directory (demo.expert_checkpoints=[N] keeps expert_stepN), got {name!r}"
+    )
 
 
 def demo_root(demo_cfg: Any, cache_dir: str | Path) -> Path:
