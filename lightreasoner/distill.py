@@ -99,6 +99,11 @@ class DistillSettings:
     jsd_beta: float = 0.5
     """``jsd``: ``M = jsd_beta * vC + (1 - jsd_beta) * q``, ``0 < jsd_beta < 1`` (TRL's GKD beta;
     0.5 is the symmetric JSD). Unused by the other losses."""
+    rounds: int = 1
+    """Rounds of sample -> distill -> evaluate (``stage=all``): after each round the tuned
+    expert (its adapter merged) samples again and is scored against the amateur, and the next
+    round trains on the new selection (an on-policy refresh); each round's traces are cached
+    under their own key and its evaluation is in the summary (``pipeline.run_rounds``)."""
 
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":
@@ -127,6 +132,10 @@ class DistillSettings:
         jb = self.jsd_beta
         if isinstance(jb, bool) or not isinstance(jb, (int, float)) or not 0 < jb < 1:
             raise ValueError(f"distill.jsd_beta: expected 0 < jsd_beta < 1, got {jb!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"distill.rounds: expected an integer >= 1, got {self.rounds!r}")
+        if self.rounds > 1 and self.import_published is not None:
+            raise ValueError("distill.rounds: more than one round samples with the tuned expert; it cannot train on distill.import_published")
 
 
 class TunedTokenCounter(Callback):

@@ -9,6 +9,7 @@ Each config group is validated once, by the settings class of the code it config
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from lightreasoner.checkpoints import merge_adapter, save_adapter
 from lightreasoner.config import to_plain
 from lightreasoner.datamodule import DistillDataModule
 from lightreasoner.demo import prepare_demo
+from lightreasoner.demo.pair import demo_amateur_dir
 from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCounter, lora_config
 from lightreasoner.drift import DriftSettings, build_drift_guard
 from lightreasoner.eval.evaluate import EvalSettings, evaluate
@@ -37,6 +39,7 @@ from lightreasoner.methods import Method, build_method
 from lightreasoner.methods.contrastive_decoding import EVAL_NAME as CONTRASTIVE_DECODING
 from lightreasoner.methods.contrastive_decoding import contrastive_ref
 from lightreasoner.models import load_tokenizer, pair_specs
+from lightreasoner.pairs import validate_pair
 from lightreasoner.records import RunState
 from lightreasoner.resume import StageRecord
 from lightreasoner.sampling import SamplingSettings
@@ -113,6 +116,8 @@ def validate(cfg: DictConfig) -> Method:
         raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {cfg.trainer.max_steps}")
     for name in STAGE_NAMES:
         stage_threads(cfg, name)
+    validate_pair(cfg)
+    check_rounds(cfg, distill.rounds, method)
     return method
 
 
@@ -202,7 +207,7 @@ def prepare(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.paths.demo_dir = str(dirs["data_dir"])
         cfg.model_pair.expert.name_or_path = str(dirs["expert_dir"])
-        cfg.model_pair.amateur.name_or_path = str(dirs["amateur_dir"])
+        cfg.model_pair.amateur.name_or_path = demo_amateur_dir(to_plain(cfg.model_pair.amateur), dirs)
 
 
 def distill_stage(cfg: DictConfig, state: RunState) -> None:
@@ -369,6 +374,10 @@ def _run_stages(cfg: DictConfig, state: RunState) -> None:
     with _stage(state, "prepare", cfg):
         prepare(cfg)
     stage = cfg.stage
+    rounds = DistillSettings.from_cfg(cfg.distill).rounds
+    if rounds > 1:
+        run_rounds(cfg, state, rounds)
+        return
     trained = restore_finished_training(state) if stage in ("distill", "evaluate", "all") and method.trains else False
     if stage in ("sample", "distill", "all") and method.trains and not cfg.distill.import_published and not trained:
         with _stage(state, "sample", cfg):
@@ -383,6 +392,82 @@ def _run_stages(cfg: DictConfig, state: RunState) -> None:
     if stage in ("evaluate", "all"):
         with _stage(state, "evaluate", cfg):
             evaluate_stage(cfg, state, method)
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def check_rounds(cfg: DictConfig, rounds: int, method: Method) -> None:
+    """``distill.rounds > 1`` runs every stage in one process: it needs ``stage=all``, a method
+    that trains, and one device (validation, before any work)."""
+    if rounds == 1:
+        return
+    if cfg.stage != "all":
+        raise ValueError(f"distill.rounds: {rounds} rounds each sample, train and evaluate; they need stage=all, got stage={cfg.stage}")
+    if not method.trains:
+        raise ValueError(f"distill.rounds: method {method.name!r} trains nothing; rounds need a method that trains")
+    if cfg.trainer.get("devices", 1) != 1:
+        raise ValueError(f"distill.rounds: rounds run in one process; expected trainer.devices=1, got {cfg.trainer.devices!r}")
+
+
+def run_rounds(cfg: DictConfig, state: RunState, rounds: int) -> None:
+    """``distill.rounds = N > 1``: N rounds of sample -> distill -> evaluate.
+
+    Round 1 is the ordinary run. After round ``r`` its adapter is merged into a plain model
+    (``round{r}/merged``, whatever ``distill.merge`` says) and that tuned expert is the expert of
+    round ``r + 1``: it samples the training problems again and is scored against the amateur
+    (its traces cached under their own key, the expert's identity being the merged model's; an
+    ``early_exit`` amateur is a layer of it), and a new LoRA adapter on it trains on the new
+    selection. Every round is evaluated against the original expert (``base``). Round ``r < N``
+    writes under ``round{r}/``, the last round where a single round writes (``adapter/``,
+    ``merged/``, ``eval/``); ``state.rounds`` lists every round for the summary, and the stage
+    times are summed over the rounds. A rerun redoes the rounds (the first round's traces come
+    from the cache).
+    """
+    method, out_dir = state.method, state.out_dir
+    base = to_plain(cfg.model_pair.expert)
+    round_cfg = cfg
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for r in range(1, rounds + 1):
+        state.out_dir = out_dir if r == rounds else out_dir / f"round{r}"
+        state.adapter_dir = state.merged_dir = None
+        expert = pair_specs(round_cfg)[0]
+        for name, work in (
+            ("sample", lambda: method.training_samples(round_cfg, state)),
+            ("distill", lambda: distill_stage(round_cfg, state)),
+            ("evaluate", lambda: evaluate_stage(cfg, state, method)),  # base = the original expert
+        ):
+            if name == "evaluate" and r < rounds and state.merged_dir is None:
+                state.merged_dir = merge_adapter(state.adapter_dir, state.out_dir / "merged")
+            with _stage(state, name, round_cfg):
+                work()
+            wall[name] = round(wall.get(name, 0.0) + state.wall_s[name], 2)
+            cpu[name] = round(cpu.get(name, 0.0) + state.cpu_s[name], 2)
+        report = state.report or {}
+        state.rounds.append({
+            "round": r,
+            "expert": expert.display_name(),
+            "sample_key": state.sample_key,
+            "selection": {k: v for k, v in state.selection.items() if k != "trace_cache"},
+            "sampling_cost": state.sampling_cost,
+            "tuned_tokens": state.tuned_tokens,
+            "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,
+            "merged_dir": str(state.merged_dir) if state.merged_dir else None,
+            "eval": report.get("summary"),
+            "comparisons": report.get("comparisons"),
+            "objective": state.objective,
+        })
+        log.info("round %d of %d: expert %s, key %s, tuned accuracy %s", r, rounds, expert.display_name(),
+                 (state.sample_key or "")[:12], state.objective)
+        if r < rounds:  # the next round's expert: this round's tuned model
+            round_cfg = copy.deepcopy(cfg)
+            with open_dict(round_cfg):
+                round_cfg.model_pair.expert = {"name_or_path": str(state.merged_dir), "dtype": base.get("dtype", "float32"),
+                                               "device": base.get("device", "auto")}
+    state.out_dir = out_dir
+    state.wall_s.update(wall)
+    state.cpu_s.update(cpu)
 
 
 # --------------------------------------------------------------------------- resume
@@ -452,6 +537,7 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "results": report.get("results"),
         "comparisons": report.get("comparisons"),
         "objective": state.objective,
+        **({"rounds": state.rounds} if state.rounds else {}),
     }
     state.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state.out_dir / "summary.json", summary, sort_keys=False)
@@ -515,6 +601,16 @@ def print_summary(summary: dict) -> None:
         rows.append(("merged", summary["merged_dir"]))
     for stage, secs in summary["wall_s"].items():
         rows.append((f"wall {stage}", f"{secs:.1f} s"))
+    cov = sel.get("coverage")
+    if cov:  # a cross-tokenizer pair (model_pair.alignment=string)
+        mass = cov.get("aligned_mass_kept")
+        rows.append(("coverage (steps scored / aligned mass at kept)",
+                     f"{cov['steps_scored_fraction']:.1%} / {'-' if mass is None else f'{mass:.1%}'}"))
+    for rnd in summary.get("rounds") or []:
+        kept = (rnd.get("selection") or {}).get("kept_step_fraction")
+        acc = rnd.get("objective")
+        rows.append((f"round {rnd['round']} (kept fraction / tuned accuracy)",
+                     f"{'-' if kept is None else f'{kept:.4g}'} / {'-' if acc is None else f'{acc:.4f}'}"))
     if summary.get("objective") is not None:
         rows.append(("objective (tuned accuracy)", f"{summary['objective']:.4f}"))
     for k, v in rows:
