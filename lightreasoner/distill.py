@@ -422,8 +422,9 @@ class DistillModule(LightningModule):
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Loss of one micro-batch and its statistics (no logging).
 
-        ``loss`` = sum of per-step losses (``distill.loss``; the method: KLs) × ``loss_scale`` (``accumulate * world_size /
-        update_steps``; ``accumulate / update_steps`` when a batch has no ``loss_scale``): after
+        ``loss`` = sum of per-step losses (``distill.loss``; the method: KLs) × ``loss_scale``
+        (``accumulate * world_size / update_steps``; ``accumulate / update_steps`` when a batch
+        has no ``loss_scale``): after
         Lightning divides by ``accumulate_grad_batches`` and DDP averages over the processes,
         each update's gradient is that of the mean over its kept steps. Also returns ``per_step`` ``[K]``, ``mean_loss``, ``kl`` (the samples' mean KL at
         the kept steps) and ``entropy`` (mean soft-label entropy).

@@ -135,6 +135,12 @@ def _summary_metrics(summary: dict) -> dict:
     for key in ("tuned_tokens", "objective"):
         if summary.get(key) is not None:
             metrics[f"summary/{key}"] = summary[key]
+    drift = summary.get("drift") or {}
+    for key, value in (drift.get("final") or {}).items():
+        if isinstance(value, numbers.Number):
+            metrics[f"drift/{key}"] = value
+    if drift:
+        metrics["drift/beyond_limit"] = len(drift.get("exceeded") or [])
     wall = summary.get("wall_s") or {}
     for stage, secs in wall.items():
         metrics[f"wall_s/{stage}"] = secs
@@ -212,7 +218,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     ``${hydra:runtime.output_dir}`` kept as text), then the summary metrics, whose names all
     contain ``/``: ``accuracy/<model>/<benchmark>``, ``ci95_lo/...``, ``ci95_hi/...``,
     ``diff/tuned-vs-base/<benchmark>`` (and the other comparison fields),
-    ``selection/<field>``, ``summary/tuned_tokens``, ``wall_s/<stage>``, ``wall_s/total``.
+    ``selection/<field>``, ``summary/tuned_tokens``, ``wall_s/<stage>``, ``wall_s/total``,
+    ``drift/<figure>`` and ``drift/beyond_limit`` (runs with the drift guard on).
     Raises :class:`ReportInputError` for a path that does not exist or holds no run."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -333,7 +340,9 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     (failed, unfinished or unreadable runs of that setting), then per benchmark ``b`` and
     model ``m``: ``acc/m/b`` (mean accuracy in %) with ``acc_lo/m/b`` and ``acc_hi/m/b``;
     ``gain/b`` (mean tuned - base paired difference in points) with ``gain_lo/b`` and
-    ``gain_hi/b``; then ``kept_pct``, ``tuned_tokens`` and ``wall_s`` (means over seeds).
+    ``gain_hi/b``; then ``kept_pct``, ``tuned_tokens`` and ``wall_s`` (means over seeds); with
+    the drift guard on, ``drift/<figure>`` (:data:`DRIFT_FIGURES`, means) and
+    ``drift/beyond_limit`` (seeds beyond a limit).
     The ``_lo``/``_hi`` bounds are the run's 95% interval with one seed and the per-seed
     min and max with more (see :data:`INTERVALS_NOTE`). Rows are sorted by the keys."""
     runs = _fill_wilson(runs)
@@ -359,11 +368,28 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         row["kept_pct"] = _column(done, "selection/kept_step_fraction").mean() * 100.0
         row["tuned_tokens"] = _column(done, "summary/tuned_tokens").mean()
         row["wall_s"] = _column(done, "wall_s/total").mean()
+        if "drift/beyond_limit" in done:  # the drift guard ran (drift.enabled): its kept model's figures
+            for key in DRIFT_FIGURES:
+                row[f"drift/{key}"] = _column(done, f"drift/{key}").mean()
+            beyond = _column(done, "drift/beyond_limit")
+            row["drift/beyond_limit"] = int((beyond > 0).sum()) if beyond.notna().any() else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     if keys:
         table = table.sort_values(keys, key=_sort_key, kind="stable").reset_index(drop=True)
     return table
+
+
+DRIFT_FIGURES = {
+    "kl_tuned_base": ("drift KL", lambda v: f"{v:.4f}"),
+    "ppl_ratio": ("ppl ratio", lambda v: f"{v:.3f}"),
+    "implausible_mass": ("implausible %", lambda v: f"{100 * v:.1f}"),
+    "junk_rate": ("junk %", lambda v: f"{100 * v:.1f}"),
+    "val_accuracy": ("val acc %", lambda v: f"{100 * v:.1f}"),
+}
+"""The drift guard's figures of the kept model (``summary.json`` ``drift.final``) the table shows
+when the runs had the guard on (means over seeds), with their column labels and formats;
+``beyond drift limit`` counts the seeds beyond any ``drift.max_*`` limit."""
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
@@ -416,6 +442,12 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     out["kept %"] = table["kept_pct"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
     out["tuned tokens"] = table["tuned_tokens"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     out["wall s"] = table["wall_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+    if "drift/beyond_limit" in table:
+        for key, (label, fmt) in DRIFT_FIGURES.items():
+            out[label] = table[f"drift/{key}"].map(lambda v, f=fmt: "-" if pd.isna(v) else f(v))
+        out["beyond drift limit"] = [
+            "-" if pd.isna(n) else f"{int(n)} of {int(k)}" for n, k in zip(table["drift/beyond_limit"], table["seeds"])
+        ]
     return out
 
 

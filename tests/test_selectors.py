@@ -18,7 +18,14 @@ from _demo_overrides import SHRUNKEN_DEMO
 
 from lightreasoner import contrast
 from lightreasoner.records import Problem
-from lightreasoner.selection import SelectorSettings, junk_rate, select, selection_stats, step_entropy, verify_traces
+from lightreasoner.selection import (
+    SelectorSettings,
+    junk_rate,
+    select,
+    selection_stats,
+    step_entropy,
+    verify_traces,
+)
 from lightreasoner.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +173,7 @@ def test_junk_rate_is_the_label_mass_on_base_implausible_candidates(recs):
 
 def test_verify_traces_decodes_and_checks_the_final_answer():
     tok = build_char_tokenizer()
-    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]
     step = ([1], (0.9,), (0.5,))
     right = enc("2 + 2 = 4. The answer is \\boxed{4}.")
     wrong = enc("2 + 2 = 5. The answer is \\boxed{5}.")
@@ -198,12 +205,15 @@ def test_bad_selector_settings_name_the_key(cfg, msg):
 
 
 def test_selector_by_objective_multirun_on_the_shrunken_demo(tmp_path):
-    """A 2 x 2 grid (rule x loss) through train.py -m: every job finishes with its rule, loss and counts."""
+    """A 2 x 2 grid (rule x loss) through train.py -m with the drift guard on: every job finishes
+    with its rule, loss, counts and drift figures, and says it went beyond its KL limit."""
     sweep = tmp_path / "multirun"
     args = [sys.executable, str(REPO / "train.py"), "-m", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
             *SHRUNKEN_DEMO, "dataset.max_problems=12", "eval.max_problems=4", "eval.max_new_tokens=8", "eval.models=[tuned]",
             "trainer.max_steps=1",
-            "sampling.beta=0.005", "selection.match_count=true",
+            "sampling.beta=0.005", "selection.match_count=true", "optimizer.lr=0.05",
+            "drift.enabled=true", "drift.problems=3", "drift.val_problems=2", "drift.val_max_new_tokens=8", "drift.keep_best=false",
+            "drift.max_kl=0.0",
             "selection.rule=top_fraction,expert_entropy", "distill.loss=reverse_kl,jsd", "distill.jsd_beta=0.3"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -215,9 +225,15 @@ def test_selector_by_objective_multirun_on_the_shrunken_demo(tmp_path):
         assert s["status"] == "finished" and s["tuned_tokens"] > 0
         assert sel["kept_steps"] == sel["kl_kept_steps"] > 0  # matched to beta's count
         assert -1e-6 <= sel["junk_rate"] <= 1 + 1e-6
+        d = s["drift"]
+        assert [m["step"] for m in d["measurements"]] == [0, 1] and d["kept_step"] == 1
+        assert (d["heldout_traces"], d["heldout_solutions"], d["val_problems"]) == (3, 3, 2)
+        assert 0.0 <= d["final"]["val_accuracy"] <= 1.0 and d["final"]["ppl_ratio"] > 0
+        assert [e["figure"] for e in d["exceeded"]] == ["kl_tuned_base"] and d["final"]["kl_tuned_base"] > 0
         job = Path(s["adapter_dir"]).parent
         assert json.loads((job / "adapter" / "lightreasoner.json").read_text())["selection"]["rule"] == sel["rule"]
         loss = next(line.split(":")[1].strip() for line in (job / ".hydra" / "config.yaml").read_text().splitlines()
                     if line.startswith("  loss:"))
         settings.add((sel["rule"], loss))
     assert settings == {(r, loss) for r in ("top_fraction", "expert_entropy") for loss in ("reverse_kl", "jsd")}
+    assert proc.stdout.count("BEYOND LIMIT") == 4
