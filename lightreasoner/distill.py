@@ -154,6 +154,24 @@ class TunedTokenCounter(Callback):
         self.tuned_tokens = int(state_dict["tuned_tokens"])
 
 
+def decoder_layer_classes(names: list[str]) -> set[type]:
+    """The transformers decoder-layer classes named (e.g. ``Qwen2DecoderLayer``): FSDP's
+    ``auto_wrap_policy`` in ``conf/trainer/fsdp.yaml``. One error naming any that is unknown."""
+    import transformers
+
+    out, unknown = set(), []
+    for name in names:
+        module = name.replace("DecoderLayer", "").lower()
+        try:
+            mod = __import__(f"transformers.models.{module}.modeling_{module}", fromlist=[name])
+            out.add(getattr(mod, name))
+        except (ImportError, AttributeError):
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"trainer.strategy.auto_wrap_policy.names: unknown decoder layer class(es) {unknown} in transformers {transformers.__version__}")
+    return out
+
+
 def lora_config(lora: Mapping | None):
     """peft ``LoraConfig`` from ``{r, alpha, dropout, target_modules, ...}`` (published defaults).
 
@@ -398,7 +416,15 @@ class DistillModule(LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def step_logits(self, batch: Mapping[str, Any]) -> Tensor:
-        """``[K, V]`` logits at the batch's kept positions (output embedding applied only there)."""
+        """``[K, V]`` logits at the batch's kept positions (output embedding applied only there).
+
+        Under FSDP the model's own forward must run (a sharded root holds the embeddings and
+        head, gathered only inside it), so there the full ``[B, L, V]`` logits are computed and
+        indexed: the same values, more memory."""
+        if self._trainer is not None and type(self.trainer.strategy).__name__.startswith("FSDP"):
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             position_ids=batch["position_ids"], use_cache=False)
+            return out.logits[batch["loss_rows"], batch["loss_cols"]]
         base = self.model.get_base_model()
         decoder = base.get_decoder()
         out = decoder(
