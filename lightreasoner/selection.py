@@ -390,6 +390,50 @@ def selection_stats(records: Sequence[Mapping], samples: Sequence[TraceSample], 
     }
 
 
+TOKEN_CLASSES = ("digit", "operator", "word", "other")
+"""What the token at a kept step is (:func:`token_class`)."""
+
+OPERATOR_CHARS = set("+-*/=×÷<>%^()")
+
+
+def token_class(text: str) -> str:
+    """``digit`` (digits, possibly with ``.``/``,``), ``operator`` (arithmetic symbols), ``word``
+    (letters) or ``other`` (whitespace, punctuation, special tokens), of a token's stripped text."""
+    t = text.strip()
+    if not t:
+        return "other"
+    if any(c.isdigit() for c in t) and all(c.isdigit() or c in ".," for c in t):
+        return "digit"
+    if all(c in OPERATOR_CHARS for c in t):
+        return "operator"
+    if any(c.isalpha() for c in t) and all(c.isalpha() or c in "'-" for c in t):
+        return "word"
+    return "other"
+
+
+def kept_step_profile(records: Sequence[Mapping], samples: Sequence[TraceSample], tokenizer) -> dict:
+    """Where the kept steps are and what their labels say (the study of issue 16):
+
+    - ``label_argmax_differs``: share of kept steps whose soft label's most weighted candidate is
+      not the token the expert generated there (its greedy choice when sampling is greedy);
+    - ``kept_<class>_fraction``: share of kept steps whose generated token is a digit, operator,
+      word or other (:func:`token_class`; the paper: kept steps are arithmetic and logical pivots).
+    """
+    by_id = {str(r["problem_id"]): r for r in records}
+    differs, classes, n = 0, dict.fromkeys(TOKEN_CLASSES, 0), 0
+    for s in samples:
+        trace = by_id[s.problem_id]["trace_ids"]
+        for j, step in enumerate(s.steps.tolist()):
+            tok = int(trace[step])
+            ids, w = s.target_ids[j], s.target_w[j]
+            differs += int(int(ids[int(w.argmax())]) != tok)
+            classes[token_class(tokenizer.decode([tok]))] += 1
+            n += 1
+    if not n:
+        return {}
+    return {"label_argmax_differs": differs / n, **{f"kept_{c}_fraction": classes[c] / n for c in TOKEN_CLASSES}}
+
+
 # ----------------------------------------------------------------------------- export / import
 def export_samples(
     samples: Sequence[TraceSample],

@@ -207,3 +207,24 @@ def test_import_missing_field_and_bad_json(tok, tmp_path):
     with pytest.raises(ValueError, match=r":1: field 'token_ids'.*500"):
         import_samples(path, tok, vocab_size=len(tok))
     assert len(import_samples(tmp_path / "s.jsonl", tok)) == 1  # fine without a width bound
+
+
+def test_token_class_and_kept_step_profile():
+    from lightreasoner.selection import kept_step_profile, token_class
+
+    assert [token_class(t) for t in ("7", " 12", "3.5", " +", "=", " apples", "Tom's", "\n", ",", "<|im_end|>")] == [
+        "digit", "digit", "digit", "operator", "operator", "word", "word", "other", "other", "other"]
+
+    class Tok:  # decodes the trace tokens of the record below
+        def decode(self, ids):
+            return {22: "7", 23: " apples"}[ids[0]]
+
+    # steps 2 and 3 kept (KL 0.5, 0.4 >= 0.4); at step 2 the amateur likes the generated token 22
+    # (pA 0.9) so the contrast moves the label's argmax to 31; at step 3 it stays on 23
+    r = record("toy/train/0", [10, 11, 12], [20, 21, 22, 23], [0.9, 0.1, 0.5, 0.4],
+               [([20, 30], (0.6, 0.3), (0.3, 0.3)), ([21], (0.9,), (0.5,)),
+                ([22, 31], (0.5, 0.3), (0.9, 0.05)), ([23, 33], (0.4, 0.2), (0.1, 0.4))])
+    samples = select([r], beta=0.4, alpha=0.2)
+    prof = kept_step_profile([r], samples, Tok())
+    assert prof == {"label_argmax_differs": 0.5, "kept_digit_fraction": 0.5, "kept_operator_fraction": 0.0,
+                    "kept_word_fraction": 0.5, "kept_other_fraction": 0.0}

@@ -39,6 +39,7 @@ from lightreasoner.selection import (
     SelectionSettings,
     SelectorSettings,
     export_samples,
+    kept_step_profile,
     select,
     selection_stats,
     verify_traces,
@@ -131,12 +132,13 @@ class LightReasoner(Method):
             **selection_stats(records, samples, junk_pe=DriftSettings.from_cfg(cfg.get("drift")).junk_pe),
             **counts,
         }
+        tokenizer = tokenizer or load_tokenizer(expert, "model_pair.expert")
+        state.selection.update(kept_step_profile(records, samples, tokenizer))
         if records and "aligned_mass" in records[0]:  # a cross-tokenizer pair: its coverage at this run's beta
             state.selection["coverage"] = coverage(records, sel.beta, sel.first_step)
         state.training_problems = len(problems)
         state.sampling_cost = {**cache.recorded_cost(), "cached": not cache.sampled_now}
         if cfg.distill.export_published or state.logger:
-            tokenizer = tokenizer or load_tokenizer(expert, "model_pair.expert")
             log_trace_media(state.logger, records, tokenizer, sel.beta, sel.alpha, sel.first_step)
             if cfg.distill.export_published:
                 questions = {p.id: p.question for p in problems}
