@@ -49,6 +49,7 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _ANSWER_IS_RE = re.compile(
     r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*[:\s]*(.+)", re.IGNORECASE
 )
+_BOX_TAIL_RE = re.compile(r"[^\s$]+")
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -56,27 +57,29 @@ def boxed_contents(text: str) -> list[str]:
     """Contents of every complete ``\\boxed{…}`` / ``\\fbox{…}`` / ``\\boxed x`` in order.
 
     Braces are matched (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``); a box left unclosed
-    (an output cut off at ``max_new_tokens``) is skipped.
+    (an output cut off at ``max_new_tokens``) is skipped. Linear in the text: the braces are
+    matched once for all boxes (a degenerate output of thousands of unclosed boxes took
+    seconds when each box scanned to the end).
     """
+    if "box" not in text:
+        return []
+    close: dict[int, int] = {}  # position of a "{" -> position of its "}"
+    opened: list[int] = []
+    for j, ch in enumerate(text):
+        if ch == "{":
+            opened.append(j)
+        elif ch == "}" and opened:
+            close[opened.pop()] = j
     out = []
     for m in _BOX_RE.finditer(text):
         i = m.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if depth == 0 and j < len(text):
-                out.append(text[i + 1 : j].strip())
+            if i in close:
+                out.append(text[i + 1 : close[i]].strip())
         elif i > m.end():  # "\boxed 5": up to whitespace or the end of the math
-            tail = re.match(r"[^\s$]+", text[i:])
+            tail = _BOX_TAIL_RE.match(text, i)
             if tail:
                 out.append(tail.group(0).rstrip(".,;"))
     return out
@@ -386,9 +389,14 @@ def is_equivalent(pred: str | None, gold: str, answer_type: str, timeout_s: floa
     if pred is None or not str(pred).strip():
         return False
     pred, gold = str(pred).strip(), str(gold).strip()
-    if answer_type == "choice":
-        p = pred.upper() if pred.upper() in CHOICES else _choice_letter(pred)
-        g = gold.upper() if gold.upper() in CHOICES else CHOICES[int(gold)] if gold.isdigit() else None
+    if answer_type == "choice":  # one letter (never a substring of "ABCD"), or an index 0-3 for the gold
+        p = pred.upper() if len(pred) == 1 and pred.upper() in CHOICES else _choice_letter(pred)
+        if len(gold) == 1 and gold.upper() in CHOICES:
+            g = gold.upper()
+        elif gold.isascii() and gold.isdigit() and int(gold) < len(CHOICES):
+            g = CHOICES[int(gold)]
+        else:
+            g = None
         return p is not None and p == g
     if answer_type == "asdiv":
         return _asdiv_equal(pred, gold)

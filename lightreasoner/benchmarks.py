@@ -36,8 +36,10 @@ def _field(row: dict, name: str, kinds: tuple = (str,)):
     if name not in row or row[name] is None:
         raise RowError(f"missing field {name!r}")
     value = row[name]
-    if not isinstance(value, kinds):
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # JSON true is no number
         raise RowError(f"field {name!r}: expected {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise RowError(f"field {name!r}: empty")
     return value
 
 
@@ -99,6 +101,8 @@ def _olympiadbench(row: dict, cfg) -> tuple[str, str, dict]:
     answers = [answers] if isinstance(answers, str) else answers
     if not answers:
         raise RowError("field 'final_answer': empty list")
+    if not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in answers):
+        raise RowError("field 'final_answer': expected answers as text or numbers")
     gold = ", ".join(str(a).replace("$", "").strip() for a in answers)
     question = _field(row, "question")
     if row.get("context"):
@@ -111,9 +115,17 @@ def _mmlu_stem(row: dict, cfg) -> tuple[str, str, dict]:
     choices = _field(row, "choices", (list,))
     if len(choices) != 4:
         raise RowError(f"field 'choices': expected 4 options, got {len(choices)}")
+    if not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in choices):
+        raise RowError("field 'choices': expected the options as text")
     index = _field(row, "answer", (int, str))
-    if isinstance(index, str):
-        index = CHOICE_LETTERS.index(index.upper()) if index.upper() in CHOICE_LETTERS else int(index)
+    if isinstance(index, str):  # one letter A-D or an index "0"-"3" (never a substring of "ABCD", never "")
+        s = index.strip().upper()
+        if len(s) == 1 and s in CHOICE_LETTERS:
+            index = CHOICE_LETTERS.index(s)
+        elif s.isascii() and s.isdigit():
+            index = int(s)
+        else:
+            raise RowError(f"field 'answer': expected a letter A-D or an index 0-3, got {index!r}")
     if not 0 <= int(index) < 4:
         raise RowError(f"field 'answer': expected an index 0-3, got {index}")
     question = format_question(_field(row, "question"), choices)
@@ -289,6 +301,8 @@ def load_problems(
     for index, (lineno, row) in enumerate(rows):
         try:
             question, gold, meta = parse(row, dataset_cfg)
+            if not str(gold).strip():  # e.g. nothing after '####', an empty \boxed{}: never a silent unanswerable problem
+                raise RowError("empty gold answer")
         except RowError as e:
             raise ValueError(f"{where}:{lineno}: {e}") from None
         problems.append(Problem(id=f"{name}/{split}/{index}", question=question, answer=gold, answer_type=answer_type, meta=meta))
