@@ -131,6 +131,10 @@ class DemoConfig:
         return cfg
 
     def validate(self) -> None:
+        for where, obj in (("demo", self), ("demo.task", self.task), ("demo.expert", self.expert), ("demo.amateur", self.amateur)):
+            _check_types(obj, where)
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)):
+            raise ValueError(f"demo.num_threads: expected null or an integer >= 1, got {self.num_threads!r}")
         t = self.task
         if not (1 <= t.min_steps <= t.max_steps):
             raise ValueError(f"demo.task: need 1 <= min_steps <= max_steps, got {t.min_steps}, {t.max_steps}")
@@ -470,6 +474,31 @@ def demo_amateur_dir(amateur: Any, dirs: dict) -> str:
         f"model_pair.amateur.name_or_path: with the demo and kind=checkpoint, expected one of the demo expert's "
         f"checkpoints {sorted(snaps)} or a directory (demo.expert_checkpoints=[N] keeps expert_stepN), got {name!r}"
     )
+
+
+def _check_types(obj: Any, where: str) -> None:
+    """Each field of a demo settings dataclass has its default's kind (a number where a number
+    is expected, never a bool or a string): one ``ValueError`` naming the key, not a
+    ``TypeError`` from a comparison later."""
+    from dataclasses import MISSING
+
+    for f in fields(obj):
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        v = getattr(obj, f.name)
+        if isinstance(default, dict):
+            ok, kind = isinstance(v, dict), "a mapping"
+        elif isinstance(default, bool):
+            ok, kind = isinstance(v, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(v, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{where}.{f.name}: expected {kind}, got {v!r}")
 
 
 def demo_root(demo_cfg: Any, cache_dir: str | Path) -> Path:
