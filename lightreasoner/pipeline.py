@@ -92,6 +92,10 @@ def validate(cfg: DictConfig) -> Method:
     check_scheduler(cfg.scheduler)
     check_optimizer(cfg.optimizer)
     check_trainer(cfg.trainer)
+    if cfg.get("demo") is not None:
+        from lightreasoner.demo.pair import DemoConfig
+
+        DemoConfig.from_any(cfg.demo)
     check_engine_config(cfg.get("generation"))
     check_dataset_config(cfg.dataset)
     pair = cfg.model_pair  # the demo's pair is filled in by prepare(): checked when it is built
