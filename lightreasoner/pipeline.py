@@ -476,7 +476,7 @@ def run_rounds(cfg: DictConfig, state: RunState, rounds: int) -> None:
 
 # --------------------------------------------------------------------------- resume
 
-TRAINING_FIELDS = ("selection", "sample_key", "sampling_cost", "training_problems", "optimisation", "tuned_tokens")
+TRAINING_FIELDS = ("selection", "sample_key", "sampling_cost", "training_problems", "optimisation", "tuned_tokens", "drift")
 """What a finished fine-tune leaves for the summary (recorded in ``stages.json``)."""
 
 
@@ -503,7 +503,7 @@ def restore_finished_training(state: RunState) -> bool:
         return False
     for k in TRAINING_FIELDS:
         setattr(state, k, done.get(k))
-    state.selection = state.selection or {}
+    state.selection, state.drift = state.selection or {}, state.drift or {}
     state.adapter_dir = Path(adapter)
     state.merged_dir = Path(done["merged_dir"]) if done.get("merged_dir") and Path(done["merged_dir"]).is_dir() else None
     state.wall_s.update(done.get("wall_s") or {})
