@@ -219,7 +219,8 @@ class ContrastiveSampler(LightningModule):
         self.pair = pair if isinstance(pair, PairSettings) else PairSettings.from_cfg(pair or {})
         self.expert_spec = ModelSpec.from_any(expert) if expert is not None else None
         self.amateur_spec = ModelSpec.from_any(amateur) if amateur is not None else None
-        prebuilt = (expert_model is not None, amateur_model is not None or self.pair.early_exit, tokenizer is not None)
+        # an early-exit amateur is built from the expert: no amateur model is given or loaded
+        prebuilt = (expert_model is not None, tokenizer is not None) + (() if self.pair.early_exit else (amateur_model is not None,))
         if any(prebuilt) and not all(prebuilt):
             raise ValueError("ContrastiveSampler: give expert_model, amateur_model and tokenizer together (or none, with specs)")
         if not any(prebuilt) and (self.expert_spec is None or self.amateur_spec is None):

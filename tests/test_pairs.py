@@ -160,3 +160,15 @@ def test_demo_keeps_earlier_expert_checkpoints_for_a_checkpoint_amateur(tmp_path
     assert demo_amateur_dir({"kind": "model"}, dirs) == dirs["amateur_dir"]
     with pytest.raises(ValueError, match=r"expected one of the demo expert's checkpoints \['expert_step2'\]"):
         demo_amateur_dir({"kind": "checkpoint", "name_or_path": "expert_step3"}, dirs)
+
+
+def test_early_exit_from_specs_loads_the_expert_only(tiny_pair_dirs, monkeypatch):
+    import lightreasoner.sampling as sampling_mod
+
+    loaded = []
+    real = sampling_mod.load_model
+    monkeypatch.setattr(sampling_mod, "load_model", lambda spec, what, **kw: loaded.append(what) or real(spec, what, **kw))
+    spec = ModelSpec(tiny_pair_dirs["expert"], device="cpu")
+    sampler = ContrastiveSampler(spec, spec, SETTINGS, pair=PairSettings(amateur_kind="early_exit", amateur_layer=1)).setup_models()
+    assert loaded == ["model_pair.expert"]
+    assert isinstance(sampler.amateur_model, EarlyExitLM) and sampler.amateur_model.expert is sampler.expert_model
