@@ -378,11 +378,12 @@ def _cli(tmp_path, *overrides):
 
 
 def test_command_line_prints_one_error_line_exits_2_and_writes_nothing_half_done(tmp_path):
-    """Three bad inputs through ``python train.py`` at once (each process mostly imports)."""
+    """Two bad inputs through ``python train.py`` at once: an unknown option (answered before the
+    slow imports) and an unusable cache directory (an OSError in the first stage, after
+    validation: the same one-line path as a validation error; those are tested in-process above)."""
     (tmp_path / "not-a-dir").write_text("a file where the cache directory should be")
     cases = {
         "group": (["model_pair=nope"], r"^error: model_pair=nope: no such option \(conf/model_pair/nope\.yaml\); expected one of \["),
-        "tuned": (["stage=evaluate", "tuned=/nonexistent"], r"^error: tuned: no such directory '/nonexistent'"),
         "cache": ([f"paths.cache_dir={tmp_path / 'not-a-dir' / 'cache'}"], r"^error: \[Errno 20\] Not a directory: '.*not-a-dir/cache"),
     }
     procs = {}

@@ -74,7 +74,7 @@ def assert_problems_or_one_clear_error(path: Path, fmt: str, n_lines: int) -> No
             assert p.answer in "ABCD" and len(p.answer) == 1
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=150)
 @given(st.sampled_from(sorted(PARSERS)).flatmap(lambda f: st.tuples(st.just(f), rows_for(f))))
 def test_any_row_is_a_problem_or_one_error_naming_file_line_and_field(tmp_path, case):
     fmt, rows = case
