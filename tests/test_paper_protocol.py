@@ -98,6 +98,7 @@ def test_quirks_preset_turns_on_exactly_the_three_switches():
     assert all(off[g][k] is False for g, k in flags) and all(on[g][k] is True for g, k in flags)
     from lightreasoner.pipeline import validate
 
+    on.paths.output_dir = on.trainer.default_root_dir = "/tmp/lr-quirks-test"  # no Hydra run here to fill them
     validate(on)  # the preset is a valid run
     from lightreasoner.distill import DistillSettings
 
