@@ -49,10 +49,13 @@ def with_amateur(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def gap_table(runs: pd.DataFrame, keys: list[str], bench: str = "demo") -> pd.DataFrame:
-    """:func:`report.aggregate` over ``[amateur, *keys]`` plus the :data:`GAP` column (base −
+    """:func:`report.aggregate` over ``[amateur, *keys]`` (a setting and seed that ran in two
+    sweeps counted once) plus the :data:`GAP` column (base −
     amateur accuracy, points; NaN where the amateur was not evaluated, e.g. an early exit),
     sorted by gap, widest first."""
     runs = with_amateur(runs)
+    if "seed" in runs:  # the same setting and seed run twice (a screen, then its seeds): count it once
+        runs = runs.drop_duplicates(subset=[AMATEUR, *keys, "seed"], keep="last")
     table = aggregate(runs, [AMATEUR, *keys])
     base, amateur = f"acc/base/{bench}", f"acc/amateur/{bench}"
     table[GAP] = table[base] - table[amateur] if amateur in table else float("nan")
