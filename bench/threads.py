@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def spin() -> subprocess.Popen:
-    """One process keeping one core at 100%."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """One process keeping one core at 100% for as long as this benchmark process lives (it
+    checks its parent on every turn, so a killed benchmark leaves no spinner behind)."""
+    return subprocess.Popen([sys.executable, "-c", "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"])
 
 
 def run_demo(threads: str, busy: bool, expert_steps: int | None, timeout: float) -> dict:
