@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from _demo_overrides import SHRUNKEN_DEMO
+from test_selection import L
+from test_selection import record as selection_record
 
 from lightreasoner import contrast
 from lightreasoner.records import Problem
@@ -31,31 +33,12 @@ from lightreasoner.tiny import build_char_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def L(*p):
-    return torch.tensor(p, dtype=torch.float32).log()
-
-
 def record(problem_id, kl, steps, prompt=(10, 11), finished=True, trace=None):
-    """A scored trace from per-step (candidate ids, pE, pA); most probable candidate first."""
-    ids, lpe, lpa, off = [], [], [], [0]
-    for c_ids, pe, pa in steps:
-        ids += c_ids
-        lpe.append(L(*pe))
-        lpa.append(L(*pa))
-        off.append(off[-1] + len(c_ids))
-    return {
-        "problem_id": problem_id,
-        "question_sha": "0" * 16,
-        "prompt_ids": torch.tensor(prompt, dtype=torch.long),
-        "trace_ids": torch.tensor(trace if trace is not None else [s[0][0] for s in steps], dtype=torch.long),
-        "finished": finished,
-        "kl": torch.tensor(kl, dtype=torch.float32),
-        "max_logp_e": torch.stack([x[0] for x in lpe]),
-        "cand_offsets": torch.tensor(off, dtype=torch.long),
-        "cand_ids": torch.tensor(ids, dtype=torch.int32),
-        "cand_logp_e": torch.cat(lpe),
-        "cand_logp_a": torch.cat(lpa),
-    }
+    """A scored trace from per-step (candidate ids, pE, pA); most probable candidate first
+    (test_selection's builder; the trace defaults to each step's first candidate)."""
+    rec = selection_record(problem_id, list(prompt), trace if trace is not None else [s[0][0] for s in steps], kl, steps)
+    rec["finished"] = finished
+    return rec
 
 
 def H(*p):
