@@ -456,11 +456,12 @@ class DistillModule(LightningModule):
         the kept steps) and ``entropy`` (mean soft-label entropy).
         """
         logits = self.step_logits(batch)
-        target_w = batch["target_w"]
-        if self.softmax_width is not None:  # the published quirk (see __init__)
+        target_ids, target_w = batch["target_ids"], batch["target_w"]
+        if self.softmax_width is not None:  # the published quirk (see __init__): ids past the width get weight 0
             logits = logits[..., : self.softmax_width]
-            target_w = target_w.masked_fill(batch["target_ids"] >= self.softmax_width, 0.0)
-        per_step = objective_loss(self.loss_kind, logits, batch["target_ids"].clamp_max(logits.shape[-1] - 1), target_w, self.jsd_beta)
+            target_w = target_w.masked_fill(target_ids >= self.softmax_width, 0.0)
+            target_ids = target_ids.clamp_max(logits.shape[-1] - 1)
+        per_step = objective_loss(self.loss_kind, logits, target_ids, target_w, self.jsd_beta)
         scale = batch.get("loss_scale")
         if scale is None:
             scale = int(batch["accumulate"]) / int(batch["update_steps"])
