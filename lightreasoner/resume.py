@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import to_plain
 from .files import atomic_write_json
+from .trace_cache import canonical_json
 
 __all__ = ["TRAINING_GROUPS", "training_identity", "StageRecord"]
 
@@ -41,8 +42,7 @@ def training_identity(cfg: Any) -> tuple[str, dict]:
     d = {k: to_plain(cfg.get(k)) for k in TRAINING_GROUPS}
     trainer = cfg.get("trainer") or {}
     d["trainer"] = {k: to_plain(trainer.get(k)) for k in TRAINER_KEYS}
-    text = json.dumps(d, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], d
+    return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16], d
 
 
 def _diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
