@@ -17,6 +17,16 @@ MODELS = Path(os.environ.get("LIGHTREASONER_MODELS", Path.home() / ".cache" / "l
 EXPERT_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 AMATEUR_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
+# The generation engines the benchmarks compare (``hf`` = transformers at the model's own fp32).
+# bf16 pays off only on CPUs with native bf16 (avx512_bf16/AMX) and on GPUs; on an AVX2-only CPU
+# it is emulated and slower than fp32, so vLLM is also measured in fp32 there.
+ENGINES = {
+    "hf": {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": None},
+    "hf_bf16": {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": "bfloat16"},
+    "vllm": {"_target_": "lightreasoner.generation.vllm.VLLMEngine", "dtype": "bfloat16", "max_model_len": 2048},
+    "vllm_fp32": {"_target_": "lightreasoner.generation.vllm.VLLMEngine", "dtype": "float32", "max_model_len": 2048},
+}
+
 
 def coder_specs() -> tuple[ModelSpec, ModelSpec]:
     return (

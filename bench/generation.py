@@ -25,13 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import MODELS, EXPERT_GGUF, PeakRSS, tiny_pair  # noqa: E402
+from common import ENGINES, EXPERT_GGUF, MODELS, PeakRSS, tiny_pair  # noqa: E402
 
-ENGINES = {
-    "hf": {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": None},
-    "hf_bf16": {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": "bfloat16"},
-    "vllm": {"_target_": "lightreasoner.generation.vllm.VLLMEngine", "dtype": "bfloat16", "max_model_len": 2048},
-}
 
 
 def run_one(engine_name: str, spec_dict: dict, n: int, max_new: int, batch_size: int, out: Path) -> None:
@@ -90,11 +85,11 @@ def main() -> None:
     results = {}
     for name in engines:
         out = Path(tempfile.mkdtemp()) / f"{name}.json"
-        python = args.vllm_python if name == "vllm" else sys.executable
+        python = args.vllm_python if name.startswith("vllm") else sys.executable
         cmd = [python, __file__, "--_one", name, "--_spec", json.dumps(spec), "--_out", str(out), "--problems", str(args.problems),
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        if name == "vllm" and os.environ.get("VLLM_LD_PRELOAD"):  # tcmalloc + libiomp5 for vLLM's CPU build only
+        if name.startswith("vllm") and os.environ.get("VLLM_LD_PRELOAD"):  # tcmalloc + libiomp5 for vLLM's CPU build only
             env["LD_PRELOAD"] = os.environ["VLLM_LD_PRELOAD"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

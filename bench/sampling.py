@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakRSS, coder_specs, gsm8k_train, load_pair, sync, tiny_pair  # noqa: E402
+from common import ENGINES, PeakRSS, coder_specs, gsm8k_train, load_pair, sync, tiny_pair  # noqa: E402
 
 from lightreasoner import contrast  # noqa: E402
 from lightreasoner.generation import GenerationSettings, HFEngine  # noqa: E402
@@ -58,13 +58,6 @@ def published_arm(tok, expert, amateur, prompt_ids, max_new_tokens, alpha_min=0.
                 break
     sync()
     return time.perf_counter() - t0, gen_s, steps
-
-
-ENGINES = {
-    "hf": None,
-    "hf_bf16": {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": "bfloat16"},
-    "vllm": {"_target_": "lightreasoner.generation.vllm.VLLMEngine", "dtype": "bfloat16", "max_model_len": 1024},
-}
 
 
 def fast_arm(tok, expert, amateur, problems, prompt_ids, batch_size, max_new_tokens, generation=None, spec=None):
