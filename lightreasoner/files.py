@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) used for hashing cache keys and settings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``.
 

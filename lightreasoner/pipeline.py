@@ -330,7 +330,9 @@ def evaluate_stage(cfg: DictConfig, state: RunState, method: Method | None = Non
         b["shuffle"] = False
         benches.append(b)
     models = resolve_eval_models(cfg, state, method)
-    state.report = evaluate(models, benches, cfg.eval, state.out_dir / "eval", generation=cfg.get("generation"))
+    state.report = evaluate(
+        models, benches, cfg.eval, state.out_dir / "eval", generation=cfg.get("generation"), cache_dir=Path(cfg.paths.cache_dir) / "eval"
+    )
     if state.logger:
         log_report(state.report, state.logger)
         log_eval_samples(state.logger, state.report)

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from . import alignment, contrast
-from .files import atomic_write_bytes, atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json, canonical_json
 from .models import ModelSpec
 from .prompts import template_fingerprint
 from .records import SCORED_TRACE_KEYS
@@ -67,11 +67,6 @@ MANIFEST_BETAS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 # ----------------------------------------------------------------------------- keys
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys, no whitespace) used for hashing."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256[:16] of the tokenizer's vocabulary (token -> id) and special tokens."""
     h = hashlib.sha256()

@@ -104,6 +104,46 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
         ev.evaluate(models, _benches(data_dir, ["svamp"]), _cfg(max_new_tokens=6), out, progress=False)
 
 
+def test_shared_store_evaluates_an_identical_setting_once(tiny_dirs, data_dir, tmp_path, monkeypatch):
+    """eval.cache: a second run (another out_dir) with the same model files and settings reuses the
+    first run's rows without loading an engine; another budget, or cache false, generates."""
+    calls = []
+    real = Engine.generate
+
+    def counting(self, prompt_ids, *a, **k):
+        calls.append(len(prompt_ids))
+        return real(self, prompt_ids, *a, **k)
+
+    monkeypatch.setattr(Engine, "generate", counting)
+    models = [{"name": "base", "ref": tiny_dirs["base"]}]
+    store = tmp_path / "store"
+    first = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(), tmp_path / "run1", progress=False, cache_dir=store)
+    assert calls == [3]
+    # another run, another display name for the same weights, one more problem: only that one is generated
+    renamed = [{"name": "expert", "ref": tiny_dirs["base"]}]
+    second = ev.evaluate(renamed, _benches(data_dir, ["gsm8k"]), _cfg(max_problems=4), tmp_path / "run2", progress=False, cache_dir=store)
+    assert calls == [3, 1]
+    (r,) = second["results"]
+    assert (r["reused"], r["regenerated"]) == (3, 1)
+    rows1 = (tmp_path / "run1" / "base" / "gsm8k.jsonl").read_text().splitlines()
+    rows2 = (tmp_path / "run2" / "expert" / "gsm8k.jsonl").read_text().splitlines()
+    assert rows2[:3] == rows1 and len(rows2) == 4
+    assert first["results"][0]["accuracy"] == sum(json.loads(x)["correct"] for x in rows1) / 3
+    # the store now holds 4 rows, each once: a third run generates nothing and loads no engine
+    monkeypatch.setattr(HFEngine, "__init__", lambda *a, **k: pytest.fail("no engine should be built"))
+    third = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(max_problems=4), tmp_path / "run3", progress=False, cache_dir=store)
+    assert third["results"][0]["reused"] == 4 and calls == [3, 1]
+    monkeypatch.undo()
+    monkeypatch.setattr(Engine, "generate", counting)
+    # another token budget is another setting; cache false ignores the store
+    ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(max_new_tokens=6), tmp_path / "run4", progress=False, cache_dir=store)
+    ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(cache=False), tmp_path / "run5", progress=False, cache_dir=store)
+    assert calls == [3, 1, 3, 3]
+    assert len(list(store.iterdir())) == 2
+    with pytest.raises(ValueError, match="eval.cache: expected true or false"):
+        ev.EvalSettings.from_cfg(_cfg(cache="yes"))
+
+
 def test_paired_comparison_refuses_mismatched_settings(tiny_dirs, data_dir, tmp_path):
     models = [{"name": "base", "ref": tiny_dirs["base"]}, {"name": "other", "ref": tiny_dirs["other_template"]}]
     report = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(max_problems=2), tmp_path, progress=False)

@@ -36,7 +36,7 @@ from lightreasoner.answers import extract_answer, is_equivalent
 from lightreasoner.benchmarks import dataset_identity, known_datasets, load_problems
 from lightreasoner.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
 from lightreasoner.config import settings_from_cfg, to_plain
-from lightreasoner.eval.results import check_settings, read_rows
+from lightreasoner.eval.results import SharedResults, check_settings, read_rows
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
 from lightreasoner.generation import Generation, GenerationSettings, engine_key
@@ -78,6 +78,10 @@ class EvalSettings:
     ids (those present in the vocabulary; the toolkit always stops at these two)."""
     verify_timeout_s: float = 5.0
     """Seconds the answer checker may spend on one answer."""
+    cache: bool = True
+    """Reuse the per-problem rows of an identical evaluation (same model files, benchmark,
+    split, prompt, engine, token budget) from ``${paths.cache_dir}/eval``, and add this run's
+    rows there: the untuned expert of a sweep is evaluated once. false: always generate."""
 
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "EvalSettings":
@@ -103,6 +107,8 @@ class EvalSettings:
         check_template(self.prompt_template)
         if not isinstance(self.stop_tokens, (list, tuple)) or not all(isinstance(t, str) for t in self.stop_tokens):
             raise ValueError(f"eval.stop_tokens: expected a list of token strings, got {self.stop_tokens!r}")
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"eval.cache: expected true or false, got {self.cache!r}")
         if not isinstance(self.verify_timeout_s, (int, float)) or self.verify_timeout_s <= 0:
             raise ValueError(f"eval.verify_timeout_s: expected a number > 0, got {self.verify_timeout_s!r}")
 
@@ -146,7 +152,13 @@ def _eval_split(bench: dict, settings: EvalSettings) -> str:
 
 
 def evaluate(
-    models: list[dict], benchmarks: list[dict], eval_cfg, out_dir, progress: bool = True, generation: Mapping | None = None
+    models: list[dict],
+    benchmarks: list[dict],
+    eval_cfg,
+    out_dir,
+    progress: bool = True,
+    generation: Mapping | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Evaluate every model on every benchmark; write per-problem JSONL and the report.
 
@@ -154,8 +166,9 @@ def evaluate(
     ``benchmarks``: dataset configs (``conf/dataset/*.yaml`` keys, paths resolved).
     ``eval_cfg``: the ``eval`` group (:class:`EvalSettings`; ``benchmarks``/``models`` there are
     the pipeline's, the arguments here are what runs). ``generation``: the ``generation`` config
-    node (default: the transformers engine). Returns the report (also saved as
-    ``report.json``/``report.md`` in ``out_dir``).
+    node (default: the transformers engine). ``cache_dir``: the cross-run store of per-problem
+    rows (:class:`SharedResults`; used when ``eval.cache`` is true). Returns the report (also
+    saved as ``report.json``/``report.md`` in ``out_dir``).
     """
     settings = EvalSettings.from_cfg(eval_cfg)
     benchmarks = [to_plain(b) for b in benchmarks]
@@ -232,6 +245,17 @@ def evaluate(
             path = out_dir / _safe(name) / f"{bname}.jsonl"
             check_settings(path.with_name(f"{bname}.settings.json"), run_settings)
             done = read_rows(path)
+            shared = SharedResults(cache_dir, run_settings) if cache_dir is not None and settings.cache else None
+            reused = 0
+            if shared is not None:
+                wanted = {p.id for p in b["problems"]} - set(done)
+                found = {i: row for i, row in shared.rows().items() if i in wanted}
+                if found:
+                    with open(path, "a", encoding="utf-8") as f:
+                        f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found.values()))
+                    done.update(found)
+                    reused = len(found)
+                    log.info("eval %s/%s: %d rows reused from %s", name, bname, reused, shared.dir)
             todo = [p for p in b["problems"] if p.id not in done]
             if todo:
                 if engine is None:
@@ -249,6 +273,8 @@ def evaluate(
                         f.write("".join(lines))
                         f.flush()
                         os.fsync(f.fileno())
+                        if shared is not None:
+                            shared.append(lines)
 
                     engine.generate(
                         prompt_ids, GenerationSettings(b["max_new_tokens"]), batch_size,
@@ -256,7 +282,7 @@ def evaluate(
                     )
             rows = [done[p.id] for p in b["problems"]]
             summary = summarize(rows)
-            summary.update(model=name, benchmark=bname, regenerated=len(todo), wall_s=round(time.perf_counter() - t_run, 2), path=str(path))
+            summary.update(model=name, benchmark=bname, regenerated=len(todo), reused=reused, wall_s=round(time.perf_counter() - t_run, 2), path=str(path))
             runs[(name, bname)] = {"model": name, "settings": run_settings, "rows": rows, "summary": summary}
             log.info("eval %s/%s: accuracy %.3f (n=%d, cut off %.2f)", name, bname, summary["accuracy"], summary["n"], summary["cut_off_frac"])
         if engine is not None:

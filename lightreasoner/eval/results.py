@@ -1,15 +1,25 @@
 """Per-problem result files of the evaluation stage: ``{out_dir}/{model}/{benchmark}.jsonl``,
 one JSON line per problem, appended batch by batch (a rerun resumes: problems already there are
 not regenerated), beside a ``{benchmark}.settings.json`` that refuses a resume under other
-settings."""
+settings.
+
+:class:`SharedResults` is the cross-run store (``eval.cache``): rows of an evaluation whose
+settings are identical but for the model's display name (same model files, benchmark, split,
+prompt, engine, token budget) are kept once under ``{cache_dir}/eval/{key}/``, so every job of
+a sweep evaluates the untuned expert once, and a second run reuses the first one's rows.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
-from lightreasoner.files import atomic_write_json
+from filelock import FileLock
+
+from lightreasoner.files import atomic_write_json, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +65,37 @@ def check_settings(path: Path, settings: dict) -> None:
             )
         return
     atomic_write_json(path, settings)
+
+
+class SharedResults:
+    """Per-problem rows of one evaluation setting, shared by every run that uses it.
+
+    The key is a hash of the run settings without the model's display name; the settings are
+    stored beside the rows and checked on every open (a hash collision cannot mix results).
+    Reads and appends hold a file lock, so concurrent jobs neither see a half-written line nor
+    interleave theirs; a row written twice (two jobs racing on one problem) is read once.
+    """
+
+    NAME_FIELDS = ("model",)
+
+    def __init__(self, cache_dir: Path, settings: dict) -> None:
+        shared = {k: v for k, v in settings.items() if k not in self.NAME_FIELDS}
+        key = hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
+        self.dir = Path(cache_dir) / key
+        self.path = self.dir / f"{settings['benchmark']}.jsonl"
+        self.lock = FileLock(str(self.path) + ".lock")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            check_settings(self.path.with_name(f"{settings['benchmark']}.settings.json"), shared)
+
+    def rows(self) -> dict[str, dict]:
+        with self.lock:
+            return read_rows(self.path)
+
+    def append(self, lines: Iterable[str]) -> None:
+        data = "".join(lines)
+        if not data:
+            return
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
