@@ -618,7 +618,7 @@ def print_summary(summary: dict) -> None:
         rows.append((f"round {rnd['round']} (kept fraction / tuned accuracy)",
                      f"{'-' if kept is None else f'{kept:.4g}'} / {'-' if acc is None else f'{acc:.4f}'}"))
     if summary.get("objective") is not None:
-        rows.append(("objective (tuned accuracy)", f"{summary['objective']:.4f}"))
+        rows.append(("objective (mean accuracy: tuned, else the first model)", f"{summary['objective']:.4f}"))
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,12 @@ def _compose(overrides):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_preset_validates_and_instantiates(experiment, tiny_pair_dirs, tmp_path):
     cfg = _compose([f"experiment={experiment}"])
+    if cfg.generation._target_.endswith("VLLMEngine") and importlib.util.find_spec("vllm") is None:
+        # a vLLM preset without vLLM installed: one line naming the extra; the rest is checked with hf
+        with pytest.raises(ImportError, match=r"generation=vllm needs vLLM: pip install"):
+            validate(cfg)
+        with open_dict(cfg):
+            cfg.generation = OmegaConf.create({"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": None})
     validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
