@@ -21,6 +21,7 @@ No torch: the report runs on any laptop with pandas and matplotlib.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import numbers
@@ -37,6 +38,7 @@ from matplotlib import pyplot as plt
 from omegaconf import OmegaConf
 
 from lightreasoner.eval.stats import wilson_interval
+from lightreasoner.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
 """The columns of :func:`load_runs` that are neither config keys nor metrics."""
@@ -641,12 +643,14 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
     table = aggregate(runs, keys)
     display = format_table(table)
     files = {"report.csv": out_dir / "report.csv", "runs.csv": out_dir / "runs.csv"}
-    table.to_csv(files["report.csv"], index=False, float_format="%.10g")
-    runs.to_csv(files["runs.csv"], index=False)
+    atomic_write_text(files["report.csv"], table.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(files["runs.csv"], runs.to_csv(index=False))
     for stem, fig in make_plots(runs, table, keys).items():
         files[f"{stem}.png"] = out_dir / f"{stem}.png"
-        fig.savefig(files[f"{stem}.png"], dpi=120)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=120)
         plt.close(fig)
+        atomic_write_bytes(files[f"{stem}.png"], png.getvalue())
     failed = not_finished(runs).assign(run_dir=lambda f: f["run_dir"].map(lambda p: _relative(p, root)))
     md = [
         "# Sweep report",
@@ -670,7 +674,7 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
         "",
     ]
     files["report.md"] = out_dir / "report.md"
-    files["report.md"].write_text("\n".join(md))
+    atomic_write_text(files["report.md"], "\n".join(md))
     return {"out_dir": out_dir, "files": files, "runs": runs, "keys": keys, "table": table, "display": display}
 
 
