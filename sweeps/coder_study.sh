@@ -5,7 +5,7 @@
 # (or the one step) to resume - sampling from its cache shards, fine-tunes from their checkpoints,
 # evaluations from their per-problem records; the untuned models' rows live in the shared
 # evaluation store (eval.cache), so later steps reuse them.
-#   bash sweeps/coder_study.sh [STEP...]        # steps: budget untuned methods report (default: all)
+#   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft report (default: all, in this order)
 # On a CPU, run it with the Python that has vLLM (README, "Generation engines"), e.g.
 #   PYTHON=/tmp/vllm-venv/bin/python VLLM_CPU_OMP_THREADS_BIND=0-1 \
 #   LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/tmp/vllm-venv/lib/libiomp5.so" bash sweeps/coder_study.sh
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-STEPS=${*:-budget untuned methods report}
+STEPS=${*:-budget untuned lightreasoner sft report}
 COMMON="experiment=coder_study logger=csv"
 
 for step in $STEPS; do
@@ -23,10 +23,13 @@ for step in $STEPS; do
       $PY train.py $COMMON stage=evaluate eval.models=[base] eval.max_problems=50 run_name=coder_study/budget ;;
     untuned)  # 1. the untuned expert and the amateur on the whole evaluation (their rows are reused below)
       $PY train.py $COMMON stage=evaluate eval.models=[base,amateur] run_name=coder_study/untuned ;;
-    methods)  # 2. LightReasoner and SFT: sample, fine-tune with the same LoRA and update budget, evaluate
-      $PY train.py -m $COMMON method=lightreasoner,sft run_name=coder_study/methods ;;
-    report)   # 3. accuracy, paired gains and the efficiency table
-      $PY -m lightreasoner.report multirun/coder_study/methods --out docs/results/coder_study ;;
-    *) echo "unknown step '$step' (expected: budget untuned methods report)" >&2; exit 2 ;;
+    lightreasoner)  # 2. LightReasoner: contrastive sampling (500 problems x 128 tokens), fine-tune, evaluate
+      $PY train.py $COMMON method=lightreasoner eval.models=[base,tuned] run_name=coder_study/lightreasoner ;;
+    sft)      # 3. rejection-sampling SFT on the same problems: k=4 solutions each at T=0.7, the same LoRA and update budget
+      $PY train.py $COMMON method=sft method.samples_per_problem=4 eval.models=[base,tuned] run_name=coder_study/sft ;;
+    report)   # 4. accuracy, paired gains (tuned vs base on the same problems) and the efficiency table
+      $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out docs/results/coder_study
+      $PY -m lightreasoner.report --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft ;;
+    *) echo "unknown step '$step' (expected: budget untuned lightreasoner sft report)" >&2; exit 2 ;;
   esac
 done
