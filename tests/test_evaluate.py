@@ -44,7 +44,21 @@ def _cfg(**kw):
     return {"batch_size": 2, "max_problems": 3, "max_new_tokens": 5, "system_prompt": None, "baseline": "base", **kw}
 
 
-def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """Counts the prompts of every Engine.generate call (a list, one entry per call)."""
+    calls = []
+    real = Engine.generate
+
+    def counting(self, prompt_ids, *a, **k):
+        calls.append(len(prompt_ids))
+        return real(self, prompt_ids, *a, **k)
+
+    monkeypatch.setattr(Engine, "generate", counting)
+    return calls
+
+
+def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, generate_calls):
     models = [
         {"name": "base", "ref": ModelSpec(name_or_path=tiny_dirs["base"]).to_dict()},
         {"name": "same", "ref": tiny_dirs["base"]},  # the same weights as a plain directory
@@ -77,14 +91,8 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
     assert "| base | gsm8k | 3 |" in md and "Paired comparisons" in md
 
     # resume: nothing is regenerated
-    calls = []
-    real = Engine.generate
-
-    def counting(self, prompt_ids, *a, **k):
-        calls.append(len(prompt_ids))
-        return real(self, prompt_ids, *a, **k)
-
-    monkeypatch.setattr(Engine, "generate", counting)
+    calls = generate_calls
+    calls.clear()
     again = ev.evaluate(models, _benches(data_dir), _cfg(), out, progress=False)
     assert calls == []
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
@@ -104,17 +112,10 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
         ev.evaluate(models, _benches(data_dir, ["svamp"]), _cfg(max_new_tokens=6), out, progress=False)
 
 
-def test_shared_store_evaluates_an_identical_setting_once(tiny_dirs, data_dir, tmp_path, monkeypatch):
+def test_shared_store_evaluates_an_identical_setting_once(tiny_dirs, data_dir, tmp_path, generate_calls, monkeypatch):
     """eval.cache: a second run (another out_dir) with the same model files and settings reuses the
     first run's rows without loading an engine; another budget, or cache false, generates."""
-    calls = []
-    real = Engine.generate
-
-    def counting(self, prompt_ids, *a, **k):
-        calls.append(len(prompt_ids))
-        return real(self, prompt_ids, *a, **k)
-
-    monkeypatch.setattr(Engine, "generate", counting)
+    calls = generate_calls
     models = [{"name": "base", "ref": tiny_dirs["base"]}]
     store = tmp_path / "store"
     first = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(), tmp_path / "run1", progress=False, cache_dir=store)
@@ -130,11 +131,11 @@ def test_shared_store_evaluates_an_identical_setting_once(tiny_dirs, data_dir, t
     assert rows2[:3] == rows1 and len(rows2) == 4
     assert first["results"][0]["accuracy"] == sum(json.loads(x)["correct"] for x in rows1) / 3
     # the store now holds 4 rows, each once: a third run generates nothing and loads no engine
+    build = HFEngine.__init__
     monkeypatch.setattr(HFEngine, "__init__", lambda *a, **k: pytest.fail("no engine should be built"))
     third = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(max_problems=4), tmp_path / "run3", progress=False, cache_dir=store)
     assert third["results"][0]["reused"] == 4 and calls == [3, 1]
-    monkeypatch.undo()
-    monkeypatch.setattr(Engine, "generate", counting)
+    monkeypatch.setattr(HFEngine, "__init__", build)
     # another token budget is another setting; cache false ignores the store
     ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(max_new_tokens=6), tmp_path / "run4", progress=False, cache_dir=store)
     ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(cache=False), tmp_path / "run5", progress=False, cache_dir=store)
