@@ -5,6 +5,7 @@ process (clean memory figures), compared with transformers fp32.
     python bench/generation.py --engines hf,hf_bf16 --problems 16               # without vLLM
     python bench/generation.py --tiny --problems 8 --max-new-tokens 16          # smoke run
     python bench/generation.py --vllm-python /path/to/venv-with-vllm/bin/python # vLLM from its own venv
+    python bench/generation.py --keep outputs/bench_generation   # each finished arm kept; a rerun reuses it
     VLLM_LD_PRELOAD=".../libtcmalloc_minimal.so.4:.../libiomp5.so" python bench/generation.py  # preloads for vLLM's arm only
 
 Per engine: start-up (load + build), generation time and tokens/s, peak memory of the engine's
@@ -26,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ENGINES, EXPERT_GGUF, MODELS, PeakRSS, tiny_pair  # noqa: E402
+
+from lightreasoner.files import atomic_write_json  # noqa: E402
 
 
 
@@ -51,12 +54,12 @@ def run_one(engine_name: str, spec_dict: dict, n: int, max_new: int, batch_size:
     answers = [extract_answer(g.text, "numeric") for g in gens]
     correct = [bool(is_equivalent(a, p.answer, "numeric")) for a, p in zip(answers, problems)]
     tokens = sum(g.num_tokens for g in gens)
-    out.write_text(json.dumps({
+    atomic_write_json(out, {
         "engine": engine_name, "identity": engine.identity(), "startup_s": round(startup, 1), "gen_s": round(gen_s, 1),
         "tokens": tokens, "tokens_per_s": round(tokens / gen_s, 2), "peak_rss_gib": round(mem.gib, 2),
         "accuracy": sum(correct) / len(correct), "correct": correct, "answers": answers,
         "first64": [g.token_ids[:64] for g in gens], "cut_off": sum(g.cut_off for g in gens) / len(gens),
-    }))
+    })
 
 
 def main() -> None:
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny random model instead of Coder-1.5B")
     ap.add_argument("--vllm-python", default=sys.executable, help="the Python whose environment has vLLM")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--keep", type=Path, help="keep each engine's figures in this folder; a rerun with the same settings reuses "
+                    "the engines already measured (a killed run resumes at the engine it was in)")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_spec", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -83,8 +88,17 @@ def main() -> None:
     if engines[0] != "hf":
         engines = ["hf"] + [e for e in engines if e != "hf"]
     results = {}
+    settings = {"spec": spec, "problems": args.problems, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+    keep = args.keep or Path(tempfile.mkdtemp())
+    keep.mkdir(parents=True, exist_ok=True)
     for name in engines:
-        out = Path(tempfile.mkdtemp()) / f"{name}.json"
+        out = keep / f"{name}.json"
+        if out.exists():
+            kept = json.loads(out.read_text())
+            if kept.get("settings") == settings:
+                results[name] = kept
+                print(f"{name}: reused from {out}", flush=True)
+                continue
         python = args.vllm_python if name.startswith("vllm") else sys.executable
         cmd = [python, __file__, "--_one", name, "--_spec", json.dumps(spec), "--_out", str(out), "--problems", str(args.problems),
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
@@ -96,9 +110,10 @@ def main() -> None:
         if proc.returncode != 0:
             print(f"{name}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
             continue
-        results[name] = json.loads(out.read_text())
-        results[name]["process_s"] = round(time.perf_counter() - t0, 1)
-        r = results[name]
+        r = results[name] = json.loads(out.read_text())
+        r["process_s"] = round(time.perf_counter() - t0, 1)
+        r["settings"] = settings
+        atomic_write_json(out, r)
         print(f"{name}: {r['tokens_per_s']} tok/s, start-up {r['startup_s']} s, accuracy {r['accuracy']:.3f}, peak {r['peak_rss_gib']} GiB", flush=True)
     ref = results.get("hf")
     rows = []

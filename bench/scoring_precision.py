@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -54,8 +55,10 @@ def main() -> None:
     engine.close()
     kl = {"float32": [], "bfloat16": []}
     labels = {"float32": [], "bfloat16": []}
+    seconds = {}
     for dtype in ("float32", "bfloat16"):
         e, a = expert.to(getattr(torch, dtype)), amateur.to(getattr(torch, dtype))
+        t0 = time.perf_counter()
         for p, g in zip(prompts, gens):
             if not g.token_ids:
                 continue
@@ -63,6 +66,7 @@ def main() -> None:
             kl[dtype].append(contrast.kl_shared(le, la))
             ids, lpe, lpa, valid, mx = contrast.top_candidates(le, la, 0.01, 256)
             labels[dtype].append((ids, contrast.soft_label(lpe, lpa, mx, args.alpha, valid)))
+        seconds[dtype] = round(time.perf_counter() - t0, 1)
     k32, k16 = torch.cat(kl["float32"]), torch.cat(kl["bfloat16"])
     first = torch.cat([torch.arange(len(x)) >= 1 for x in kl["float32"]])
     keep32, keep16 = (k32 >= args.beta) & first, (k16 >= args.beta) & first
@@ -88,6 +92,8 @@ def main() -> None:
         "kl_abs_diff_p99": round(float((k32 - k16).abs().quantile(0.99)), 5),
         "soft_label_tv_mean": round(sum(tv) / max(1, len(tv)), 5),
         "soft_label_tv_max": round(max(tv, default=0.0), 5),
+        "scoring_s_fp32": seconds["float32"], "scoring_s_bf16": seconds["bfloat16"],
+        "scoring_speedup_bf16": round(seconds["float32"] / max(seconds["bfloat16"], 1e-9), 2),
     }
     print(json.dumps(res, indent=2))
     if args.json:
