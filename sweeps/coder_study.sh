@@ -6,6 +6,7 @@
 # evaluations from their per-problem records; the untuned models' rows live in the shared
 # evaluation store (eval.cache), so later steps reuse them.
 #   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft report (default: all, in this order)
+#   (lr_sample: LightReasoner's sampling alone, into the shared trace cache that `lightreasoner` then reads)
 # On a CPU, run it with the Python that has vLLM (README, "Generation engines"), e.g.
 #   PYTHON=/tmp/vllm-venv/bin/python VLLM_CPU_OMP_THREADS_BIND=0-1 \
 #   LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/tmp/vllm-venv/lib/libiomp5.so" bash sweeps/coder_study.sh
@@ -23,6 +24,8 @@ for step in $STEPS; do
       $PY train.py $COMMON stage=evaluate eval.models=[base] eval.max_problems=50 run_name=coder_study/budget ;;
     untuned)  # 1. the untuned expert and the amateur on the whole evaluation (their rows are reused below)
       $PY train.py $COMMON stage=evaluate eval.models=[base,amateur] run_name=coder_study/untuned ;;
+    lr_sample)  # 2a. only the contrastive sampling of step 2 (500 problems x 128 tokens), resumable on its own
+      $PY train.py $COMMON stage=sample run_name=coder_study/lr_sample ;;
     lightreasoner)  # 2. LightReasoner: contrastive sampling (500 problems x 128 tokens), fine-tune, evaluate
       $PY train.py $COMMON method=lightreasoner eval.models=[base,tuned] run_name=coder_study/lightreasoner ;;
     sft)      # 3. rejection-sampling SFT on the same problems: k=4 solutions each at T=0.7, the same LoRA and update budget
@@ -30,6 +33,6 @@ for step in $STEPS; do
     report)   # 4. accuracy, paired gains (tuned vs base on the same problems) and the efficiency table
       $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out docs/results/coder_study
       $PY -m lightreasoner.report --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft ;;
-    *) echo "unknown step '$step' (expected: budget untuned lightreasoner sft report)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft report)" >&2; exit 2 ;;
   esac
 done
