@@ -31,7 +31,6 @@ from common import ENGINES, EXPERT_GGUF, MODELS, PeakRSS, tiny_pair  # noqa: E40
 from lightreasoner.files import atomic_write_json  # noqa: E402
 
 
-
 def run_one(engine_name: str, spec_dict: dict, n: int, max_new: int, batch_size: int, out: Path) -> None:
     """Runs in its own process: build the engine, generate, score, write JSON."""
     from lightreasoner.answers import extract_answer, is_equivalent
