@@ -120,8 +120,10 @@ class ModelSpec:
     def identity(self) -> dict:
         """What determines this model's outputs, for cache keys.
 
-        Hub models: name + revision. Local files: resolved path, size, mtime and a hash of the
-        first and last MiB of the weights file(s) (fast on multi-GB files, changes with them).
+        Hub models: name + revision. Local files: resolved path, and each weights/config
+        file's name, size and full sha256 (:func:`file_sha256`), so identical files give the same
+        keys on any machine and in any session (a re-assembled GGUF file, a copied cache), and
+        any changed byte gives new ones.
         """
         ident: dict[str, Any] = {"dtype": self.dtype}
         if not self.is_local:
@@ -138,14 +140,43 @@ class ModelSpec:
 
 
 def _file_fingerprint(path: Path) -> dict:
+    return {"name": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+_SHA256_MEMO: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """The full sha256 of ``path``, hashed once per file version: memoised in the process and
+    in the shared cache (``file_hashes/``, keyed by the resolved path, size, mtime, ctime and
+    inode: any write or touch re-hashes),
+    so a multi-GB checkpoint is read once, not on every run. An unwritable cache only costs a
+    re-hash."""
+    path = Path(path).resolve()
     st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > (2 << 20):
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read(1 << 20))
-    return {"name": path.name, "size": st.st_size, "mtime": int(st.st_mtime), "sha256_ends": h.hexdigest()[:16]}
+    stamp = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if stamp in _SHA256_MEMO:
+        return _SHA256_MEMO[stamp]
+    memo = cache_root() / "file_hashes" / hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:32]
+    try:
+        digest = memo.read_text().strip()
+    except OSError:
+        digest = ""
+    if len(digest) != 64:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(digest)
+            tmp.replace(memo)
+        except OSError:
+            pass
+    _SHA256_MEMO[stamp] = digest
+    return digest
 
 
 def _check_exists(spec: ModelSpec, what: str) -> None:

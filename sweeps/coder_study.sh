@@ -27,9 +27,9 @@ for step in $STEPS; do
     lr_sample)  # 2a. only the contrastive sampling of step 2 (500 problems x 128 tokens), resumable on its own
       $PY train.py $COMMON stage=sample run_name=coder_study/lr_sample ;;
     lightreasoner)  # 2. LightReasoner: contrastive sampling (500 problems x 128 tokens), fine-tune, evaluate
-      $PY train.py $COMMON method=lightreasoner eval.models=[base,tuned] run_name=coder_study/lightreasoner ;;
+      $PY train.py $COMMON method=lightreasoner eval.models=[tuned,base] run_name=coder_study/lightreasoner ;;
     sft)      # 3. rejection-sampling SFT on the same problems: k=4 solutions each at T=0.7, the same LoRA and update budget
-      $PY train.py $COMMON method=sft method.samples_per_problem=4 eval.models=[base,tuned] run_name=coder_study/sft ;;
+      $PY train.py $COMMON method=sft method.samples_per_problem=4 eval.models=[tuned,base] run_name=coder_study/sft ;;
     report)   # 4. accuracy, paired gains (tuned vs base on the same problems) and the efficiency table
       $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out docs/results/coder_study
       $PY -m lightreasoner.report --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft ;;

@@ -33,6 +33,29 @@ def test_local_identity_changes_with_the_weights(tiny_pair_dirs, tmp_path):
     assert ModelSpec(str(d)).identity() != before
 
 
+def test_local_identity_is_the_content_not_the_file_date(tiny_pair_dirs, tmp_path, monkeypatch):
+    """Same bytes -> same identity (a re-assembled or copied checkpoint keeps its caches); one
+    changed byte in the middle of a same-size file -> a new identity (mtime is not relied on)."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "m"
+    shutil.copytree(tiny_pair_dirs["expert"], d)
+    before = ModelSpec(str(d)).identity()
+    weights = d / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert ModelSpec(str(d)).identity() == before
+    assert list((tmp_path / "cache" / "file_hashes").iterdir())  # the hash is memoised on disk
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime restored
+    after = ModelSpec(str(d)).identity()
+    assert after != before and len(data) == st.st_size
+
+
 def test_unknown_local_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="expert.name_or_path"):
         load_tokenizer(ModelSpec(str(tmp_path / "missing")), "expert")
