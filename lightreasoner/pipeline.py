@@ -507,7 +507,11 @@ def restore_finished_training(state: RunState) -> bool:
         setattr(state, k, done.get(k))
     state.selection, state.drift = state.selection or {}, state.drift or {}
     state.adapter_dir = Path(adapter)
-    state.merged_dir = Path(done["merged_dir"]) if done.get("merged_dir") and Path(done["merged_dir"]).is_dir() else None
+    merged = Path(done["merged_dir"]) if done.get("merged_dir") else None
+    if merged is not None and not merged.is_dir():  # e.g. a run imported without its weights (cache_bundle)
+        log.info("resume: rebuilding the merged model %s from the adapter", merged)
+        merged = merge_adapter(state.adapter_dir, merged)
+    state.merged_dir = merged
     state.wall_s.update(done.get("wall_s") or {})
     state.cpu_s.update(done.get("cpu_s") or {})
     log.info("resume: the fine-tune of this run finished earlier (%s); sampling and distillation skipped", adapter)

@@ -100,3 +100,43 @@ def test_rerunning_a_name_with_other_training_settings_is_one_clear_error(drills
     proc = subprocess.run(_cmd(drills, "run_name=full", "sampling.beta=0.9"), capture_output=True, text=True, cwd=drills, timeout=300)
     assert proc.returncode == 2
     assert "run_name:" in proc.stderr and "sampling.beta" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_run_carried_in_a_bundle_resumes_in_a_fresh_session(tmp_path, monkeypatch):
+    """A fresh session: the cache and the run directory are gone, the demo pair and its data are
+    rebuilt (the same bytes, new file dates); the run imported from a bundle (without its
+    checkpoints or merged weights) resumes - no sampling, no fine-tune, the merged model rebuilt
+    from the adapter, its evaluation records accepted under the same settings - and reports the same."""
+    import shutil
+
+    from lightreasoner.cache_bundle import export_runs, import_bundle
+
+    monkeypatch.chdir(tmp_path)
+    _run(tmp_path, "run_name=carried")
+    run = tmp_path / "outputs" / "carried"
+    ref = json.loads((run / "summary.json").read_text())
+    records = {p.relative_to(run): p.read_bytes() for p in (run / "eval").rglob("*.jsonl")}
+    out = export_runs(["outputs/carried"], tmp_path / "bundle", tmp_path / "cache")
+    kinds = sorted({c.split("/")[0] for c in out["caches"]})
+    assert kinds == ["eval", "traces"] and len([c for c in out["caches"] if c.startswith("eval/")]) == len(list((run / "eval").glob("*/*.settings.json")))
+    assert not (tmp_path / "bundle" / "runs" / "outputs" / "carried" / "merged").exists()
+    shutil.rmtree(tmp_path / "cache")
+    shutil.rmtree(tmp_path / "outputs")
+    assert import_bundle(tmp_path / "bundle", tmp_path / "cache", tmp_path)["files"] > 0
+    proc = _run(tmp_path, "run_name=carried")
+    assert "sampling and distillation skipped" in proc.stderr + proc.stdout
+    assert (run / "merged").is_dir()
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "eval").rglob("*.jsonl")} == records
+    got = json.loads((run / "summary.json").read_text())
+    assert got["eval"] == ref["eval"] and got["comparisons"] == ref["comparisons"]
+    assert import_bundle(tmp_path / "bundle", tmp_path / "cache", tmp_path)["files"] == 0  # nothing overwritten
+
+
+def test_cache_bundle_bad_input_is_one_line(tmp_path, monkeypatch):
+    from lightreasoner.cache_bundle import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notarun").mkdir()
+    for argv, field in ((["export", "notarun", "--to", "b"], "run:"), (["export", "/abs", "--to", "b"], "run:"), (["import", "notarun"], "bundle:")):
+        assert main(argv) == 2
+    assert not (tmp_path / "b").exists()

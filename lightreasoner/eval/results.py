@@ -80,13 +80,18 @@ class SharedResults:
 
     def __init__(self, cache_dir: Path, settings: dict) -> None:
         shared = {k: v for k, v in settings.items() if k not in self.NAME_FIELDS}
-        key = hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
-        self.dir = Path(cache_dir) / key
+        self.dir = self.key_dir(cache_dir, settings)
         self.path = self.dir / f"{settings['benchmark']}.jsonl"
         self.lock = FileLock(str(self.path) + ".lock")
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.lock:
             check_settings(self.path.with_name(f"{settings['benchmark']}.settings.json"), shared)
+
+    @classmethod
+    def key_dir(cls, cache_dir: Path, settings: dict) -> Path:
+        """The store directory of a run's ``{benchmark}.settings.json`` settings."""
+        shared = {k: v for k, v in settings.items() if k not in cls.NAME_FIELDS}
+        return Path(cache_dir) / hashlib.sha256(canonical_json(shared).encode()).hexdigest()[:16]
 
     def rows(self) -> dict[str, dict]:
         with self.lock:

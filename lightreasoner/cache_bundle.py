@@ -1,0 +1,152 @@
+"""Carry finished runs and the caches they read to another session or machine.
+
+``export`` copies, into one directory, what the named runs took from the shared cache - their
+sampled traces (``traces/{key}``, ``sft_solutions/{key}``: every cache directory the run's
+``summary.json`` names) and their evaluation rows in the shared store (``eval/{key}``, found from
+each ``{run}/eval/{model}/{benchmark}.settings.json``) - and the runs' own small files (summary,
+``stages.json``, per-problem records, the adapter, the Hydra config; not ``checkpoints/`` or
+``merged/`` weights). ``import`` puts them back under the cache directory and the working
+directory, never overwriting a file that is there. Cache keys are content hashes of the model,
+data and settings (:meth:`lightreasoner.models.ModelSpec.identity`), so imported caches are
+hits wherever the same model and data files are, and shards are digest-checked when read.
+
+    python -m lightreasoner.cache_bundle export outputs/coder_study/lightreasoner --to BUNDLE
+    python -m lightreasoner.cache_bundle import BUNDLE          # then rerun the runs' commands
+
+A rerun of an imported named run resumes as it would on the machine that ran it: finished
+fine-tunes are not trained again (their adapter is imported; the merged model is rebuilt from
+it), finished evaluation records are not regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .eval.results import SharedResults
+from .models import cache_root
+
+__all__ = ["export_runs", "import_bundle", "TRACE_KINDS", "RUN_EXCLUDE"]
+
+TRACE_KINDS = ("traces", "sft_solutions")
+"""Cache subdirectories that hold sampled data, one directory per key."""
+
+RUN_EXCLUDE = ("checkpoints", "merged")
+"""Run subdirectories left out of a bundle (large, and rebuilt from what is kept)."""
+
+
+def _cache_dirs_named(value, root: Path) -> Iterator[Path]:
+    """Every existing ``{root}/{kind}/{key}`` directory a summary value names, at any depth."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _cache_dirs_named(v, root)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _cache_dirs_named(v, root)
+    elif isinstance(value, str) and os.sep in value:
+        p = Path(os.path.expanduser(value))
+        if p.parent.name in TRACE_KINDS and p.parent.parent.resolve() == root.resolve() and p.is_dir():
+            yield p
+
+
+def _eval_store_dirs(run: Path, root: Path) -> Iterator[Path]:
+    for settings in sorted((run / "eval").glob("*/*.settings.json")):
+        shared = SharedResults.key_dir(root / "eval", json.loads(settings.read_text()))
+        if shared.is_dir():
+            yield shared
+
+
+def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = ()) -> int:
+    """Copy ``src`` into ``dst`` file by file, keeping files already there; returns files copied."""
+    n = 0
+    skip = set(exclude)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        dirnames[:] = [d for d in dirnames if not (rel == Path(".") and d in skip)]
+        for name in filenames:
+            if name.endswith((".lock", ".tmp")):
+                continue
+            target = dst / rel / name
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{name}.{os.getpid()}.part")
+            shutil.copy2(Path(dirpath) / name, tmp)
+            tmp.replace(target)
+            n += 1
+    return n
+
+
+def export_runs(runs: Iterable[str | os.PathLike], out: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
+    """Copy ``runs`` (run directories, relative to the working directory) and the cache entries
+    they read into ``out``. Returns ``{"runs": [...], "caches": [...], "files": N}``. One
+    ``ValueError`` naming a run that is not a finished run directory."""
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    out = Path(out)
+    runs = [Path(r) for r in runs]
+    for run in runs:
+        if run.is_absolute() or ".." in run.parts:
+            raise ValueError(f"run: expected a run directory relative to the working directory, got {str(run)!r}")
+        if not (run / "summary.json").is_file():
+            raise ValueError(f"run: {str(run)!r} has no summary.json (not a run directory, or the run has not written one yet)")
+    caches: dict[Path, Path] = {}
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        for d in _cache_dirs_named(summary, root):
+            caches[d] = Path(d.parent.name) / d.name
+        for d in _eval_store_dirs(run, root):
+            caches[d] = Path("eval") / d.name
+    files = 0
+    for src, rel in sorted(caches.items(), key=lambda kv: str(kv[1])):
+        files += _copy_tree(src, out / "cache" / rel)
+    for run in runs:
+        files += _copy_tree(run, out / "runs" / run, exclude=RUN_EXCLUDE)
+    return {"runs": [str(r) for r in runs], "caches": sorted(str(r) for r in caches.values()), "files": files}
+
+
+def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike | None = None, workdir: str | os.PathLike = ".") -> dict:
+    """Put a bundle's caches under ``cache_dir`` and its runs under ``workdir``; files already
+    there are kept. Returns ``{"files": N}``. One ``ValueError`` when ``bundle`` is not one."""
+    bundle = Path(bundle)
+    if not (bundle / "cache").is_dir() and not (bundle / "runs").is_dir():
+        raise ValueError(f"bundle: {str(bundle)!r} is not a cache bundle (expected cache/ and runs/ from `export`)")
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    files = 0
+    if (bundle / "cache").is_dir():
+        files += _copy_tree(bundle / "cache", root)
+    if (bundle / "runs").is_dir():
+        files += _copy_tree(bundle / "runs", Path(workdir))
+    return {"files": files}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lightreasoner.cache_bundle", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="copy runs and the caches they read into one directory")
+    ex.add_argument("runs", nargs="+", help="run directories (relative), e.g. outputs/NAME")
+    ex.add_argument("--to", required=True, help="the bundle directory")
+    im = sub.add_parser("import", help="put a bundle's caches and runs back in place")
+    im.add_argument("bundle")
+    for p in (ex, im):
+        p.add_argument("--cache-dir", default=None, help="the shared cache (default: LIGHTREASONER_CACHE or ~/.cache/lightreasoner)")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "export":
+            res = export_runs(args.runs, args.to, args.cache_dir)
+            print(f"exported {len(res['runs'])} run(s) and {len(res['caches'])} cache entr(ies) to {args.to}: {res['files']} files copied")
+        else:
+            res = import_bundle(args.bundle, args.cache_dir)
+            print(f"imported {args.bundle}: {res['files']} files copied (files already there kept)")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
