@@ -6,6 +6,7 @@
 # evaluations from their per-problem records; the untuned models' rows live in the shared
 # evaluation store (eval.cache), so later steps reuse them.
 #   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft report (default: all, in this order)
+#   (bundle / restore: carry finished runs and their caches to a fresh session through the repository)
 #   (lr_sample: LightReasoner's sampling alone, into the shared trace cache that `lightreasoner` then reads)
 # On a CPU, run it with the Python that has vLLM (README, "Generation engines"), e.g.
 #   PYTHON=/tmp/vllm-venv/bin/python VLLM_CPU_OMP_THREADS_BIND=0-1 \
@@ -33,6 +34,12 @@ for step in $STEPS; do
     report)   # 4. accuracy, paired gains (tuned vs base on the same problems) and the efficiency table
       $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out docs/results/coder_study
       $PY -m lightreasoner.report --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft ;;
-    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft report)" >&2; exit 2 ;;
+    bundle)   # carry the finished runs and the caches they read (traces, SFT solutions, shared
+              # evaluation rows; no checkpoints or merged weights) into the repository
+      runs=$(for r in lightreasoner sft; do [ -f outputs/coder_study/$r/summary.json ] && echo outputs/coder_study/$r; done)
+      $PY -m lightreasoner.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
+    restore)  # in a fresh session: put the committed bundle back, then rerun any step to resume from it
+      $PY -m lightreasoner.cache_bundle import docs/results/coder_study_records/bundle ;;
+    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft report bundle restore)" >&2; exit 2 ;;
   esac
 done
