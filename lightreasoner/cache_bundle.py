@@ -4,13 +4,16 @@
 sampled traces (``traces/{key}``, ``sft_solutions/{key}``: every cache directory the run's
 ``summary.json`` names) and their evaluation rows in the shared store (``eval/{key}``, found from
 each ``{run}/eval/{model}/{benchmark}.settings.json``) - and the runs' own small files (summary,
-``stages.json``, per-problem records, the adapter, the Hydra config; not ``checkpoints/`` or
-``merged/`` weights). ``import`` puts them back under the cache directory and the working
+``stages.json``, per-problem records, the adapter, the Hydra config; not the ``merged/`` weights,
+and of ``checkpoints/`` only ``last.ckpt`` of a fine-tune that has not finished - LoRA weights,
+optimizer and loader state - so an interrupted fine-tune continues where it was). Cache entries
+a run does not name yet (a run stopped before its summary) are given with ``--cache KIND/KEY``. ``import`` puts them back under the cache directory and the working
 directory, never overwriting a file that is there. Cache keys are content hashes of the model,
 data and settings (:meth:`lightreasoner.models.ModelSpec.identity`), so imported caches are
 hits wherever the same model and data files are, and shards are digest-checked when read.
 
     python -m lightreasoner.cache_bundle export outputs/coder_study/lightreasoner --to BUNDLE
+    python -m lightreasoner.cache_bundle export outputs/NAME --cache traces/KEY --to BUNDLE
     python -m lightreasoner.cache_bundle import BUNDLE          # then rerun the runs' commands
 
 A rerun of an imported named run resumes as it would on the machine that ran it: finished
@@ -37,7 +40,8 @@ TRACE_KINDS = ("traces", "sft_solutions")
 """Cache subdirectories that hold sampled data, one directory per key."""
 
 RUN_EXCLUDE = ("checkpoints", "merged")
-"""Run subdirectories left out of a bundle (large, and rebuilt from what is kept)."""
+"""Run subdirectories left out of a bundle (large, and rebuilt from what is kept); an unfinished
+fine-tune's ``checkpoints/last.ckpt`` is carried on its own."""
 
 
 def _cache_dirs_named(value, root: Path) -> Iterator[Path]:
@@ -61,8 +65,10 @@ def _eval_store_dirs(run: Path, root: Path) -> Iterator[Path]:
             yield shared
 
 
-def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = ()) -> int:
-    """Copy ``src`` into ``dst`` file by file, keeping files already there; returns files copied."""
+def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = (), overwrite: bool = False) -> int:
+    """Copy ``src`` into ``dst`` file by file; a file already there is kept (``overwrite``: kept
+    only when it has the same size and date, so a re-export takes what has changed since).
+    Returns the number of files copied."""
     n = 0
     skip = set(exclude)
     for dirpath, dirnames, filenames in os.walk(src):
@@ -73,7 +79,9 @@ def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = ()) -> int:
                 continue
             target = dst / rel / name
             if target.exists():
-                continue
+                a, b = (Path(dirpath) / name).stat(), target.stat()
+                if not overwrite or (a.st_size, int(a.st_mtime)) == (b.st_size, int(b.st_mtime)):
+                    continue
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{name}.{os.getpid()}.part")
             shutil.copy2(Path(dirpath) / name, tmp)
@@ -82,30 +90,47 @@ def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = ()) -> int:
     return n
 
 
-def export_runs(runs: Iterable[str | os.PathLike], out: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
-    """Copy ``runs`` (run directories, relative to the working directory) and the cache entries
-    they read into ``out``. Returns ``{"runs": [...], "caches": [...], "files": N}``. One
-    ``ValueError`` naming a run that is not a finished run directory."""
+def export_runs(
+    runs: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    extra_caches: Iterable[str] = (),
+) -> dict:
+    """Copy ``runs`` (run directories, relative to the working directory), the cache entries
+    they read and ``extra_caches`` (``KIND/KEY`` under the cache, e.g. ``traces/<key>``) into
+    ``out``. Returns ``{"runs": [...], "caches": [...], "files": N}``. One ``ValueError``
+    naming a run that is not a run directory or an entry that is not in the cache."""
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     out = Path(out)
     runs = [Path(r) for r in runs]
     for run in runs:
         if run.is_absolute() or ".." in run.parts:
             raise ValueError(f"run: expected a run directory relative to the working directory, got {str(run)!r}")
-        if not (run / "summary.json").is_file():
-            raise ValueError(f"run: {str(run)!r} has no summary.json (not a run directory, or the run has not written one yet)")
+        if not ((run / "summary.json").is_file() or (run / ".hydra").is_dir()):
+            raise ValueError(f"run: {str(run)!r} is not a run directory (no summary.json or .hydra/)")
     caches: dict[Path, Path] = {}
+    for entry in extra_caches:
+        rel = Path(entry)
+        if len(rel.parts) != 2 or rel.parts[0] not in (*TRACE_KINDS, "eval") or not (root / rel).is_dir():
+            raise ValueError(f"cache: expected KIND/KEY of an entry under {root} (KIND one of {[*TRACE_KINDS, 'eval']}), got {entry!r}")
+        caches[root / rel] = rel
     for run in runs:
-        summary = json.loads((run / "summary.json").read_text())
-        for d in _cache_dirs_named(summary, root):
-            caches[d] = Path(d.parent.name) / d.name
+        if (run / "summary.json").is_file():
+            for d in _cache_dirs_named(json.loads((run / "summary.json").read_text()), root):
+                caches[d] = Path(d.parent.name) / d.name
         for d in _eval_store_dirs(run, root):
             caches[d] = Path("eval") / d.name
     files = 0
     for src, rel in sorted(caches.items(), key=lambda kv: str(kv[1])):
-        files += _copy_tree(src, out / "cache" / rel)
+        files += _copy_tree(src, out / "cache" / rel, overwrite=True)
     for run in runs:
-        files += _copy_tree(run, out / "runs" / run, exclude=RUN_EXCLUDE)
+        files += _copy_tree(run, out / "runs" / run, exclude=RUN_EXCLUDE, overwrite=True)
+        last = run / "checkpoints" / "last.ckpt"
+        if last.is_file() and not (run / "adapter").is_dir():  # a fine-tune that has not finished
+            target = out / "runs" / run / "checkpoints" / "last.ckpt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(last, target)  # the newest one replaces an older carried copy
+            files += 1
     return {"runs": [str(r) for r in runs], "caches": sorted(str(r) for r in caches.values()), "files": files}
 
 
@@ -128,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lightreasoner.cache_bundle", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="copy runs and the caches they read into one directory")
-    ex.add_argument("runs", nargs="+", help="run directories (relative), e.g. outputs/NAME")
+    ex.add_argument("runs", nargs="*", help="run directories (relative), e.g. outputs/NAME")
     ex.add_argument("--to", required=True, help="the bundle directory")
+    ex.add_argument("--cache", action="append", default=[], metavar="KIND/KEY", help="a cache entry to carry as well (e.g. traces/<key>)")
     im = sub.add_parser("import", help="put a bundle's caches and runs back in place")
     im.add_argument("bundle")
     for p in (ex, im):
@@ -137,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "export":
-            res = export_runs(args.runs, args.to, args.cache_dir)
+            res = export_runs(args.runs, args.to, args.cache_dir, args.cache)
             print(f"exported {len(res['runs'])} run(s) and {len(res['caches'])} cache entr(ies) to {args.to}: {res['files']} files copied")
         else:
             res = import_bundle(args.bundle, args.cache_dir)

@@ -132,11 +132,40 @@ def test_a_run_carried_in_a_bundle_resumes_in_a_fresh_session(tmp_path, monkeypa
     assert import_bundle(tmp_path / "bundle", tmp_path / "cache", tmp_path)["files"] == 0  # nothing overwritten
 
 
-def test_cache_bundle_bad_input_is_one_line(tmp_path, monkeypatch):
+def test_cache_bundle_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     from lightreasoner.cache_bundle import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notarun").mkdir()
-    for argv, field in ((["export", "notarun", "--to", "b"], "run:"), (["export", "/abs", "--to", "b"], "run:"), (["import", "notarun"], "bundle:")):
+    cases = ((["export", "notarun", "--to", "b"], "run:"), (["export", "/abs", "--to", "b"], "run:"),
+             (["export", "--cache", "traces/nope", "--to", "b"], "cache:"), (["import", "notarun"], "bundle:"))
+    for argv, field in cases:
         assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {field}") and err.count("\n") == 1, err
     assert not (tmp_path / "b").exists()
+
+
+def test_an_unfinished_fine_tune_is_carried_with_its_last_checkpoint(drills, tmp_path, monkeypatch):
+    """Killed mid-fine-tune, before any summary: the run, its last checkpoint and its traces
+    (named with --cache) carried to a fresh session continue to the uninterrupted adapter."""
+    import shutil
+
+    from lightreasoner.cache_bundle import main
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "outputs" / "half"
+    _kill_when(tmp_path, lambda: any((run / "checkpoints").glob("*step=24*")), "run_name=half")
+    assert not (run / "summary.json").exists() and not (run / "adapter").exists()
+    (key,) = [p.name for p in (tmp_path / "cache" / "traces").iterdir() if p.is_dir()]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["export", "outputs/half", "--cache", f"traces/{key}", "--to", "bundle", *cache]) == 0
+    assert [p.name for p in (tmp_path / "bundle" / "runs" / "outputs" / "half" / "checkpoints").iterdir()] == ["last.ckpt"]
+    shutil.rmtree(tmp_path / "cache")
+    shutil.rmtree(tmp_path / "outputs")
+    assert main(["import", "bundle", *cache]) == 0
+    _run(tmp_path, "run_name=half")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["efficiency"]["sampling"]["cached"] is True  # the carried traces, not sampled again
+    full, resumed = _adapter(drills / "outputs" / "full"), _adapter(run)
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
