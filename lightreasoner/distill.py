@@ -76,6 +76,11 @@ class DistillSettings:
     """``right`` or ``left``; the loss is the same either way."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    checkpoint_every: int | None = None
+    """Optimizer updates between the resumable checkpoints (``checkpoints/last.ckpt``); None:
+    a fifth of ``trainer.max_steps``. A long fine-tune on a machine that may be handed back at
+    any moment loses at most this many updates. Changes no result, so it is left out of the
+    run's training identity (:mod:`lightreasoner.resume`)."""
     merge: bool = True
     """Merge the adapter into a standalone full-precision model after training."""
     export_published: bool = False
@@ -120,6 +125,9 @@ class DistillSettings:
             raise ValueError(f"distill.padding_side: expected 'right' or 'left', got {self.padding_side!r}")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"distill.num_workers: expected an integer >= 0, got {self.num_workers!r}")
+        ce = self.checkpoint_every
+        if ce is not None and (isinstance(ce, bool) or not isinstance(ce, int) or ce < 1):
+            raise ValueError(f"distill.checkpoint_every: expected an integer >= 1 or null, got {ce!r}")
         if self.published_loss_column and (self.packing or self.padding_side != "right"):
             raise ValueError(
                 "distill.published_loss_column: needs distill.packing=false and distill.padding_side=right "

@@ -254,7 +254,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
     counter = TunedTokenCounter()
     callbacks = [counter]
     if cfg.trainer.get("enable_checkpointing", True):
-        every = max(1, int(cfg.trainer.max_steps) // 5)
+        every = settings.checkpoint_every or max(1, int(cfg.trainer.max_steps) // 5)
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))

@@ -36,10 +36,17 @@ TRAINER_KEYS = ("max_steps", "accumulate_grad_batches", "gradient_clip_val", "pr
 """``trainer`` keys that change the fine-tune (placement, logging and progress bars do not)."""
 
 
+UNHASHED = {"distill": ("checkpoint_every",)}
+"""Keys of :data:`TRAINING_GROUPS` that change no result (how often the fine-tune checkpoints)."""
+
+
 def training_identity(cfg: Any) -> tuple[str, dict]:
     """(sha256[:16], the settings hashed) of what determines the run's fine-tune; take it before
     the demo's ``prepare`` points the pair at machine-local cache paths."""
     d = {k: to_plain(cfg.get(k)) for k in TRAINING_GROUPS}
+    for group, keys in UNHASHED.items():
+        if isinstance(d.get(group), dict):
+            d[group] = {k: v for k, v in d[group].items() if k not in keys}
     trainer = cfg.get("trainer") or {}
     d["trainer"] = {k: to_plain(trainer.get(k)) for k in TRAINER_KEYS}
     return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16], d

@@ -93,6 +93,7 @@ CONFIG_CASES = [
     (["distill.steps_per_batch=0"], (), ValueError, r"^distill\.steps_per_batch: expected an integer >= 1"),
     (["distill.padding_side=middle"], (), ValueError, r"^distill\.padding_side: expected 'right' or 'left'"),
     (["distill.num_workers=-1"], (), ValueError, r"^distill\.num_workers: expected an integer >= 0"),
+    (["distill.checkpoint_every=0"], (), ValueError, r"^distill\.checkpoint_every: expected an integer >= 1 or null"),
     (["distill.import_published=/nonexistent.jsonl"], (), ValueError, r"^distill\.import_published: .*'/nonexistent\.jsonl' does not exist"),
     (["+distill.bogus=1"], (), ValueError, r"^distill: unknown field\(s\) \['bogus'\]"),
     # peft (distill.lora_config)

@@ -155,7 +155,8 @@ def test_an_unfinished_fine_tune_is_carried_with_its_last_checkpoint(drills, tmp
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "outputs" / "half"
-    _kill_when(tmp_path, lambda: any((run / "checkpoints").glob("*step=24*")), "run_name=half")
+    every = "distill.checkpoint_every=10"  # the default (max_steps / 5 = 12) never writes step 30
+    _kill_when(tmp_path, lambda: any((run / "checkpoints").glob("*step=30*")), "run_name=half", every)
     assert not (run / "summary.json").exists() and not (run / "adapter").exists()
     (key,) = [p.name for p in (tmp_path / "cache" / "traces").iterdir() if p.is_dir()]
     cache = ["--cache-dir", str(tmp_path / "cache")]
@@ -164,8 +165,20 @@ def test_an_unfinished_fine_tune_is_carried_with_its_last_checkpoint(drills, tmp
     shutil.rmtree(tmp_path / "cache")
     shutil.rmtree(tmp_path / "outputs")
     assert main(["import", "bundle", *cache]) == 0
-    _run(tmp_path, "run_name=half")
+    _run(tmp_path, "run_name=half", every)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["efficiency"]["sampling"]["cached"] is True  # the carried traces, not sampled again
     full, resumed = _adapter(drills / "outputs" / "full"), _adapter(run)
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_checkpoint_frequency_is_not_part_of_the_training_identity():
+    from omegaconf import OmegaConf
+
+    from lightreasoner.resume import training_identity
+
+    def sha(**distill):
+        return training_identity(OmegaConf.create({"distill": {"steps_per_batch": 8, **distill}, "trainer": {"max_steps": 10}}))[0]
+
+    assert sha(checkpoint_every=20) == sha(checkpoint_every=None) == sha()
+    assert sha(steps_per_batch=4) != sha()
