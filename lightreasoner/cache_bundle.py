@@ -2,7 +2,7 @@
 
 ``export`` copies, into one directory, what the named runs took from the shared cache - their
 sampled traces (``traces/{key}``, ``sft_solutions/{key}``: every cache directory the run's
-``summary.json`` names) and their evaluation rows in the shared store (``eval/{key}``, found from
+``summary.json`` or ``stages.json`` names) and their evaluation rows in the shared store (``eval/{key}``, found from
 each ``{run}/eval/{model}/{benchmark}.settings.json``) - and the runs' own small files (summary,
 ``stages.json``, per-problem records, the adapter, the Hydra config; not the ``merged/`` weights,
 and of ``checkpoints/`` only ``last.ckpt`` of a fine-tune that has not finished - LoRA weights,
@@ -115,9 +115,10 @@ def export_runs(
             raise ValueError(f"cache: expected KIND/KEY of an entry under {root} (KIND one of {[*TRACE_KINDS, 'eval']}), got {entry!r}")
         caches[root / rel] = rel
     for run in runs:
-        if (run / "summary.json").is_file():
-            for d in _cache_dirs_named(json.loads((run / "summary.json").read_text()), root):
-                caches[d] = Path(d.parent.name) / d.name
+        for record in ("summary.json", "stages.json"):  # stages.json: a fine-tune finished, the run not yet
+            if (run / record).is_file():
+                for d in _cache_dirs_named(json.loads((run / record).read_text()), root):
+                    caches[d] = Path(d.parent.name) / d.name
         for d in _eval_store_dirs(run, root):
             caches[d] = Path("eval") / d.name
     files = 0

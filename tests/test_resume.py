@@ -182,3 +182,17 @@ def test_checkpoint_frequency_is_not_part_of_the_training_identity():
 
     assert sha(checkpoint_every=20) == sha(checkpoint_every=None) == sha()
     assert sha(steps_per_batch=4) != sha()
+
+
+def test_a_run_without_a_summary_carries_the_traces_its_finished_fine_tune_names(tmp_path, monkeypatch):
+    from lightreasoner.cache_bundle import export_runs
+
+    monkeypatch.chdir(tmp_path)
+    traces = tmp_path / "cache" / "traces" / "k1"
+    traces.mkdir(parents=True)
+    (traces / "manifest.json").write_text("{}")
+    run = tmp_path / "outputs" / "r"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "stages.json").write_text(json.dumps({"stages": {"distill": {"selection": {"trace_cache": str(traces)}}}}))
+    out = export_runs(["outputs/r"], tmp_path / "b", tmp_path / "cache")
+    assert out["caches"] == ["traces/k1"] and (tmp_path / "b" / "cache" / "traces" / "k1" / "manifest.json").is_file()
