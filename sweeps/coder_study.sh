@@ -36,7 +36,7 @@ for step in $STEPS; do
       $PY -m lightreasoner.report --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft ;;
     bundle)   # carry the finished runs and the caches they read (traces, SFT solutions, shared
               # evaluation rows; no checkpoints or merged weights) into the repository
-      runs=$(for r in lightreasoner sft; do if [ -f outputs/coder_study/$r/summary.json ]; then echo outputs/coder_study/$r; fi; done)
+      runs=$(for r in lightreasoner sft; do if [ -d outputs/coder_study/$r/.hydra ]; then echo outputs/coder_study/$r; fi; done)
       $PY -m lightreasoner.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
     restore)  # in a fresh session: put the committed bundle back, then rerun any step to resume from it
       $PY -m lightreasoner.cache_bundle import docs/results/coder_study_records/bundle ;;
