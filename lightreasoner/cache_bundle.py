@@ -24,6 +24,7 @@ it), finished evaluation records are not regenerated.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -38,6 +39,12 @@ __all__ = ["export_runs", "import_bundle", "TRACE_KINDS", "RUN_EXCLUDE"]
 
 TRACE_KINDS = ("traces", "sft_solutions")
 """Cache subdirectories that hold sampled data, one directory per key."""
+
+PACK_BYTES = 4 << 20
+"""Bundle files larger than this (e.g. a tokenizer.json beside an adapter) are stored gzip-compressed."""
+
+PACKED = ".bundle.gz"
+"""Suffix of a compressed bundle file; ``import`` restores the file without it."""
 
 RUN_EXCLUDE = ("checkpoints", "merged")
 """Run subdirectories left out of a bundle (large, and rebuilt from what is kept); an unfinished
@@ -65,10 +72,12 @@ def _eval_store_dirs(run: Path, root: Path) -> Iterator[Path]:
             yield shared
 
 
-def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = (), overwrite: bool = False) -> int:
+def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = (), overwrite: bool = False, pack: bool = False) -> int:
     """Copy ``src`` into ``dst`` file by file; a file already there is kept (``overwrite``: kept
-    only when it has the same size and date, so a re-export takes what has changed since).
-    Returns the number of files copied."""
+    only when it has the same date and size, so a re-export takes what has changed since). ``pack``
+    (export): files over :data:`PACK_BYTES` are stored gzip-compressed as ``NAME`` +
+    :data:`PACKED`; without it (import) such files are unpacked back to ``NAME``. Returns the
+    number of files copied."""
     n = 0
     skip = set(exclude)
     for dirpath, dirnames, filenames in os.walk(src):
@@ -77,14 +86,23 @@ def _copy_tree(src: Path, dst: Path, exclude: Iterable[str] = (), overwrite: boo
         for name in filenames:
             if name.endswith((".lock", ".tmp")):
                 continue
-            target = dst / rel / name
+            source = Path(dirpath) / name
+            packed = pack and source.stat().st_size > PACK_BYTES
+            unpack = not pack and name.endswith(PACKED)
+            out_name = name + PACKED if packed else name[: -len(PACKED)] if unpack else name
+            target = dst / rel / out_name
             if target.exists():
-                a, b = (Path(dirpath) / name).stat(), target.stat()
-                if not overwrite or (a.st_size, int(a.st_mtime)) == (b.st_size, int(b.st_mtime)):
+                a, b = source.stat(), target.stat()
+                if not overwrite or (int(a.st_mtime) == int(b.st_mtime) and (packed or a.st_size == b.st_size)):
                     continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{name}.{os.getpid()}.part")
-            shutil.copy2(Path(dirpath) / name, tmp)
+            tmp = target.with_name(f".{out_name}.{os.getpid()}.part")
+            if packed or unpack:
+                with (open if packed else gzip.open)(source, "rb") as f, (gzip.open if packed else open)(tmp, "wb") as g:
+                    shutil.copyfileobj(f, g)
+                shutil.copystat(source, tmp)
+            else:
+                shutil.copy2(source, tmp)
             tmp.replace(target)
             n += 1
     return n
@@ -123,9 +141,9 @@ def export_runs(
             caches[d] = Path("eval") / d.name
     files = 0
     for src, rel in sorted(caches.items(), key=lambda kv: str(kv[1])):
-        files += _copy_tree(src, out / "cache" / rel, overwrite=True)
+        files += _copy_tree(src, out / "cache" / rel, overwrite=True, pack=True)
     for run in runs:
-        files += _copy_tree(run, out / "runs" / run, exclude=RUN_EXCLUDE, overwrite=True)
+        files += _copy_tree(run, out / "runs" / run, exclude=RUN_EXCLUDE, overwrite=True, pack=True)
         last = run / "checkpoints" / "last.ckpt"
         if last.is_file() and not (run / "adapter").is_dir():  # a fine-tune that has not finished
             target = out / "runs" / run / "checkpoints" / "last.ckpt"

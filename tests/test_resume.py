@@ -116,7 +116,9 @@ def test_a_run_carried_in_a_bundle_resumes_in_a_fresh_session(tmp_path, monkeypa
     run = tmp_path / "outputs" / "carried"
     ref = json.loads((run / "summary.json").read_text())
     records = {p.relative_to(run): p.read_bytes() for p in (run / "eval").rglob("*.jsonl")}
+    monkeypatch.setattr("lightreasoner.cache_bundle.PACK_BYTES", 1 << 10)  # weights and shards travel compressed
     out = export_runs(["outputs/carried"], tmp_path / "bundle", tmp_path / "cache")
+    assert list((tmp_path / "bundle").rglob("adapter_model.safetensors.bundle.gz"))
     kinds = sorted({c.split("/")[0] for c in out["caches"]})
     assert kinds == ["eval", "traces"] and len([c for c in out["caches"] if c.startswith("eval/")]) == len(list((run / "eval").glob("*/*.settings.json")))
     assert not (tmp_path / "bundle" / "runs" / "outputs" / "carried" / "merged").exists()
