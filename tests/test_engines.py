@@ -127,3 +127,58 @@ def test_vllm_dtype_auto_resolves_by_hardware_before_any_key(monkeypatch):
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     if not torch.cuda.is_available():
         assert vllm_engine.native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+class _FakeVLLM:
+    """Stands in for the vllm module: records how the engine builds ``LLM`` and seeds requests;
+    a request's one generated token is its seed mod 97 + 1 (so equal seeds give equal samples)."""
+
+    __version__ = "0.0-test"
+    built: list[dict] = []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            _FakeVLLM.built.append(kw)
+
+        def generate(self, prompts, params, use_tqdm=False):
+            params = params if isinstance(params, list) else [params] * len(prompts)
+            out = type("C", (), {})
+            rows = []
+            for p in params:
+                c = out()
+                c.token_ids, c.finish_reason, c.stop_reason = [(p.seed or 0) % 97 + 1], "length", None
+                rows.append(type("O", (), {"outputs": [c]})())
+            return rows
+
+
+def test_vllm_sampling_seeds_each_row_and_builds_unchunked_on_cpu(monkeypatch, tiny_pair_dirs):
+    """k copies of a prompt must not share a seed (vLLM seeds per request), the seeds are a pure
+    function of the batch seed (resume draws the same), and on a CPU seeded sampling builds the
+    engine with chunked prefill off (vLLM 0.32's CPU generator has no offset to rewind);
+    greedy generation builds it as vLLM's default."""
+    from lightreasoner.generation import vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "_import_vllm", lambda: _FakeVLLM)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _FakeVLLM.built = []
+    tok = __import__("lightreasoner.tiny", fromlist=["x"]).build_char_tokenizer()
+    sampled = GenerationSettings(4, do_sample=True, temperature=0.7, top_p=0.95)
+    greedy = GenerationSettings(4)
+    engine = vllm_engine.VLLMEngine(tokenizer=tok, spec=tiny_pair_dirs["expert"], dtype="float32", max_model_len=512, eos_token_ids=[0])
+    assert _FakeVLLM.built == []  # built by the first batch
+    engine.generate_batch([[5, 6]] * 3, greedy)
+    assert len(_FakeVLLM.built) == 1 and "enable_chunked_prefill" not in _FakeVLLM.built[0]
+    a = engine.generate_batch([[5, 6]] * 4, sampled, seed=123).tokens[:, 0].tolist()
+    assert len(_FakeVLLM.built) == 2  # rebuilt once for seeded sampling
+    assert _FakeVLLM.built[1]["enable_chunked_prefill"] is False and _FakeVLLM.built[1]["max_num_batched_tokens"] >= 512
+    b = engine.generate_batch([[5, 6]] * 4, sampled, seed=123).tokens[:, 0].tolist()
+    c = engine.generate_batch([[5, 6]] * 4, sampled, seed=124).tokens[:, 0].tolist()
+    assert len(_FakeVLLM.built) == 2 and a == b and a != c
+    assert len(set(vllm_engine.row_seeds(123, 4))) == 4 and vllm_engine.row_seeds(123, 4) == vllm_engine.row_seeds(123, 6)[:4]
+    assert len(set(a)) > 1  # the copies of one prompt drew different samples
+    engine.generate_batch([[5, 6]], greedy)
+    assert len(_FakeVLLM.built) == 2  # an unchunked engine serves greedy batches as well

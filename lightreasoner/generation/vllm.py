@@ -6,10 +6,18 @@ and generates every benchmark with it; for a handful of problems ``generation=hf
 It never returns logits: contrastive sampling scores its traces with the full-precision
 transformers pass, so only generation changes. GGUF checkpoints are served from their
 dequantized plain copy; LoRA adapters are evaluated through their merged directory.
+
+Sampling with a seed gives every row of a batch its own seed (:func:`row_seeds`): vLLM seeds
+each request separately, so one seed for the whole batch would make the ``k`` copies of a
+prompt identical. On a CPU, vLLM 0.32's seeded sampling crashes when a prompt is prefilled in
+chunks (it rewinds the request's generator by an offset that CPU generators do not have:
+"CPU Generator does not use offset"), so the engine is built at its first batch and, on a CPU,
+with chunked prefill off when that batch is seeded sampling. Greedy engines are built as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +48,12 @@ def resolve_dtype(dtype: str) -> str:
     if str(dtype) != "auto":
         return str(dtype)
     return "bfloat16" if native_bf16() else "float32"
+
+
+def row_seeds(seed: int, n: int) -> list[int]:
+    """``n`` distinct per-request seeds derived from one batch seed (stable across runs and
+    machines, so a resumed batch draws what an uninterrupted one would)."""
+    return [int.from_bytes(hashlib.blake2b(f"{int(seed)}:{i}".encode(), digest_size=4).digest(), "little") for i in range(n)]
 
 
 def _import_vllm():
@@ -81,7 +95,9 @@ class VLLMEngine(Engine):
         path = plain_checkpoint(spec, "generation=vllm")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kvcache_space_gib)))
         self.dtype = resolve_dtype(dtype)
-        self.llm = vllm.LLM(
+        self.llm = None  # built by the first batch (_engine): chunked prefill depends on it
+        self.unchunked = False
+        self._llm_kwargs = dict(
             model=path,
             tokenizer=path,
             revision=spec.revision,
@@ -118,16 +134,21 @@ class VLLMEngine(Engine):
     ) -> GeneratedBatch:
         vllm = _import_vllm()
         self.check_prompts(prompt_ids)
-        params = vllm.SamplingParams(
-            max_tokens=settings.max_new_tokens,
-            temperature=float(settings.temperature) if settings.do_sample else 0.0,
-            top_p=float(settings.top_p) if settings.do_sample else 1.0,
-            stop_token_ids=list(self.eos_token_ids),
-            seed=seed if settings.do_sample else None,
-            detokenize=False,
-        )
+        seeded = bool(settings.do_sample) and seed is not None
+        seeds = row_seeds(seed, len(prompt_ids)) if seeded else [None] * len(prompt_ids)
+        params = [
+            vllm.SamplingParams(
+                max_tokens=settings.max_new_tokens,
+                temperature=float(settings.temperature) if settings.do_sample else 0.0,
+                top_p=float(settings.top_p) if settings.do_sample else 1.0,
+                stop_token_ids=list(self.eos_token_ids),
+                seed=s,
+                detokenize=False,
+            )
+            for s in seeds
+        ]
         prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        outs = self._engine(seeded).generate(prompts, params, use_tqdm=False)
         eos = set(self.eos_token_ids)
         rows = []
         for o in outs:
@@ -141,6 +162,21 @@ class VLLMEngine(Engine):
         for i, r in enumerate(rows):
             tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         return GeneratedBatch(tokens=tokens)
+
+    def _engine(self, seeded: bool):
+        """The vLLM ``LLM``, built on first use; on a CPU, seeded sampling needs it built with
+        chunked prefill off (module docstring), and an engine built otherwise is rebuilt once."""
+        needs_unchunked = seeded and not torch.cuda.is_available()
+        if self.llm is not None and needs_unchunked and not self.unchunked:
+            self.llm = None  # built for greedy use; seeded requests would crash it
+        if self.llm is None:
+            kwargs = dict(self._llm_kwargs)
+            if needs_unchunked:
+                # whole prompts only: every prompt fits one step (max_num_batched_tokens >= max_model_len)
+                kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(kwargs["max_model_len"], 2048))
+            self.llm = _import_vllm().LLM(**kwargs)
+            self.unchunked = needs_unchunked
+        return self.llm
 
     def close(self) -> None:
         self.llm = None
