@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from lightreasoner.generation import GenerationSettings, HFEngine, build_engine,
 from lightreasoner.models import ModelSpec
 from lightreasoner.records import SCORED_TRACE_KEYS
 from lightreasoner.sampling import run_sampling
+from lightreasoner.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 HF = {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": None}
@@ -146,13 +148,10 @@ class _FakeVLLM:
 
         def generate(self, prompts, params, use_tqdm=False):
             params = params if isinstance(params, list) else [params] * len(prompts)
-            out = type("C", (), {})
-            rows = []
-            for p in params:
-                c = out()
-                c.token_ids, c.finish_reason, c.stop_reason = [(p.seed or 0) % 97 + 1], "length", None
-                rows.append(type("O", (), {"outputs": [c]})())
-            return rows
+            return [
+                SimpleNamespace(outputs=[SimpleNamespace(token_ids=[(p.seed or 0) % 97 + 1], finish_reason="length", stop_reason=None)])
+                for p in params
+            ]
 
 
 def test_vllm_sampling_seeds_each_row_and_builds_unchunked_on_cpu(monkeypatch, tiny_pair_dirs):
@@ -165,7 +164,7 @@ def test_vllm_sampling_seeds_each_row_and_builds_unchunked_on_cpu(monkeypatch, t
     monkeypatch.setattr(vllm_engine, "_import_vllm", lambda: _FakeVLLM)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _FakeVLLM.built = []
-    tok = __import__("lightreasoner.tiny", fromlist=["x"]).build_char_tokenizer()
+    tok = build_char_tokenizer()
     sampled = GenerationSettings(4, do_sample=True, temperature=0.7, top_p=0.95)
     greedy = GenerationSettings(4)
     engine = vllm_engine.VLLMEngine(tokenizer=tok, spec=tiny_pair_dirs["expert"], dtype="float32", max_model_len=512, eos_token_ids=[0])
