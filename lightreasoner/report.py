@@ -2,6 +2,8 @@
 
     python -m lightreasoner.report multirun/2025-01-01/12-00-00            # -> .../report/
     python -m lightreasoner.report run_a run_b --out /tmp/report
+    python -m lightreasoner.report --efficiency lr_run sft_run       # the paper's efficiency table
+    python -m lightreasoner.report --head-to-head lr_run sft_run     # run_b's tuned vs run_a's, paired
 
 Reads only what a run leaves on disk, so it works on a directory copied back from a cluster:
 ``.hydra/config.yaml`` (the composed config, interpolations left unresolved),
@@ -37,7 +39,8 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from omegaconf import OmegaConf
 
-from lightreasoner.eval.stats import wilson_interval
+from lightreasoner.eval.results import read_rows
+from lightreasoner.eval.stats import paired_comparison, wilson_interval
 from lightreasoner.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
@@ -733,6 +736,60 @@ def efficiency_table(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     return table
 
 
+# ---------------------------------------------------------------------------------------------
+# Two methods' tuned models against each other
+
+
+def _eval_run(run_dir: Path, model: str, bench: str) -> dict | None:
+    """One model's per-problem rows and settings on ``bench`` from ``run_dir/eval``, or None."""
+    rows_path = run_dir / "eval" / model / f"{bench}.jsonl"
+    settings_path = run_dir / "eval" / model / f"{bench}.settings.json"
+    if not rows_path.is_file() or not settings_path.is_file():
+        return None
+    return {"model": f"{run_dir.name}/{model}", "settings": json.loads(settings_path.read_text()),
+            "rows": list(read_rows(rows_path).values())}
+
+
+def head_to_head(run_a: str | Path, run_b: str | Path, model: str = TUNED) -> pd.DataFrame:
+    """``model`` of ``run_b`` against ``model`` of ``run_a`` (e.g. SFT-tuned vs LightReasoner-tuned),
+    paired on the problems of every benchmark both runs evaluated, from their per-problem records
+    (``eval/{model}/{benchmark}.jsonl``). Refused, as any paired comparison, when prompts or
+    generation settings differ. ``base rows equal`` says whether the two runs' base-model rows
+    are the same outputs (the same engine on the same kind of machine, or rows shared through
+    ``eval.cache``): when they are not, part of the difference is generation noise."""
+    dirs = [Path(run_a), Path(run_b)]
+    for d in dirs:
+        if not (d / "eval").is_dir():
+            raise ReportInputError(f"{d}: no eval/ directory (expected a run directory that ran stage evaluate)")
+    benches = sorted(p.stem for p in (dirs[0] / "eval" / model).glob("*.jsonl")
+                     if (dirs[1] / "eval" / model / p.name).is_file())
+    if not benches:
+        raise ReportInputError(f"{run_a} and {run_b}: no benchmark evaluated for model '{model}' in both runs")
+    rows = []
+    for bench in benches:
+        a, b = (_eval_run(d, model, bench) for d in dirs)
+        try:
+            c = paired_comparison(a, b)
+        except ValueError as exc:
+            raise ReportInputError(str(exc)) from None
+        bases = [_eval_run(d, BASE, bench) for d in dirs]
+        if None in bases:
+            same_base = "-"
+        else:
+            outs = [{r["id"]: r["generated"] for r in base["rows"]} for base in bases]
+            differ = sum(outs[0].get(i) != outs[1].get(i) for i in set(outs[0]) | set(outs[1]))
+            same_base = "yes" if differ == 0 else f"no ({differ} differ)"
+        lo, hi = c["ci95"]
+        rows.append({
+            "benchmark": bench, "n": c["n"], "a": c["baseline"], "b": c["model"],
+            "a %": round(100 * c["accuracy_baseline"], 1), "b %": round(100 * c["accuracy_model"], 1),
+            "b - a pp [95% CI]": f"{100 * c['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+            "only a right": c["only_baseline_correct"], "only b right": c["only_model_correct"],
+            "McNemar p": round(c["mcnemar_p"], 3), "base rows equal": same_base,
+        })
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write the report files; bad input -> ``error: ...``, exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m lightreasoner.report", description=__doc__.split("\n\n")[0])
@@ -740,8 +797,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: <multirun dir>/report)")
     parser.add_argument("--efficiency", action="store_true",
                         help="print the paper's efficiency table of the given runs (e.g. a LightReasoner run and an SFT run)")
+    parser.add_argument("--head-to-head", action="store_true",
+                        help="two run directories: the second's tuned model against the first's, paired on the same problems")
     args = parser.parse_args(argv)
     matplotlib.use("Agg")
+    if args.head_to_head:
+        try:
+            if len(args.paths) != 2:
+                raise ReportInputError(f"--head-to-head: expected 2 run directories, got {len(args.paths)}")
+            print(_markdown(head_to_head(*args.paths)))
+        except ReportInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.efficiency:
         try:
             table = efficiency_table(args.paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,38 @@ def test_unreadable_runs_are_listed_not_compared(tmp_path):
     assert out["keys"] == ["sampling.beta"]  # the run without a config does not make every key vary
     md = (tmp_path / "sweep" / "report" / "report.md").read_text().split("## Failed or unfinished runs")[1]
     assert "| 1 " in md and "| 2 " in md and "sampling.beta=0.8" in md
+
+
+def _eval_rows(run_dir, model, bench, verdicts, engine="vllm", outputs=None):
+    d = run_dir / "eval" / model
+    d.mkdir(parents=True, exist_ok=True)
+    settings = {"benchmark": bench, "split": "test", "max_new_tokens": 512, "engine": {"engine": engine},
+                "model_identity": {"files": [model, str(run_dir)]}}
+    (d / f"{bench}.settings.json").write_text(json.dumps(settings))
+    rows = [{"id": f"{bench}/{i}", "question": f"q{i}", "correct": v,
+             "generated": (outputs or {}).get(i, f"out {i}")} for i, v in enumerate(verdicts)]
+    (d / f"{bench}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_head_to_head_pairs_two_runs_tuned_models_and_checks_their_base_rows(tmp_path, capsys):
+    lr, sft = tmp_path / "lightreasoner", tmp_path / "sft"
+    _eval_rows(lr, "tuned", "gsm8k", [1, 1, 0, 0, 1, 0])
+    _eval_rows(sft, "tuned", "gsm8k", [1, 0, 0, 1, 1, 1])
+    _eval_rows(lr, "base", "gsm8k", [1, 0, 0, 0, 1, 0])
+    _eval_rows(sft, "base", "gsm8k", [1, 0, 0, 0, 1, 0], outputs={3: "another output"})
+    _eval_rows(lr, "tuned", "svamp", [1, 0])  # only one run evaluated svamp: not compared
+    table = report.head_to_head(lr, sft)
+    row = table.iloc[0]
+    assert table["benchmark"].tolist() == ["gsm8k"]
+    assert (row["a"], row["b"]) == ("lightreasoner/tuned", "sft/tuned")
+    assert (row["a %"], row["b %"], row["only a right"], row["only b right"]) == (50.0, 66.7, 1, 2)
+    assert row["b - a pp [95% CI]"].startswith("+16.7 [") and row["McNemar p"] == 1.0
+    assert row["base rows equal"] == "no (1 differ)"
+    assert report.main(["--head-to-head", str(lr), str(lr)]) == 0
+    assert "| yes " in capsys.readouterr().out
+    _eval_rows(sft, "tuned", "gsm8k", [1, 0, 0, 1, 1, 1], engine="hf")  # another engine: refused
+    assert report.main(["--head-to-head", str(lr), str(sft)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: paired comparison sft/tuned vs lightreasoner/tuned") and "engine" in err[0]
+    assert report.main(["--head-to-head", str(lr)]) == 2
+    assert "expected 2 run directories" in capsys.readouterr().err
