@@ -40,7 +40,7 @@ from matplotlib import pyplot as plt
 from omegaconf import OmegaConf
 
 from lightreasoner.eval.results import read_rows
-from lightreasoner.eval.stats import paired_comparison, wilson_interval
+from lightreasoner.eval.stats import paired_comparison, paired_stats, wilson_interval
 from lightreasoner.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
@@ -750,44 +750,59 @@ def _eval_run(run_dir: Path, model: str, bench: str) -> dict | None:
             "rows": list(read_rows(rows_path).values())}
 
 
-def head_to_head(run_a: str | Path, run_b: str | Path, model: str = TUNED) -> pd.DataFrame:
-    """``model`` of ``run_b`` against ``model`` of ``run_a`` (e.g. SFT-tuned vs LightReasoner-tuned),
-    paired on the problems of every benchmark both runs evaluated, from their per-problem records
-    (``eval/{model}/{benchmark}.jsonl``). Refused, as any paired comparison, when prompts or
-    generation settings differ. ``base rows equal`` says whether the two runs' base-model rows
-    are the same outputs (the same engine on the same kind of machine, or rows shared through
+def head_to_head(run_a: str | Path, run_b: str | Path, model_a: str = TUNED, model_b: str | None = None) -> pd.DataFrame:
+    """``model_b`` of ``run_b`` against ``model_a`` of ``run_a`` (default: both ``tuned``, e.g.
+    SFT-tuned vs LightReasoner-tuned), paired on the problems of every benchmark both evaluated,
+    from their per-problem records (``eval/{model}/{benchmark}.jsonl``); with two or more
+    benchmarks a last row pools their problems (each problem weighs the same, so a larger
+    benchmark weighs more). Refused, as any paired comparison, when prompts or generation
+    settings differ. ``base rows equal`` says whether the two runs' base-model rows are the same
+    outputs (the same engine on the same kind of machine, or rows shared through
     ``eval.cache``): when they are not, part of the difference is generation noise."""
+    model_b = model_b or model_a
     dirs = [Path(run_a), Path(run_b)]
     for d in dirs:
         if not (d / "eval").is_dir():
             raise ReportInputError(f"{d}: no eval/ directory (expected a run directory that ran stage evaluate)")
-    benches = sorted(p.stem for p in (dirs[0] / "eval" / model).glob("*.jsonl")
-                     if (dirs[1] / "eval" / model / p.name).is_file())
+    benches = sorted(p.stem for p in (dirs[0] / "eval" / model_a).glob("*.jsonl")
+                     if (dirs[1] / "eval" / model_b / p.name).is_file())
     if not benches:
-        raise ReportInputError(f"{run_a} and {run_b}: no benchmark evaluated for model '{model}' in both runs")
-    rows = []
+        raise ReportInputError(f"{run_a} and {run_b}: no benchmark evaluated for model '{model_a}' in the first "
+                               f"and '{model_b}' in the second")
+    rows, pooled, differs = [], ([], []), []
     for bench in benches:
-        a, b = (_eval_run(d, model, bench) for d in dirs)
+        a, b = _eval_run(dirs[0], model_a, bench), _eval_run(dirs[1], model_b, bench)
         try:
             c = paired_comparison(a, b)
         except ValueError as exc:
             raise ReportInputError(str(exc)) from None
+        verdicts = [{r["id"]: bool(r["correct"]) for r in run["rows"]} for run in (a, b)]
+        for side, v in zip(pooled, verdicts):
+            side.extend(v[i] for i in sorted(verdicts[0]))
         bases = [_eval_run(d, BASE, bench) for d in dirs]
         if None in bases:
-            same_base = "-"
+            differ = None
         else:
             outs = [{r["id"]: r["generated"] for r in base["rows"]} for base in bases]
             differ = sum(outs[0].get(i) != outs[1].get(i) for i in set(outs[0]) | set(outs[1]))
-            same_base = "yes" if differ == 0 else f"no ({differ} differ)"
-        lo, hi = c["ci95"]
-        rows.append({
-            "benchmark": bench, "n": c["n"], "a": c["baseline"], "b": c["model"],
-            "a %": round(100 * c["accuracy_baseline"], 1), "b %": round(100 * c["accuracy_model"], 1),
-            "b - a pp [95% CI]": f"{100 * c['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
-            "only a right": c["only_baseline_correct"], "only b right": c["only_model_correct"],
-            "McNemar p": round(c["mcnemar_p"], 3), "base rows equal": same_base,
-        })
+        differs.append(differ)
+        rows.append(_head_to_head_row(bench, c, differ))
+    if len(benches) > 1:
+        c = {"baseline": rows[0]["a"], "model": rows[0]["b"], **paired_stats(np.array(pooled[0]), np.array(pooled[1]))}
+        rows.append(_head_to_head_row("all (pooled)", c, None if None in differs else sum(differs)))
     return pd.DataFrame(rows)
+
+
+def _head_to_head_row(bench: str, c: dict, base_rows_differ: int | None) -> dict:
+    lo, hi = c["ci95"]
+    return {
+        "benchmark": bench, "n": c["n"], "a": c["baseline"], "b": c["model"],
+        "a %": round(100 * c["accuracy_baseline"], 1), "b %": round(100 * c["accuracy_model"], 1),
+        "b - a pp [95% CI]": f"{100 * c['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+        "only a right": c["only_baseline_correct"], "only b right": c["only_model_correct"],
+        "McNemar p": round(c["mcnemar_p"], 3),
+        "base rows equal": "-" if base_rows_differ is None else "yes" if base_rows_differ == 0 else f"no ({base_rows_differ} differ)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -799,13 +814,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the paper's efficiency table of the given runs (e.g. a LightReasoner run and an SFT run)")
     parser.add_argument("--head-to-head", action="store_true",
                         help="two run directories: the second's tuned model against the first's, paired on the same problems")
+    parser.add_argument("--models", nargs=2, metavar=("A", "B"), default=[TUNED, TUNED],
+                        help="with --head-to-head: the models compared, A of the first run and B of the second "
+                             "(default: tuned tuned; e.g. base tuned with one run given twice)")
     args = parser.parse_args(argv)
     matplotlib.use("Agg")
     if args.head_to_head:
         try:
             if len(args.paths) != 2:
                 raise ReportInputError(f"--head-to-head: expected 2 run directories, got {len(args.paths)}")
-            print(_markdown(head_to_head(*args.paths)))
+            print(_markdown(head_to_head(*args.paths, *args.models)))
         except ReportInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

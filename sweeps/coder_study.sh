@@ -5,7 +5,7 @@
 # (or the one step) to resume - sampling from its cache shards, fine-tunes from their checkpoints,
 # evaluations from their per-problem records; the untuned models' rows live in the shared
 # evaluation store (eval.cache), so later steps reuse them.
-#   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft report (default: all, in this order)
+#   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft math500 report (default: all, in this order)
 #   (bundle / restore: carry finished runs and their caches to a fresh session through the repository)
 #   (lr_sample: LightReasoner's sampling alone, into the shared trace cache that `lightreasoner` then reads)
 # On a CPU, run it with the Python that has vLLM (README, "Generation engines"), e.g.
@@ -15,7 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-STEPS=${*:-budget untuned lightreasoner sft report}
+STEPS=${*:-budget untuned lightreasoner sft math500 report}
+OUT=docs/results/coder_study
+MATH="stage=evaluate eval.benchmarks=[math500] eval.max_problems=100 eval.max_new_tokens=1024"
+
+# print a report table into FILE atomically (a killed report leaves the old file, not half a new one)
+table() { local file=$1; shift; $PY -m lightreasoner.report "$@" > "$file.tmp" && mv "$file.tmp" "$file" && cat "$file"; }
 COMMON="experiment=coder_study logger=csv"
 
 for step in $STEPS; do
@@ -31,15 +36,26 @@ for step in $STEPS; do
       $PY train.py $COMMON method=lightreasoner eval.models=[tuned,base] run_name=coder_study/lightreasoner ;;
     sft)      # 3. rejection-sampling SFT on the same problems: k=4 solutions each at T=0.7, the same LoRA and update budget
       $PY train.py $COMMON method=sft method.samples_per_problem=4 eval.models=[tuned,base] run_name=coder_study/sft ;;
-    report)   # 4. accuracy, paired gains (tuned vs base on the same problems) and the efficiency table
-      $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out docs/results/coder_study
-      $PY -m lightreasoner.report --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft ;;
+    math500)  # 4. MATH500, first 100 problems at 1,024 new tokens: base + LightReasoner-tuned in one run,
+              #    SFT-tuned in another (the base rows come from the shared store); needs the merged
+              #    models of steps 2 and 3 (rerunning those steps rebuilds a missing merged/ from its adapter)
+      $PY train.py $COMMON $MATH eval.models=[base,tuned] tuned=outputs/coder_study/lightreasoner/merged run_name=coder_study/math500_lightreasoner
+      $PY train.py $COMMON $MATH eval.models=[base,tuned] tuned=outputs/coder_study/sft/merged run_name=coder_study/math500_sft ;;
+    report)   # 5. accuracy, paired gains (tuned vs base on the same problems), SFT-tuned vs
+              #    LightReasoner-tuned per problem, and the efficiency table
+      $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out $OUT
+      table $OUT/head_to_head.md --head-to-head outputs/coder_study/lightreasoner outputs/coder_study/sft
+      table $OUT/efficiency.md --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft
+      if [ -f outputs/coder_study/math500_sft/summary.json ]; then
+        $PY -m lightreasoner.report outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft --out $OUT/math500
+        table $OUT/math500/head_to_head.md --head-to-head outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft
+      fi ;;
     bundle)   # carry the finished runs and the caches they read (traces, SFT solutions, shared
               # evaluation rows; no checkpoints or merged weights) into the repository
-      runs=$(for r in lightreasoner sft; do if [ -d outputs/coder_study/$r/.hydra ]; then echo outputs/coder_study/$r; fi; done)
+      runs=$(for r in lightreasoner sft math500_lightreasoner math500_sft; do if [ -d outputs/coder_study/$r/.hydra ]; then echo outputs/coder_study/$r; fi; done)
       $PY -m lightreasoner.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
     restore)  # in a fresh session: put the committed bundle back, then rerun any step to resume from it
       $PY -m lightreasoner.cache_bundle import docs/results/coder_study_records/bundle ;;
-    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft report bundle restore)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft math500 report bundle restore)" >&2; exit 2 ;;
   esac
 done

@@ -213,3 +213,25 @@ def test_head_to_head_pairs_two_runs_tuned_models_and_checks_their_base_rows(tmp
     assert len(err) == 1 and err[0].startswith("error: paired comparison sft/tuned vs lightreasoner/tuned") and "engine" in err[0]
     assert report.main(["--head-to-head", str(lr)]) == 2
     assert "expected 2 run directories" in capsys.readouterr().err
+
+
+def test_head_to_head_pools_benchmarks_and_compares_any_two_models(tmp_path, capsys):
+    run = tmp_path / "lightreasoner"
+    _eval_rows(run, "base", "gsm8k", [1, 0, 0, 0, 1, 0])
+    _eval_rows(run, "tuned", "gsm8k", [1, 1, 0, 1, 1, 0])
+    _eval_rows(run, "base", "svamp", [1, 1, 0, 1])
+    _eval_rows(run, "tuned", "svamp", [0, 1, 0, 1])
+    table = report.head_to_head(run, run, "base", "tuned")
+    assert table["benchmark"].tolist() == ["gsm8k", "svamp", "all (pooled)"]
+    pooled = table.iloc[-1]
+    # 10 problems: base right on 5, tuned on 6; only base right on 1 (svamp/0), only tuned on 2
+    assert (pooled["n"], pooled["a %"], pooled["b %"]) == (10, 50.0, 60.0)
+    assert (pooled["only a right"], pooled["only b right"]) == (1, 2)
+    assert pooled["b - a pp [95% CI]"].startswith("+10.0 [") and pooled["McNemar p"] == 1.0
+    assert (pooled["a"], pooled["b"]) == ("lightreasoner/base", "lightreasoner/tuned")
+    assert pooled["base rows equal"] == "yes"
+    assert report.main(["--head-to-head", str(run), str(run), "--models", "base", "tuned"]) == 0
+    assert "all (pooled)" in capsys.readouterr().out
+    assert report.main(["--head-to-head", str(run), str(run), "--models", "base", "amateur"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no benchmark evaluated for model 'base' in the first and 'amateur' in the second" in err[0]

@@ -113,13 +113,19 @@ def paired_comparison(baseline: dict, other: dict) -> dict:
     ids = sorted(a_rows)
     a = np.array([bool(a_rows[i]["correct"]) for i in ids])
     b = np.array([bool(b_rows[i]["correct"]) for i in ids])
-    n = len(ids)
+    return {"benchmark": a_set.get("benchmark"), "model": other["model"], "baseline": baseline["model"],
+            **paired_stats(a, b)}
+
+
+def paired_stats(a: np.ndarray, b: np.ndarray) -> dict:
+    """The paired figures of verdicts ``b`` against ``a`` (boolean arrays, one entry per problem,
+    in the same order): accuracies, difference, paired-bootstrap 95% interval, discordant counts
+    and exact McNemar p. Used per benchmark and for problems pooled over benchmarks."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a)
     only_base, only_other = int((a & ~b).sum()), int((~a & b).sum())
     lo, hi = paired_bootstrap_ci(a, b)
     return {
-        "benchmark": a_set.get("benchmark"),
-        "model": other["model"],
-        "baseline": baseline["model"],
         "n": n,
         "accuracy_baseline": float(a.mean()) if n else 0.0,
         "accuracy_model": float(b.mean()) if n else 0.0,
