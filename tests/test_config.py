@@ -72,7 +72,7 @@ def test_every_experiment_preset_validates_and_instantiates(experiment, tiny_pai
         assert instantiate(cfg.logger) is not None
     assert issubclass(get_class(cfg.generation._target_), Engine)
     spec = ModelSpec(tiny_pair_dirs["expert"], device="cpu")
-    engine = build_engine(cfg.generation, load_model(spec), load_tokenizer(spec))
+    engine = build_engine(cfg.generation, load_model(spec), load_tokenizer(spec), spec=spec)  # engines that load their own weights read the spec
     assert isinstance(engine, Engine) and engine.eos_token_ids
 
 
