@@ -8,6 +8,7 @@
 #   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft math500 report (default: all, in this order)
 #   (bundle / restore: carry finished runs and their caches to a fresh session through the repository)
 #   (lr_sample: LightReasoner's sampling alone, into the shared trace cache that `lightreasoner` then reads)
+#   (efficiency: both methods' sampling and fine-tune timed side by side on this machine, on a subset)
 # On a CPU, run it with the Python that has vLLM (README, "Generation engines"), e.g.
 #   PYTHON=/tmp/vllm-venv/bin/python VLLM_CPU_OMP_THREADS_BIND=0-1 \
 #   LD_PRELOAD="/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/tmp/vllm-venv/lib/libiomp5.so" bash sweeps/coder_study.sh
@@ -41,6 +42,19 @@ for step in $STEPS; do
               #    models of steps 2 and 3 (rerunning those steps rebuilds a missing merged/ from its adapter)
       $PY train.py $COMMON $MATH eval.models=[base,tuned] tuned=outputs/coder_study/lightreasoner/merged run_name=coder_study/math500_lightreasoner
       $PY train.py $COMMON $MATH eval.models=[base,tuned] tuned=outputs/coder_study/sft/merged run_name=coder_study/math500_sft ;;
+    efficiency)  # the two methods' costs measured back to back on one machine (the whole runs above may have
+              #    run on different CPUs): each samples the first 32 problems into a fresh cache (the models'
+              #    dequantized copies and file hashes shared), then 40 updates of each fine-tune (no merge)
+      EFF=outputs/coder_study/efficiency
+      mkdir -p $EFF/cache
+      CACHE=${LIGHTREASONER_CACHE:-$HOME/.cache/lightreasoner}
+      for d in dequantized file_hashes; do mkdir -p "$CACHE/$d"; [ -e $EFF/cache/$d ] || ln -s "$CACHE/$d" $EFF/cache/$d; done
+      SUB="stage=sample dataset.max_problems=32 paths.cache_dir=$PWD/$EFF/cache"
+      $PY train.py $COMMON $SUB method=lightreasoner run_name=coder_study/efficiency/lightreasoner_sample32
+      $PY train.py $COMMON $SUB method=sft method.samples_per_problem=4 run_name=coder_study/efficiency/sft_sample32
+      FT="stage=distill trainer.max_steps=40 distill.merge=false"
+      $PY train.py $COMMON $FT method=lightreasoner run_name=coder_study/efficiency/lightreasoner_finetune40
+      $PY train.py $COMMON $FT method=sft method.samples_per_problem=4 run_name=coder_study/efficiency/sft_finetune40 ;;
     report)   # 5. accuracy, paired gains (tuned vs base on the same problems), SFT-tuned vs
               #    LightReasoner-tuned per problem, and the efficiency table
       $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out $OUT
@@ -56,6 +70,6 @@ for step in $STEPS; do
       $PY -m lightreasoner.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
     restore)  # in a fresh session: put the committed bundle back, then rerun any step to resume from it
       $PY -m lightreasoner.cache_bundle import docs/results/coder_study_records/bundle ;;
-    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft math500 report bundle restore)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft math500 efficiency report bundle restore)" >&2; exit 2 ;;
   esac
 done
