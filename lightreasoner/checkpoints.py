@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,13 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, device: str = "c
 
     def write(tmp: Path) -> None:
         merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        # the tokenizer files as the adapter holds them, byte for byte: a re-save records flags of
+        # this process (HF_HUB_OFFLINE -> "local_files_only" in tokenizer_config.json), and a merged
+        # model rebuilt from its adapter elsewhere must keep the identity its evaluation rows carry
+        for saved in tokenizer.save_pretrained(tmp):
+            src = adapter_dir / Path(saved).name
+            if src.is_file() and Path(saved).parent == tmp:
+                shutil.copyfile(src, saved)
         atomic_write_json(tmp / META_FILE, out_meta)
 
     return atomic_dir(Path(out_dir), write)

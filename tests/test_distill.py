@@ -459,3 +459,21 @@ def test_real_gguf_expert_trains_saves_and_merges(tmp_path):
     effect = float((adapted - plain).abs().max())
     err = float((got - adapted).abs().max())
     assert effect > 0.05 and err < 2e-3 and err < effect / 50, (effect, err)
+
+
+def test_merged_model_keeps_the_adapters_tokenizer_files_byte_for_byte(tiny_dir, tmp_path):
+    # a re-saved tokenizer records flags of the process that saved it (HF_HUB_OFFLINE ->
+    # "local_files_only"); a merged model rebuilt from its adapter in another environment must
+    # carry the same files, or its evaluation rows' model identity no longer matches
+    module = make_module(tiny_dir)
+    out = save_adapter(module, tmp_path / "adapter", ModelSpec(str(tiny_dir), device="cpu"), sample_key="k")
+    cfg_path = out / "tokenizer_config.json"
+    written_elsewhere = json.loads(cfg_path.read_text())
+    written_elsewhere["local_files_only"] = not written_elsewhere.get("local_files_only", False)
+    cfg_path.write_text(json.dumps(written_elsewhere, indent=4, sort_keys=True) + "\n")
+    merged_dir = merge_adapter(out, tmp_path / "merged")
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        assert (merged_dir / name).read_bytes() == (out / name).read_bytes(), name
+    first = {p.name: p.read_bytes() for p in merged_dir.iterdir() if p.name != "lightreasoner.json"}
+    again = merge_adapter(out, tmp_path / "merged_again")
+    assert {p.name: p.read_bytes() for p in again.iterdir() if p.name != "lightreasoner.json"} == first
