@@ -104,7 +104,9 @@ def validate(cfg: DictConfig) -> Method:
             spec.check(what, paths=False)  # a missing checkpoint is named when it is loaded
     tuned = cfg.get("tuned")
     if tuned is not None:
-        if str(tuned).startswith(("/", ".", "~")) and not Path(os.path.expanduser(str(tuned))).exists():
+        # a hub id is "owner/name"; anything with a path's prefix or more slashes is a directory
+        looks_like_path = str(tuned).startswith(("/", ".", "~")) or str(tuned).count("/") > 1
+        if looks_like_path and not Path(os.path.expanduser(str(tuned))).exists():
             raise FileNotFoundError(f"tuned: no such directory {str(tuned)!r} (expected the adapter or merged directory of a finished run)")
         info = resolve_model_ref(str(tuned))
         if info["kind"] == "spec":

@@ -156,6 +156,7 @@ CONFIG_CASES = [
     (["+demo.bogus=1"], (), ValueError, r"^demo: unknown field 'bogus'"),
     # evaluation of a tuned model
     (["stage=evaluate", "tuned=/nonexistent"], (), FileNotFoundError, r"^tuned: no such directory '/nonexistent' \(expected the adapter or merged directory"),
+    (["stage=evaluate", "tuned=outputs/no_run/merged"], (), FileNotFoundError, r"^tuned: no such directory 'outputs/no_run/merged' \(expected the adapter"),
     (["stage=evaluate"], (), ValueError, r"^eval\.models: 'tuned' needs tuned=<adapter or merged dir> with stage=evaluate$"),
 ]
 
