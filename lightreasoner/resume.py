@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,32 @@ UNHASHED = {"distill": ("checkpoint_every",)}
 
 def training_identity(cfg: Any) -> tuple[str, dict]:
     """(sha256[:16], the settings hashed) of what determines the run's fine-tune; take it before
-    the demo's ``prepare`` points the pair at machine-local cache paths."""
+    the demo's ``prepare`` points the pair at machine-local cache paths. Absolute paths are
+    normalised (``/work/main/../shared/data`` is ``/work/shared/data``): how a path is spelled
+    does not change the fine-tune."""
     d = {k: to_plain(cfg.get(k)) for k in TRAINING_GROUPS}
     for group, keys in UNHASHED.items():
         if isinstance(d.get(group), dict):
             d[group] = {k: v for k, v in d[group].items() if k not in keys}
     trainer = cfg.get("trainer") or {}
     d["trainer"] = {k: to_plain(trainer.get(k)) for k in TRAINER_KEYS}
-    return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16], d
+    d = _normalise_paths(d)
+    return _sha(d), d
+
+
+def _sha(settings: Mapping) -> str:
+    return hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:16]
+
+
+def _normalise_paths(value: Any) -> Any:
+    """``value`` with every absolute path string normalised (``..``, ``.``, repeated slashes)."""
+    if isinstance(value, Mapping):
+        return {k: _normalise_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return os.path.normpath(value)
+    return value
 
 
 def _diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
@@ -77,8 +96,10 @@ class StageRecord:
                 self.data = json.loads(self.path.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"run_name: {self.path} is not valid JSON ({err}); delete it to retrain") from err
-            if self.data.get("training_sha") != self.sha:
-                changed = _diff(self.data.get("training_settings") or {}, self.settings)
+            stored = self.data.get("training_settings") or {}
+            # a record written before paths were normalised matches when its settings do, normalised
+            if self.data.get("training_sha") != self.sha and _sha(_normalise_paths(stored)) != self.sha:
+                changed = _diff(_normalise_paths(stored), self.settings)
                 raise ValueError(
                     f"run_name: {self.path.parent} was trained with other settings (changed: "
                     f"{', '.join(changed[:8]) or 'unknown'}); rerun with the original settings, or choose another run_name"

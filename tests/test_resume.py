@@ -198,3 +198,25 @@ def test_a_run_without_a_summary_carries_the_traces_its_finished_fine_tune_names
     (run / "stages.json").write_text(json.dumps({"stages": {"distill": {"selection": {"trace_cache": str(traces)}}}}))
     out = export_runs(["outputs/r"], tmp_path / "b", tmp_path / "cache")
     assert out["caches"] == ["traces/k1"] and (tmp_path / "b" / "cache" / "traces" / "k1" / "manifest.json").is_file()
+
+
+def test_training_identity_does_not_depend_on_how_a_path_is_spelled(tmp_path):
+    from omegaconf import OmegaConf
+
+    from lightreasoner.resume import StageRecord, _sha, training_identity
+
+    def cfg(train):
+        return OmegaConf.create({"dataset": {"files": {"train": train}, "max_problems": 5}, "trainer": {"max_steps": 10}})
+
+    spelled, plain = cfg("/work/main/../shared/data/train.jsonl"), cfg("/work/shared/data/train.jsonl")
+    assert training_identity(spelled) == training_identity(plain)
+    assert training_identity(cfg("/work/other/data/train.jsonl"))[0] != training_identity(plain)[0]
+    # a record written before normalisation (raw settings, raw sha) is still this run
+    raw = {"dataset": {"files": {"train": "/work/main/../shared/data/train.jsonl"}, "max_problems": 5}}
+    raw.update({k: None for k in ("model_pair", "sampling", "method", "distill", "peft", "optimizer", "scheduler", "demo", "seed")})
+    raw["trainer"] = {"max_steps": 10, "accumulate_grad_batches": None, "gradient_clip_val": None, "precision": None}
+    (tmp_path / "stages.json").write_text(json.dumps({"training_sha": _sha(raw), "training_settings": raw,
+                                                      "stages": {"distill": {"x": 1}}}))
+    assert StageRecord(tmp_path, plain).done("distill") == {"x": 1}
+    with pytest.raises(ValueError, match=r"was trained with other settings \(changed: dataset\.files\.train\)"):
+        StageRecord(tmp_path, cfg("/work/other/data/train.jsonl"))
