@@ -60,9 +60,18 @@ for step in $STEPS; do
       $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out $OUT
       table $OUT/head_to_head.md --head-to-head outputs/coder_study/lightreasoner outputs/coder_study/sft
       table $OUT/efficiency.md --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft
+      for r in lightreasoner sft; do   # tuned vs base per benchmark and pooled over both
+        table $OUT/pooled_$r.md --head-to-head outputs/coder_study/$r outputs/coder_study/$r --models base tuned
+      done
+      # machine noise: the base expert of step 1 (Intel Xeon) against the same model's rows of step 2 (AMD EPYC)
+      table $OUT/machine_noise.md --head-to-head docs/results/coder_study_records/untuned outputs/coder_study/lightreasoner --models base base
+      if [ -d outputs/coder_study/efficiency ]; then table $OUT/efficiency_side_by_side.md --efficiency outputs/coder_study/efficiency; fi
       if [ -f outputs/coder_study/math500_sft/summary.json ]; then
         $PY -m lightreasoner.report outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft --out $OUT/math500
         table $OUT/math500/head_to_head.md --head-to-head outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft
+        for r in lightreasoner sft; do
+          table $OUT/math500/tuned_vs_base_$r.md --head-to-head outputs/coder_study/math500_$r outputs/coder_study/math500_$r --models base tuned
+        done
       fi ;;
     bundle)   # carry the finished runs and the caches they read (traces, SFT solutions, shared
               # evaluation rows; no checkpoints or merged weights) into the repository
