@@ -40,7 +40,7 @@ from matplotlib import pyplot as plt
 from omegaconf import OmegaConf
 
 from lightreasoner.eval.results import read_rows
-from lightreasoner.eval.stats import paired_comparison, paired_stats, wilson_interval
+from lightreasoner.eval.stats import paired_stats, paired_verdicts, wilson_interval
 from lightreasoner.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
@@ -773,12 +773,12 @@ def head_to_head(run_a: str | Path, run_b: str | Path, model_a: str = TUNED, mod
     for bench in benches:
         a, b = _eval_run(dirs[0], model_a, bench), _eval_run(dirs[1], model_b, bench)
         try:
-            c = paired_comparison(a, b)
+            verdicts = paired_verdicts(a, b)
         except ValueError as exc:
             raise ReportInputError(str(exc)) from None
-        verdicts = [{r["id"]: bool(r["correct"]) for r in run["rows"]} for run in (a, b)]
         for side, v in zip(pooled, verdicts):
-            side.extend(v[i] for i in sorted(verdicts[0]))
+            side.append(v)
+        c = {"baseline": a["model"], "model": b["model"], **paired_stats(*verdicts)}
         bases = [_eval_run(d, BASE, bench) for d in dirs]
         if None in bases:
             differ = None
@@ -788,7 +788,7 @@ def head_to_head(run_a: str | Path, run_b: str | Path, model_a: str = TUNED, mod
         differs.append(differ)
         rows.append(_head_to_head_row(bench, c, differ))
     if len(benches) > 1:
-        c = {"baseline": rows[0]["a"], "model": rows[0]["b"], **paired_stats(np.array(pooled[0]), np.array(pooled[1]))}
+        c = {"baseline": rows[0]["a"], "model": rows[0]["b"], **paired_stats(np.concatenate(pooled[0]), np.concatenate(pooled[1]))}
         rows.append(_head_to_head_row("all (pooled)", c, None if None in differs else sum(differs)))
     return pd.DataFrame(rows)
 

@@ -96,10 +96,10 @@ class StageRecord:
                 self.data = json.loads(self.path.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"run_name: {self.path} is not valid JSON ({err}); delete it to retrain") from err
-            stored = self.data.get("training_settings") or {}
+            stored = _normalise_paths(self.data.get("training_settings") or {})
             # a record written before paths were normalised matches when its settings do, normalised
-            if self.data.get("training_sha") != self.sha and _sha(_normalise_paths(stored)) != self.sha:
-                changed = _diff(_normalise_paths(stored), self.settings)
+            if self.data.get("training_sha") != self.sha and _sha(stored) != self.sha:
+                changed = _diff(stored, self.settings)
                 raise ValueError(
                     f"run_name: {self.path.parent} was trained with other settings (changed: "
                     f"{', '.join(changed[:8]) or 'unknown'}); rerun with the original settings, or choose another run_name"

@@ -100,6 +100,14 @@ def paired_comparison(baseline: dict, other: dict) -> dict:
     Refuses (ValueError) unless both runs share the prompt and generation settings
     (``COMPARABLE_SETTINGS``) and the same problems with the same question texts.
     """
+    a, b = paired_verdicts(baseline, other)
+    return {"benchmark": baseline["settings"].get("benchmark"), "model": other["model"], "baseline": baseline["model"],
+            **paired_stats(a, b)}
+
+
+def paired_verdicts(baseline: dict, other: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The two runs' verdicts as boolean arrays in one problem order (sorted ids), after the
+    checks :func:`paired_comparison` describes (ValueError when they fail)."""
     a_set, b_set = baseline["settings"], other["settings"]
     differ = [k for k in COMPARABLE_SETTINGS if a_set.get(k) != b_set.get(k)]
     where = f"paired comparison {other['model']} vs {baseline['model']} on {a_set.get('benchmark')}"
@@ -111,10 +119,8 @@ def paired_comparison(baseline: dict, other: dict) -> dict:
     if set(a_rows) != set(b_rows) or any(a_rows[i]["question"] != b_rows[i]["question"] for i in a_rows):
         raise ValueError(f"{where}: refused, the runs cover different problems or question texts")
     ids = sorted(a_rows)
-    a = np.array([bool(a_rows[i]["correct"]) for i in ids])
-    b = np.array([bool(b_rows[i]["correct"]) for i in ids])
-    return {"benchmark": a_set.get("benchmark"), "model": other["model"], "baseline": baseline["model"],
-            **paired_stats(a, b)}
+    return (np.array([bool(a_rows[i]["correct"]) for i in ids], dtype=bool),
+            np.array([bool(b_rows[i]["correct"]) for i in ids], dtype=bool))
 
 
 def paired_stats(a: np.ndarray, b: np.ndarray) -> dict:
