@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ class ModelSpec:
     name_or_path: str
     """Hub name (``Qwen/Qwen2.5-Math-1.5B``) or a local directory."""
     revision: str | None = None
-    """Hub revision (branch, tag or commit); ignored for local directories."""
+    """Hub revision: a full 40-hex commit (the paper presets pin one), a branch or a tag;
+    ignored for local directories. A malformed one (a shortened or over-long commit, characters
+    no git ref can hold) is a validation error; a pin the hub does not have is one error line
+    naming the model and the revision when it loads."""
     gguf_file: str | None = None
     """File name of a GGUF checkpoint inside ``name_or_path`` (dequantized on load)."""
     dtype: str = "float32"
@@ -73,6 +77,10 @@ class ModelSpec:
             v = getattr(self, key)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"{what}.{key}: expected a string{'' if key == 'name_or_path' else ' or null'}, got {v!r}")
+        if self.revision is not None and not revision_ok(self.revision):
+            raise ValueError(
+                f"{what}.revision: expected a full 40-hex commit, a branch or a tag name (or null), got {self.revision!r}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"{what}.dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
         try:
@@ -117,6 +125,12 @@ class ModelSpec:
         name = self.name_or_path.rstrip("/")
         return f"{name}/{self.gguf_file}" if self.gguf_file else name
 
+    def pinned_name(self) -> str:
+        """:meth:`display_name`, with ``at revision X`` for a hub model with a revision."""
+        if self.revision and not self.is_local:
+            return f"{self.display_name()!r} at revision {self.revision}"
+        return repr(self.display_name())
+
     def identity(self) -> dict:
         """What determines this model's outputs, for cache keys.
 
@@ -137,6 +151,25 @@ class ModelSpec:
         ident["local"] = str(root)
         ident["files"] = [_file_fingerprint(f) for f in files]
         return ident
+
+
+COMMIT_RE = re.compile(r"[0-9a-fA-F]{40}")
+_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+
+
+def revision_ok(revision: str) -> bool:
+    """A full 40-hex commit, or a branch / tag name (``main``, ``v1.0``, ``refs/pr/3``). Refused:
+    hex strings of 7-39 or more than 40 digits (a shortened or mangled commit: the hub needs all
+    40), and names no git ref can have (spaces, ``..``, ``~^:?*[\\``, a trailing ``/``, ``.`` or
+    ``.lock``)."""
+    if not isinstance(revision, str) or not revision:
+        return False
+    if COMMIT_RE.fullmatch(revision):
+        return True
+    if re.fullmatch(r"[0-9a-fA-F]{7,}", revision) and re.search(r"[a-fA-F]", revision):
+        return False
+    return bool(_REF_RE.fullmatch(revision)) and ".." not in revision and "//" not in revision \
+        and not revision.endswith(("/", ".", ".lock"))
 
 
 def _file_fingerprint(path: Path) -> dict:
@@ -213,7 +246,7 @@ def load_tokenizer(spec: ModelSpec, what: str = "model", padding_side: str = "le
     try:
         tok = AutoTokenizer.from_pretrained(os.path.expanduser(src), **kwargs)
     except (OSError, ValueError) as err:
-        raise _load_error(err, f"{what}: cannot load the tokenizer of {spec.display_name()!r}") from None
+        raise _load_error(err, f"{what}: cannot load the tokenizer of {spec.pinned_name()}") from None
     tok.padding_side = padding_side
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -252,7 +285,7 @@ def load_model(spec: ModelSpec, what: str = "model", plain: bool = False, dtype:
         try:
             model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(spec.name_or_path), **kwargs)
         except (OSError, ValueError) as err:
-            raise _load_error(err, f"{what}: cannot load {spec.display_name()!r}") from None
+            raise _load_error(err, f"{what}: cannot load {spec.pinned_name()}") from None
     model.to(spec.resolved_device())
     model.eval()
     return model
