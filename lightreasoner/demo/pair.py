@@ -15,6 +15,15 @@ under ``{cache_dir}/demo/{key}/`` where ``key`` hashes the demo config::
 
 The directory is built under a temporary name and renamed into place at the end (under a
 file lock), so an interrupted build leaves nothing half-written and only the first run pays.
+
+The default config's pair ships with the package (:data:`SHIPPED_DIR`, ``lightreasoner/demo/shipped/``:
+``expert/``, ``amateur/``, ``manifest.json`` and a ``SHA256SUMS`` record of every file of the
+cached pair, the data splits included). When the cache has no pair for the key and the key is
+the shipped one (and ``demo.use_shipped`` is true), :func:`install_shipped` checks the shipped
+files' sha256, copies them into the cache the same atomic way and regenerates the data splits
+(checked against the same record) instead of training: a cold run only samples, tunes and
+evaluates. Any other config builds locally. ``python -m lightreasoner.demo.ship build|check``
+rebuilds the shipped pair and compares a fresh build with it.
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 """Bumped whenever the task generator, tokenizer or training code changes its output."""
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+"""The default demo config's pair, shipped as package data (see :func:`install_shipped`)."""
+
+SUMS_FILE = "SHA256SUMS"
+"""``sha256sum``-format record of every file of the cached pair (in the shipped directory)."""
 
 TRAIN_SYSTEMS = (prompts.SAMPLING_SYSTEM, prompts.EVAL_SYSTEM)
 """The pair is trained on every problem under both system messages (sampling and evaluation)."""
@@ -99,6 +114,9 @@ class DemoConfig:
     """torch CPU threads while building (``None``: torch's default; not part of the cache key)."""
     progress: bool = True
     """Show progress bars while training (not part of the cache key)."""
+    use_shipped: bool = True
+    """When the key is the shipped pair's (the default config), install the pair shipped with
+    the package instead of training it (not part of the cache key; false: always build)."""
 
     @classmethod
     def from_any(cls, cfg: Any) -> "DemoConfig":
@@ -166,6 +184,7 @@ class DemoConfig:
         d = asdict(self)
         d.pop("progress")
         d.pop("num_threads")
+        d.pop("use_shipped")
         if not d["expert_checkpoints"]:  # the demo without checkpoints keeps the key it always had
             d.pop("expert_checkpoints")
         else:
@@ -501,6 +520,86 @@ def _check_types(obj: Any, where: str) -> None:
             raise ValueError(f"{where}.{f.name}: expected {kind}, got {v!r}")
 
 
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_sums(root: str | Path) -> dict[str, str]:
+    """Write ``root/SHA256SUMS`` (``sha256sum`` format, sorted paths) over every file under
+    ``root`` except itself; returns ``{relative path: sha256}``."""
+    root = Path(root)
+    sums = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != SUMS_FILE}
+    (root / SUMS_FILE).write_text("".join(f"{h}  {rel}\n" for rel, h in sorted(sums.items())))
+    return sums
+
+
+def read_sums(root: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``root/SHA256SUMS``."""
+    sums = {}
+    for line in (Path(root) / SUMS_FILE).read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(None, 1)
+            sums[rel.lstrip("*")] = digest
+    return sums
+
+
+def _check_sums(root: Path, sums: dict[str, str], where: str) -> None:
+    for rel, want in sorted(sums.items()):
+        path = root / rel
+        if not path.is_file():
+            raise ValueError(f"demo: {where} file {rel} is missing from {root} (listed in {SUMS_FILE}); "
+                             f"reinstall lightreasoner or set demo.use_shipped=false")
+        got = sha256_file(path)
+        if got != want:
+            raise ValueError(f"demo: {where} file {rel} in {root} has sha256 {got[:16]}..., {SUMS_FILE} says "
+                             f"{want[:16]}...; reinstall lightreasoner or set demo.use_shipped=false")
+
+
+def shipped_key(shipped_dir: str | Path | None = None) -> str | None:
+    """The cache key of the pair shipped in ``shipped_dir`` (default :data:`SHIPPED_DIR`), or
+    ``None`` when nothing usable is shipped there."""
+    root = Path(shipped_dir or SHIPPED_DIR)
+    if not (root / "manifest.json").is_file() or not (root / SUMS_FILE).is_file():
+        return None
+    try:
+        return json.loads((root / "manifest.json").read_text()).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def verify_shipped(shipped_dir: str | Path | None = None) -> dict[str, str]:
+    """Check every shipped file (not the regenerated ``data/``) against ``SHA256SUMS``: one
+    ``ValueError`` naming the first file that is missing or differs. Returns the record."""
+    root = Path(shipped_dir or SHIPPED_DIR)
+    sums = read_sums(root)
+    _check_sums(root, {r: h for r, h in sums.items() if not r.startswith("data/")}, "shipped pair")
+    return sums
+
+
+def install_shipped(cfg: DemoConfig, dest: str | Path, shipped_dir: str | Path | None = None) -> dict:
+    """Install the shipped pair for ``cfg`` into ``dest`` (a fresh directory): check the shipped
+    files' sha256, copy them, regenerate the data splits from ``cfg.task`` and check those too.
+    Returns the manifest."""
+    root = Path(shipped_dir or SHIPPED_DIR)
+    key = shipped_key(root)
+    if key != cfg.key():
+        raise ValueError(f"demo: the shipped pair in {root} has key {key}, the config's is {cfg.key()}")
+    sums = verify_shipped(root)
+    out = Path(dest)
+    for rel in sorted(sums):
+        if not rel.startswith("data/"):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, out / rel)
+    write_splits(generate_splits(cfg.task), out / "data")
+    _check_sums(out, {r: h for r, h in sums.items() if r.startswith("data/")}, "regenerated data")
+    return json.loads((out / "manifest.json").read_text())
+
+
 def demo_root(demo_cfg: Any, cache_dir: str | Path) -> Path:
     """Where the pair for ``demo_cfg`` lives (built or not)."""
     cfg = DemoConfig.from_any(demo_cfg)
@@ -512,7 +611,9 @@ def prepare_demo(demo_cfg: Any, cache_dir: str | Path) -> dict:
 
     Returns ``{"expert_dir", "amateur_dir", "data_dir", "manifest"}`` (absolute paths under
     ``{cache_dir}/demo/{key}/``). Safe when several processes call it at once: one builds,
-    the others wait on the lock and reuse the result.
+    the others wait on the lock and reuse the result. The default config's pair is installed
+    from the package (:func:`install_shipped`) instead of being trained, unless
+    ``demo.use_shipped`` is false.
     """
     from filelock import FileLock
 
@@ -527,16 +628,26 @@ def prepare_demo(demo_cfg: Any, cache_dir: str | Path) -> dict:
             return _dirs(final)
         if final.exists():  # not ours and not complete (no manifest): never trust it
             shutil.rmtree(final)
+        shipped = SHIPPED_DIR if cfg.use_shipped and shipped_key(SHIPPED_DIR) == cfg.key() else None
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
-            if cfg.progress:
-                print(f"demo: building the tiny expert/amateur pair (first run only) in {final}", flush=True)
-            manifest = build_pair(cfg, tmp)
+            t0 = time.perf_counter()
+            if shipped is not None:
+                manifest = install_shipped(cfg, tmp, shipped)
+            else:
+                if cfg.progress:
+                    print(f"demo: building the tiny expert/amateur pair (first run only) in {final}", flush=True)
+                manifest = build_pair(cfg, tmp)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    if cfg.progress:
+    if shipped is not None:
+        acc = {n: manifest["members"][n]["validation"].get("accuracy") for n in ("expert", "amateur")}
+        accs = ", ".join(f"{n} {a:.1%}" if a is not None else f"{n} not scored" for n, a in acc.items())
+        print(f"demo: used the shipped pair (key {cfg.key()}; validation accuracy {accs}), installed in "
+              f"{time.perf_counter() - t0:.1f}s into {final}", flush=True)
+    elif cfg.progress:
         print(f"demo: pair built in {manifest['build_seconds']:.0f}s", flush=True)
     return _dirs(final)
 
