@@ -7,14 +7,28 @@ it returns a letter A-D.
 ``is_equivalent`` compares by ``answer_type`` (see ``records.Problem.answer_type``):
 
 - ``numeric`` (GSM8K, SVAMP): numbers with thousands separators, ``$``/``\\$``, trailing units,
-  ``%``, fractions; relative tolerance 1e-4. Anything that is not a plain number goes to
-  math-verify.
+  ``%``, fractions. An integer gold answer is compared exactly (``1201587`` is not ``1201565``);
+  a non-integer one with a relative tolerance of 1e-4 and an absolute one of 1e-8 near 0.
+  ``published_tolerance=True`` (``eval.published_numeric_tolerance``, on under
+  ``quirks=published``) restores the Qwen2.5-Math toolkit's relative tolerance 1e-4 for every
+  value, integers included. Anything that is not a plain number goes to math-verify.
 - ``latex`` (MATH500, Minerva, OlympiadBench): normalised string equality, then plain numbers,
   then math-verify (gold given to it as LaTeX, ``$…$``).
 - ``asdiv``: the unit in parentheses is dropped (``"9 (apples)"`` → 9); ratios and times
   (``"3:4"``, ``"3:30 p.m."``) and fractions (``"5/2"``) are kept whole; ordinals (``"6th"``)
   compare as their number or their text; words compare as normalised text.
 - ``choice`` (MMLU-STEM): by letter.
+
+Strict and flexible (the lm-evaluation-harness "strict-match" / "flexible-extract" convention):
+``extract_answer`` is the **strict** extractor (the evaluation's score). :func:`answer_format`
+says where its answer came from (``boxed``, ``unboxed``: "The answer is", the last number or a
+``(X)``; ``malformed``: a box whose content is not an answer of the benchmark's type; ``none``).
+:func:`lenient_answer` is the **flexible** extractor, used when the strict answer is none or
+malformed (for LaTeX benchmarks: anything but a complete box): the last number in the output
+(numeric, ASDiv), the last standalone choice letter (multiple choice), the content of a box cut
+off by the token budget, else the last ``$…$`` / ``\\(…\\)`` / ``\\[…\\]`` span (right of its last
+``=``) for LaTeX answers. :func:`final_answers` lists the distinct final answers an output
+states (every box, and every "The answer is" with a plain answer): more than one is hedging.
 
 math-verify runs in a separate worker process with a deadline: a pathological input (or
 one that hangs inside C code, where signals cannot interrupt it) counts as wrong and the
@@ -41,6 +55,12 @@ log = logging.getLogger(__name__)
 
 ANSWER_TYPES = ("numeric", "latex", "asdiv", "choice")
 REL_TOL = 1e-4
+"""Relative tolerance of numeric comparisons: non-integer golds, or every value under the
+published quirk (the Qwen2.5-Math toolkit's ``math_equal``)."""
+ABS_TOL = 1e-8
+"""Absolute tolerance for non-integer golds near 0 (where a relative tolerance vanishes)."""
+FLOAT_SLACK = 1e-12
+"""Relative slack of an exact (integer) comparison: floating-point rounding only (``0.29 * 100``)."""
 CHOICES = "ABCD"
 
 # --------------------------------------------------------------------------- extraction
@@ -119,29 +139,176 @@ def _choice_letter(text: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
+def strict_answer(text: str, answer_type: str) -> tuple[str | None, str | None]:
+    """``(answer, source)`` of the strict extractor: source ``box``, ``answer_is``,
+    ``last_number``, ``paren`` (multiple choice: the last ``(X)``), or None with no answer."""
+    if text is None:
+        return None, None
+    if answer_type == "choice":
+        for cand, source in ((last_boxed(text), "box"), (_answer_is(text), "answer_is")):
+            if cand:
+                letter = _choice_letter(cand)
+                if letter:
+                    return letter, source
+        paren = re.findall(r"\(([A-D])\)", text)
+        return (paren[-1], "paren") if paren else (None, None)
+    box = last_boxed(text)
+    if box is not None:
+        return box, "box"
+    said = _answer_is(text)
+    if said:
+        return said, "answer_is"
+    num = _last_number(text)
+    return (num, "last_number") if num is not None else (None, None)
+
+
 def extract_answer(text: str, answer_type: str) -> str | None:
-    """The final answer in a model output, or None when there is none.
+    """The final answer in a model output, or None when there is none (the strict extractor).
 
     Last box, else "The answer is …", else the last number. For ``choice``: the letter from
     the box, else from "The answer is …", else the last ``(X)`` in the text.
     """
-    if text is None:
+    return strict_answer(text, answer_type)[0]
+
+
+# --------------------------------------------------------------------------- flexible extraction
+
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$([^$]+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_CHOICE_LETTER_RE = re.compile(r"(?<![A-Za-z0-9_\\])([A-D])(?![A-Za-z0-9_])")
+
+
+def well_formed(answer: str | None, source: str | None, answer_type: str) -> bool:
+    """Whether a strict answer is in the expected form, so the flexible extractor keeps it:
+    a plain number (units allowed) for numeric answers; a plain number, ratio, time or a
+    digit-free word answer for ASDiv; a letter for multiple choice; a complete box's non-empty
+    content for LaTeX answers."""
+    if answer is None or not str(answer).strip():
+        return False
+    if answer_type == "choice":
+        return True
+    if answer_type == "latex":
+        return source == "box"
+    if answer_type == "asdiv":
+        a = _drop_unit(answer)
+        return (to_number(a) is not None or not re.search(r"\d", a)
+                or re.match(r"^\s*\d+\s*:\s*\d+", _clean_latex(a)) is not None
+                or re.fullmatch(r"\d+(?:st|nd|rd|th)", normalize_text(a)) is not None)
+    return to_number(answer) is not None
+
+
+def answer_format(answer: str | None, source: str | None, answer_type: str) -> str:
+    """Where the strict answer stands: ``boxed`` (the expected format), ``malformed`` (a box
+    whose content is not an answer of this type), ``unboxed`` (found outside a box: "The answer
+    is", the last number, a ``(X)``), ``none`` (no answer)."""
+    if answer is None:
+        return "none"
+    if source == "box":
+        return "boxed" if well_formed(answer, source, answer_type) else "malformed"
+    return "unboxed"
+
+
+def _unclosed_box_tail(text: str) -> str | None:
+    """The content of the output's last box when it was cut off before its closing brace."""
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    i = m.end()
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for ch in text[i:]:
+        depth += (ch == "{") - (ch == "}")
+        if depth == 0:
+            return None  # closed: a complete box
+    tail = text[i + 1 :].strip().rstrip("$").strip()
+    return tail or None
+
+
+def _rhs(expr: str) -> str:
+    """The part of ``expr`` right of its last top-level ``=`` (``x = \\frac12`` -> ``\\frac12``)."""
+    depth, cut = 0, -1
+    for j, ch in enumerate(expr):
+        if ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth -= 1
+        elif ch == "=" and depth == 0:
+            cut = j
+    return expr[cut + 1 :].strip() if cut >= 0 else expr.strip()
+
+
+def lenient_answer(text: str, answer_type: str) -> str | None:
+    """The flexible extractor's answer: the last number (numeric, ASDiv), the last standalone
+    choice letter (``A`` followed by a lower-case word is the article, skipped), for LaTeX the
+    content of a box cut off by the token budget, else the last math span's right-hand side."""
+    if not text:
         return None
     if answer_type == "choice":
-        for cand in (last_boxed(text), _answer_is(text)):
-            if cand:
-                letter = _choice_letter(cand)
-                if letter:
-                    return letter
-        paren = re.findall(r"\(([A-D])\)", text)
-        return paren[-1] if paren else None
-    box = last_boxed(text)
-    if box is not None:
-        return box
-    said = _answer_is(text)
-    if said:
-        return said
+        letters = [m.group(1) for m in _CHOICE_LETTER_RE.finditer(text)
+                   if not (m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():m.end() + 2]))]
+        return letters[-1] if letters else None
+    if answer_type == "latex":
+        tail = _unclosed_box_tail(text)
+        if tail:
+            return tail
+        spans = [next(g for g in m.groups() if g is not None) for m in _MATH_SPAN_RE.finditer(text)]
+        spans = [_rhs(sp).rstrip(".,;").strip() for sp in spans]
+        spans = [sp for sp in spans if sp]
+        return spans[-1] if spans else None
     return _last_number(text)
+
+
+def flexible_answer(text: str, answer_type: str) -> str | None:
+    """The flexible score's answer: the strict one when it is well formed
+    (:func:`well_formed`), else the lenient extractor's (:func:`lenient_answer`), else the
+    strict one."""
+    strict, source = strict_answer(text, answer_type)
+    if well_formed(strict, source, answer_type):
+        return strict
+    return lenient_answer(text or "", answer_type) or strict
+
+
+def _answer_key(answer: str, answer_type: str):
+    """What two stated final answers are compared by for hedging (a number's value, a letter,
+    else the whitespace-free LaTeX)."""
+    inner = last_boxed(answer)
+    answer = inner if inner is not None else answer
+    if answer_type == "choice":
+        return _choice_letter(answer) or _latex_key(answer)
+    num = to_number(_drop_unit(answer) if answer_type == "asdiv" else answer, units=answer_type != "latex")
+    if num is not None:
+        value, pct = num
+        return ("num", round(value, 9), pct)
+    return _latex_key(answer)
+
+
+def final_answers(text: str, answer_type: str) -> list:
+    """The distinct final answers an output states, in order: every complete box (a box inside
+    a box counts once) and every "The answer is …" whose content is a plain answer (a number,
+    or a letter for multiple choice). More than one is hedging."""
+    if not text:
+        return []
+    stated = [b for b in boxed_contents(text) if last_boxed(b) is None]
+    if answer_type != "latex":
+        for m in _ANSWER_IS_RE.finditer(text):
+            said = m.group(1).strip().split("\n")[0].strip()
+            said = re.sub(r"[.。]\s*$", "", said).strip().strip("$").strip()
+            if not said:
+                continue
+            if answer_type == "choice":
+                if _choice_letter(said):
+                    stated.append(said)
+            elif to_number(_drop_unit(said) if answer_type == "asdiv" else said) is not None:
+                stated.append(said)
+    keys = []
+    for a in stated:
+        k = _answer_key(a, answer_type)
+        if k not in keys:
+            keys.append(k)
+    return keys
 
 
 # --------------------------------------------------------------------------- numbers
@@ -210,8 +377,19 @@ def to_number(s: str, units: bool = True) -> tuple[float, bool] | None:
     return None
 
 
-def numbers_equal(pred: str, gold: str, units: bool = True) -> bool | None:
-    """Numeric comparison (rel. tol. 1e-4); a percent answer matches ``x`` or ``x/100``.
+def _close(value: float, gold: float, published_tolerance: bool = False) -> bool:
+    """Whether ``value`` matches ``gold``: exactly for an integer gold (up to floating-point
+    rounding, :data:`FLOAT_SLACK`), else within :data:`REL_TOL` (:data:`ABS_TOL` near 0);
+    ``published_tolerance``: within :data:`REL_TOL` whatever the gold (the toolkit's rule)."""
+    if published_tolerance:
+        return math.isclose(value, gold, rel_tol=REL_TOL, abs_tol=1e-9)
+    if float(gold).is_integer():
+        return abs(value - gold) <= FLOAT_SLACK * max(1.0, abs(gold))
+    return math.isclose(value, gold, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+
+
+def numbers_equal(pred: str, gold: str, units: bool = True, published_tolerance: bool = False) -> bool | None:
+    """Numeric comparison (:func:`_close`); a percent answer matches ``x`` or ``x/100``.
 
     None when either side is not a plain number.
     """
@@ -224,7 +402,7 @@ def numbers_equal(pred: str, gold: str, units: bool = True) -> bool | None:
         candidates.append(pv / 100)
     if g_pct and not p_pct:
         candidates.append(pv * 100)
-    return any(math.isclose(c, gv, rel_tol=REL_TOL, abs_tol=1e-9) for c in candidates)
+    return any(_close(c, gv, published_tolerance) for c in candidates)
 
 
 # --------------------------------------------------------------------------- text forms
@@ -259,7 +437,7 @@ def _ratio(s: str) -> Fraction | None:
     return Fraction(int(m.group(1)), int(m.group(2)))
 
 
-def _asdiv_equal(pred: str, gold: str) -> bool:
+def _asdiv_equal(pred: str, gold: str, published_tolerance: bool = False) -> bool:
     g, pred = _drop_unit(gold), _drop_unit(pred)
     if re.fullmatch(r"\d+:\d+", g.replace(" ", "")):  # a ratio or a clock time, kept whole
         if normalize_text(pred) == normalize_text(g):
@@ -272,7 +450,7 @@ def _asdiv_equal(pred: str, gold: str) -> bool:
         pm = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", normalize_text(pred))
         if pm:
             pred = pm.group(1)
-    same = numbers_equal(pred, g)
+    same = numbers_equal(pred, g, published_tolerance=published_tolerance)
     if same is not None:
         return same
     if to_number(g) is not None:  # numeric gold, non-numeric prediction
@@ -379,10 +557,14 @@ def math_verify_equal(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
 
 # --------------------------------------------------------------------------- equivalence
 
-def is_equivalent(pred: str | None, gold: str, answer_type: str, timeout_s: float = 5.0) -> bool:
+def is_equivalent(
+    pred: str | None, gold: str, answer_type: str, timeout_s: float = 5.0, published_tolerance: bool = False
+) -> bool:
     """Whether the extracted answer ``pred`` matches ``gold`` (see the module docstring).
 
     ``timeout_s`` bounds one math-verify comparison; running out counts as wrong.
+    ``published_tolerance``: numbers within a relative 1e-4 whatever their kind (the toolkit's
+    quirk); by default an integer gold is matched exactly.
     """
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer_type: expected one of {ANSWER_TYPES}, got {answer_type!r}")
@@ -399,16 +581,16 @@ def is_equivalent(pred: str | None, gold: str, answer_type: str, timeout_s: floa
             g = None
         return p is not None and p == g
     if answer_type == "asdiv":
-        return _asdiv_equal(pred, gold)
+        return _asdiv_equal(pred, gold, published_tolerance)
     if answer_type == "numeric":
-        same = numbers_equal(pred, gold)
+        same = numbers_equal(pred, gold, published_tolerance=published_tolerance)
         if same is not None:
             return same
         return math_verify_equal(pred, gold, timeout_s)
     # latex
     if _latex_key(pred) == _latex_key(gold):
         return True
-    same = numbers_equal(pred, gold, units=False)
+    same = numbers_equal(pred, gold, units=False, published_tolerance=published_tolerance)
     if same is not None:
         return same
     return math_verify_equal(pred, gold, timeout_s)

@@ -121,6 +121,11 @@ def summary_metrics(summary: Mapping) -> dict:
         out[f"{key}/accuracy"] = r["accuracy"]
         out[f"{key}/ci95_lo"], out[f"{key}/ci95_hi"] = r["ci95"]
         out[f"{key}/cut_off_frac"] = r["cut_off_frac"]
+        for k in ("accuracy_flexible", "no_answer_frac", "hedging_frac", "off_format_frac"):  # strict vs flexible, format rates
+            if r.get(k) is not None:
+                out[f"{key}/{k}"] = r[k]
+        if r.get("ci95_flexible"):
+            out[f"{key}/ci95_flexible_lo"], out[f"{key}/ci95_flexible_hi"] = r["ci95_flexible"]
     for c in summary.get("comparisons") or []:
         if "refused" in c:
             continue
@@ -128,6 +133,12 @@ def summary_metrics(summary: Mapping) -> dict:
         out[key] = c["diff"]
         out[f"{key}/ci95_lo"], out[f"{key}/ci95_hi"] = c["ci95"]
         out[f"{key}/mcnemar_p"] = c["mcnemar_p"]
+        for k in ("flexible", "format_share"):  # the flexible gain; the format share = strict gain - flexible gain
+            value = c.get("diff_flexible" if k == "flexible" else k)
+            if value is not None:
+                name = f"eval/{c['model']}/{c['benchmark']}/{'gain_flexible' if k == 'flexible' else k}_vs_{c['baseline']}"
+                out[name] = value
+                out[f"{name}/ci95_lo"], out[f"{name}/ci95_hi"] = c[f"ci95_{k}"]
     for k, v in (summary.get("selection") or {}).items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"selection/{k}"] = v

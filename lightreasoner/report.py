@@ -4,6 +4,7 @@
     python -m lightreasoner.report run_a run_b --out /tmp/report
     python -m lightreasoner.report --efficiency lr_run sft_run       # the paper's efficiency table
     python -m lightreasoner.report --head-to-head lr_run sft_run     # run_b's tuned vs run_a's, paired
+    python -m lightreasoner.report --format-audit run [run ...]      # strict vs flexible, format rates, format share of each gain
 
 Reads only what a run leaves on disk, so it works on a directory copied back from a cluster:
 ``.hydra/config.yaml`` (the composed config, interpolations left unresolved),
@@ -40,7 +41,8 @@ from matplotlib import pyplot as plt
 from omegaconf import OmegaConf
 
 from lightreasoner.eval.results import read_rows
-from lightreasoner.eval.stats import paired_stats, paired_verdicts, wilson_interval
+from lightreasoner.eval.scoring import answer_type_of, has_flexible, rescore_rows
+from lightreasoner.eval.stats import paired_flexible_stats, paired_stats, paired_verdicts, wilson_interval
 from lightreasoner.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
@@ -60,6 +62,14 @@ INTERVALS_NOTE = (
     "a pooled interval needs per-problem rows, which summary.json does not hold. "
     "kept % = kept-step fraction of the selection; wall s = sum of the stage wall times of a run; "
     "both and tuned tokens are means over seeds. `-` = not measured (e.g. a stage=sample run)."
+)
+
+
+FORMAT_NOTE = (
+    "gain = the strict score's (the evaluation's: the last box or the benchmark's rule); flexible gain = "
+    "the same with the lenient extractor used where the strict answer is missing or malformed "
+    "(lightreasoner/eval/scoring.py); format share = gain - flexible gain, the part of the gain "
+    "that is answer format, with its paired-bootstrap interval."
 )
 
 
@@ -179,6 +189,8 @@ def _fields(row: dict, tag: str) -> dict:
             continue
         if key == "ci95" and isinstance(value, (list, tuple)) and len(value) == 2:
             out[f"ci95_lo/{tag}"], out[f"ci95_hi/{tag}"] = value
+        elif key.startswith("ci95_") and isinstance(value, (list, tuple)) and len(value) == 2:  # ci95_flexible, ci95_format_share
+            out[f"{key}_lo/{tag}"], out[f"{key}_hi/{tag}"] = value
         elif not isinstance(value, (list, dict)):
             out[f"{key}/{tag}"] = value
     return out
@@ -345,7 +357,9 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     (failed, unfinished or unreadable runs of that setting), then per benchmark ``b`` and
     model ``m``: ``acc/m/b`` (mean accuracy in %) with ``acc_lo/m/b`` and ``acc_hi/m/b``;
     ``gain/b`` (mean tuned - base paired difference in points) with ``gain_lo/b`` and
-    ``gain_hi/b``; then ``kept_pct``, ``tuned_tokens`` and ``wall_s`` (means over seeds); with
+    ``gain_hi/b``; when the runs' evaluations carry the flexible score, ``gain_flex/b`` (the
+    flexible gain) and ``format_share/b`` (strict gain − flexible gain), each with ``_lo``/``_hi``;
+    then ``kept_pct``, ``tuned_tokens`` and ``wall_s`` (means over seeds); with
     the drift guard on, ``drift/<figure>`` (:data:`DRIFT_FIGURES`, means) and
     ``drift/beyond_limit`` (seeds beyond a limit).
     The ``_lo``/``_hi`` bounds are the run's 95% interval with one seed and the per-seed
@@ -370,6 +384,11 @@ def aggregate(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             tag = f"{TUNED}-vs-{BASE}/{bench}"
             (row[f"gain/{bench}"], row[f"gain_lo/{bench}"], row[f"gain_hi/{bench}"]) = _mean_and_interval(
                 done, f"diff/{tag}", f"ci95_lo/{tag}", f"ci95_hi/{tag}", 100.0)
+            if f"diff_flexible/{tag}" in runs:  # runs whose evaluation has the flexible score
+                for name, key in (("gain_flex", "diff_flexible"), ("format_share", "format_share")):
+                    ci = "ci95_flexible" if key == "diff_flexible" else "ci95_format_share"
+                    (row[f"{name}/{bench}"], row[f"{name}_lo/{bench}"], row[f"{name}_hi/{bench}"]) = _mean_and_interval(
+                        done, f"{key}/{tag}", f"{ci}_lo/{tag}", f"{ci}_hi/{tag}", 100.0)
         row["kept_pct"] = _column(done, "selection/kept_step_fraction").mean() * 100.0
         row["tuned_tokens"] = _column(done, "summary/tuned_tokens").mean()
         row["wall_s"] = _column(done, "wall_s/total").mean()
@@ -429,7 +448,8 @@ def _cell(value: float, lo: float, hi: float, seeds: int, signed: bool = False) 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """The :func:`aggregate` table as display strings: one column per key, ``seeds``, and per
-    benchmark ``<b> base %``, ``<b> tuned %``, ``<b> gain pp``, other models' accuracies, then
+    benchmark ``<b> base %``, ``<b> tuned %``, ``<b> gain pp`` (strict), ``<b> flexible gain pp``
+    and ``<b> format share pp`` (when measured), other models' accuracies, then
     ``kept %``, ``tuned tokens``, ``wall s``. Missing values read ``-``."""
     keys = setting_keys(table)
     out = pd.DataFrame({key: table[key].map(_display_value) for key in keys})
@@ -442,6 +462,9 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         for model in [m for m in (BASE, TUNED) if m in models]:
             out[f"{bench} {model} %"] = _cells(table, "acc", f"{model}/{bench}", seeds)
         out[f"{bench} gain pp"] = _cells(table, "gain", bench, seeds, signed=True)
+        if f"gain_flex/{bench}" in table and table[f"gain_flex/{bench}"].notna().any():
+            out[f"{bench} flexible gain pp"] = _cells(table, "gain_flex", bench, seeds, signed=True)
+            out[f"{bench} format share pp"] = _cells(table, "format_share", bench, seeds, signed=True)
         for model in [m for m in models if m not in (BASE, TUNED)]:
             out[f"{bench} {model} %"] = _cells(table, "acc", f"{model}/{bench}", seeds)
     out["kept %"] = table["kept_pct"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
@@ -664,6 +687,7 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
         "",
         INTERVALS_NOTE,
         "",
+        *([FORMAT_NOTE, ""] if any(c.endswith("format share pp") for c in display.columns) else []),
         _markdown(display),
         "",
         "## Plots",
@@ -740,14 +764,22 @@ def efficiency_table(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 # Two methods' tuned models against each other
 
 
-def _eval_run(run_dir: Path, model: str, bench: str) -> dict | None:
-    """One model's per-problem rows and settings on ``bench`` from ``run_dir/eval``, or None."""
+def _eval_run(run_dir: Path, model: str, bench: str, force: bool = False, published_tolerance: bool = False) -> dict | None:
+    """One model's per-problem rows and settings on ``bench`` from ``run_dir/eval``, or None.
+
+    Rows written before the flexible score existed are re-scored from their stored text
+    (:func:`lightreasoner.eval.scoring.rescore_rows`; ``force``: every row, under
+    ``published_tolerance`` or not), so their strict verdicts use the current numeric rule too."""
     rows_path = run_dir / "eval" / model / f"{bench}.jsonl"
     settings_path = run_dir / "eval" / model / f"{bench}.settings.json"
     if not rows_path.is_file() or not settings_path.is_file():
         return None
-    return {"model": f"{run_dir.name}/{model}", "settings": json.loads(settings_path.read_text()),
-            "rows": list(read_rows(rows_path).values())}
+    settings = json.loads(settings_path.read_text())
+    stored = list(read_rows(rows_path).values())
+    rows, _ = rescore_rows(stored, answer_type_of(settings.get("benchmark") or bench),
+                           published_tolerance=published_tolerance, force=force)
+    changed = sum(bool(a.get("correct")) != bool(b.get("correct")) for a, b in zip(stored, rows))
+    return {"model": f"{run_dir.name}/{model}", "settings": settings, "rows": rows, "verdicts_changed": changed}
 
 
 def head_to_head(run_a: str | Path, run_b: str | Path, model_a: str = TUNED, model_b: str | None = None) -> pd.DataFrame:
@@ -758,7 +790,9 @@ def head_to_head(run_a: str | Path, run_b: str | Path, model_a: str = TUNED, mod
     benchmark weighs more). Refused, as any paired comparison, when prompts or generation
     settings differ. ``base rows equal`` says whether the two runs' base-model rows are the same
     outputs (the same engine on the same kind of machine, or rows shared through
-    ``eval.cache``): when they are not, part of the difference is generation noise."""
+    ``eval.cache``): when they are not, part of the difference is generation noise. Records
+    older than the flexible score are re-scored from their text (strict verdicts with the current
+    numeric rule: integers exact)."""
     model_b = model_b or model_a
     dirs = [Path(run_a), Path(run_b)]
     for d in dirs:
@@ -805,6 +839,130 @@ def _head_to_head_row(bench: str, c: dict, base_rows_differ: int | None) -> dict
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Format or reasoning: strict vs flexible scores of per-problem records
+
+
+AUDIT_NOTE = (
+    "Every row re-scored from the stored output text (nothing regenerated). strict = the evaluation's "
+    "score (last box, else \"The answer is\", else the last number; for multiple choice the letter); flexible = "
+    "the strict answer when well formed, else the lenient extractor's (last number; last choice letter; a box cut "
+    "off by the token budget or the last $...$ for LaTeX), right wherever strict is. no answer = no strict answer; "
+    "hedging = more than one distinct final answer in one output; off-format = an answer present outside a "
+    "well-formed box. format share = strict gain - flexible gain: the part of a gain that is answer format "
+    "(95% intervals: Wilson for accuracies, paired bootstrap over problems, 10,000 resamples, for gains)."
+)
+
+
+def _audit_runs(paths: Iterable[str | Path]) -> list[Path]:
+    dirs = []
+    for p in paths:
+        p = Path(p)
+        if not (p / "eval").is_dir():
+            raise ReportInputError(f"{p}: no eval/ directory (expected a run directory that ran stage evaluate)")
+        dirs.append(p)
+    if not dirs:
+        raise ReportInputError("--format-audit: no run directory given")
+    return dirs
+
+
+def _audit_models(run_dir: Path) -> list[str]:
+    models = sorted(d.name for d in (run_dir / "eval").iterdir() if d.is_dir() and any(d.glob("*.jsonl")))
+    order = {BASE: 0, TUNED: 1}
+    return sorted(models, key=lambda m: (order.get(m, 2), m))
+
+
+def _pct_ci(k: int, n: int) -> str:
+    lo, hi = wilson_interval(k, n)
+    return f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if n else "-"
+
+
+def _pp(value: float, ci) -> str:
+    return f"{100 * value:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def format_audit(paths: str | Path | Iterable[str | Path], baseline: str = BASE,
+                 published_tolerance: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Strict vs flexible scores of every model and benchmark in the run directories ``paths``
+    (their ``eval/{model}/{benchmark}.jsonl``, re-scored from the stored text; nothing is
+    regenerated), and the format share of each model's gain over ``baseline`` in the same run.
+
+    Returns ``(scores, gains)``. ``scores``: one row per run, model and benchmark: n, strict and
+    flexible accuracy (%, Wilson 95%), the rates (no strict answer, cut off, hedging, off-format,
+    in %) and ``re-scored verdicts changed`` (strict verdicts that differ from the stored ones:
+    the integer comparison). ``gains``: per run, model and benchmark, then pooled over the
+    run's benchmarks: the strict gain, the flexible gain and the format share (strict −
+    flexible), in points with paired-bootstrap 95% intervals, and the strict McNemar p; a
+    comparison the settings forbid reads ``refused``."""
+    dirs = _audit_runs([paths] if isinstance(paths, (str, Path)) else paths)
+    scores, gains = [], []
+    for run_dir in dirs:
+        runs: dict[tuple[str, str], dict] = {}
+        for model in _audit_models(run_dir):
+            for rows_path in sorted((run_dir / "eval" / model).glob("*.jsonl")):
+                bench = rows_path.stem
+                run = _eval_run(run_dir, model, bench, force=True, published_tolerance=published_tolerance)
+                if run is None:
+                    continue
+                rows = run["rows"]
+                if not has_flexible(rows):
+                    raise ReportInputError(f"{rows_path}: rows without output text or gold answer cannot be re-scored")
+                runs[(model, bench)] = run
+                n = len(rows)
+
+                def frac(pred, rows=rows, n=n) -> str:
+                    return f"{100 * sum(map(pred, rows)) / n:.1f}"
+
+                scores.append({
+                    "run": run_dir.name, "model": model, "benchmark": bench, "n": n,
+                    "strict % [95% CI]": _pct_ci(sum(bool(r["correct"]) for r in rows), n),
+                    "flexible % [95% CI]": _pct_ci(sum(bool(r["flexible"]["correct"]) for r in rows), n),
+                    "no answer %": frac(lambda r: r["extracted"] is None),
+                    "cut off %": frac(lambda r: bool(r.get("cut_off"))),
+                    "hedging %": frac(lambda r: bool(r["format"]["hedging"])),
+                    "off-format %": frac(lambda r: r["format"]["answer"] in ("unboxed", "malformed")),
+                    "re-scored verdicts changed": run["verdicts_changed"],
+                })
+        benches = sorted({b for _, b in runs})
+        for model in [m for m in _audit_models(run_dir) if m != baseline]:
+            pooled: list[list[np.ndarray]] = [[], [], [], []]
+            done = []
+            for bench in benches:
+                if (baseline, bench) not in runs or (model, bench) not in runs:
+                    continue
+                a_run, b_run = runs[(baseline, bench)], runs[(model, bench)]
+                label = {"run": run_dir.name, "comparison": f"{baseline} → {model}", "benchmark": bench}
+                try:
+                    a, b = paired_verdicts(a_run, b_run)
+                    fa, fb = paired_verdicts(a_run, b_run, flexible=True)
+                except ValueError as exc:
+                    gains.append({**label, "n": "-", "strict gain pp": "refused", "flexible gain pp": str(exc)[:100],
+                                  "format share pp": "-", "McNemar p (strict)": "-"})
+                    continue
+                for acc, v in zip(pooled, (a, b, fa, fb)):
+                    acc.append(v)
+                done.append(bench)
+                gains.append(_audit_gain_row(label, a, b, fa, fb))
+            if len(done) > 1:
+                a, b, fa, fb = (np.concatenate(v) for v in pooled)
+                label = {"run": run_dir.name, "comparison": f"{baseline} → {model}", "benchmark": f"pooled ({' + '.join(done)})"}
+                gains.append(_audit_gain_row(label, a, b, fa, fb))
+    columns = ["run", "comparison", "benchmark", "n", "strict gain pp", "flexible gain pp", "format share pp", "McNemar p (strict)"]
+    return pd.DataFrame(scores), pd.DataFrame(gains, columns=columns)
+
+
+def _audit_gain_row(label: dict, a, b, fa, fb) -> dict:
+    strict = paired_stats(a, b)
+    flex = paired_flexible_stats(a, b, fa, fb)
+    return {
+        **label, "n": strict["n"],
+        "strict gain pp": _pp(strict["diff"], strict["ci95"]),
+        "flexible gain pp": _pp(flex["diff_flexible"], flex["ci95_flexible"]),
+        "format share pp": _pp(flex["format_share"], flex["ci95_format_share"]),
+        "McNemar p (strict)": round(strict["mcnemar_p"], 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write the report files; bad input -> ``error: ...``, exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m lightreasoner.report", description=__doc__.split("\n\n")[0])
@@ -817,8 +975,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs=2, metavar=("A", "B"), default=[TUNED, TUNED],
                         help="with --head-to-head: the models compared, A of the first run and B of the second "
                              "(default: tuned tuned; e.g. base tuned with one run given twice)")
+    parser.add_argument("--format-audit", action="store_true",
+                        help="run directories: every model's strict vs flexible score, the format rates, and the format "
+                             "share of each model's gain over --baseline (re-scored from the per-problem records)")
+    parser.add_argument("--baseline", default=BASE, help="with --format-audit: the model gains are measured against (default: base)")
+    parser.add_argument("--published-tolerance", action="store_true",
+                        help="with --format-audit: compare numbers within a relative 1e-4, integers too (the published quirk)")
     args = parser.parse_args(argv)
     matplotlib.use("Agg")
+    if args.format_audit:
+        try:
+            scores, gains = format_audit(args.paths, args.baseline, args.published_tolerance)
+        except ReportInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(AUDIT_NOTE + "\n")
+        print(_markdown(scores.astype(object)))
+        print()
+        print(_markdown(gains.astype(object)) if len(gains) else f"No model to compare with '{args.baseline}'.")
+        return 0
     if args.head_to_head:
         try:
             if len(args.paths) != 2:

@@ -70,7 +70,10 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
     for r in report["results"]:
         rows = [json.loads(line) for line in Path(r["path"]).read_text().splitlines()]
         assert [row["id"] for row in rows] == [f"{r['benchmark']}/test/{i}" for i in range(3)]
-        assert set(rows[0]) == {"id", "question", "gold", "generated", "extracted", "correct", "cut_off", "num_tokens", "seconds"}
+        assert set(rows[0]) == {"id", "question", "gold", "generated", "extracted", "correct", "cut_off", "num_tokens", "seconds",
+                                "flexible", "format"}
+        assert set(rows[0]["flexible"]) == {"extracted", "correct", "scorer"} and set(rows[0]["format"]) == {"answer", "hedging"}
+        assert r["accuracy_flexible"] == sum(row["flexible"]["correct"] for row in rows) / 3 >= r["accuracy"]
         assert r["n"] == 3 and r["regenerated"] == 3
         assert r["accuracy"] == sum(row["correct"] for row in rows) / 3
         assert r["cut_off_frac"] == sum(row["cut_off"] for row in rows) / 3
@@ -97,6 +100,16 @@ def test_end_to_end_seven_benchmarks_with_resume(tiny_dirs, data_dir, tmp_path, 
     assert calls == []
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
     assert all(r["regenerated"] == 0 for r in again["results"])
+
+    # records written before the flexible score: re-scored from their text, the file rewritten, nothing regenerated
+    f = out / "base" / "gsm8k.jsonl"
+    new_rows = [json.loads(x) for x in f.read_text().splitlines()]
+    old_rows = [{k: v for k, v in row.items() if k not in ("flexible", "format")} | {"correct": True} for row in new_rows]
+    f.write_text("".join(json.dumps(row) + "\n" for row in old_rows))
+    rescored = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(), out, progress=False)
+    assert calls == [] and [json.loads(x) for x in f.read_text().splitlines()] == new_rows
+    assert rescored["results"][0]["accuracy"] == report["results"][0]["accuracy"]
+    assert {"diff_flexible", "format_share", "ci95_format_share"} <= set(rescored["comparisons"][0])
 
     # an interrupted write (truncated last line) regenerates exactly that problem
     f = out / "same" / "svamp.jsonl"

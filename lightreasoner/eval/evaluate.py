@@ -10,10 +10,14 @@ interval, cut-off fraction, time, tokens/s), paired comparisons against the base
 printed and saved as ``report.md`` and ``report.json`` (:mod:`.tables`).
 
 Per-problem row fields: ``id``, ``question``, ``gold``, ``generated`` (decoded text, special
-tokens dropped), ``extracted`` (the answer found in it, or null), ``correct``, ``cut_off``
-(``max_new_tokens`` reached without an end-of-sequence token), ``num_tokens`` (generated
-tokens including the end-of-sequence token), ``seconds`` (this problem's share of its batch's
-generation time).
+tokens dropped), ``extracted`` (the answer found in it, or null), ``correct`` (the strict
+score), ``cut_off`` (``max_new_tokens`` reached without an end-of-sequence token),
+``num_tokens`` (generated tokens including the end-of-sequence token), ``seconds`` (this
+problem's share of its batch's generation time), ``flexible`` (the flexible score:
+``{"extracted", "correct", "scorer"}``) and ``format`` (``{"answer": boxed|unboxed|malformed|none,
+"hedging"}``); see :mod:`.scoring`. Rows without the last two (written by an older version), or
+scored under the other numeric rule (``eval.published_numeric_tolerance``), are re-scored from
+their stored text when read, never regenerated, and the run's own file is rewritten with them.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from typing import Any
 
 import torch
 
-from lightreasoner.answers import extract_answer, is_equivalent
 from lightreasoner.benchmarks import dataset_identity, known_datasets, load_problems
 from lightreasoner.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
 from lightreasoner.config import settings_from_cfg, to_plain
 from lightreasoner.eval.results import SharedResults, check_settings, read_rows
+from lightreasoner.eval.scoring import rescore_rows, score_output
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
+from lightreasoner.files import atomic_write_text
 from lightreasoner.generation import Generation, GenerationSettings, engine_key
 from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt, check_template, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem
@@ -78,6 +83,10 @@ class EvalSettings:
     ids (those present in the vocabulary; the toolkit always stops at these two)."""
     verify_timeout_s: float = 5.0
     """Seconds the answer checker may spend on one answer."""
+    published_numeric_tolerance: bool = False
+    """Published quirk (on under ``quirks=published``): numbers compare within a relative 1e-4
+    whatever their kind, as the Qwen2.5-Math toolkit does (``10001`` equals ``10000``). Off: an
+    integer gold answer is matched exactly (``answers.is_equivalent``)."""
     cache: bool = True
     """Reuse the per-problem rows of an identical evaluation (same model files, benchmark,
     split, prompt, engine, token budget) from ``${paths.cache_dir}/eval``, and add this run's
@@ -111,6 +120,8 @@ class EvalSettings:
             raise ValueError(f"eval.cache: expected true or false, got {self.cache!r}")
         if not isinstance(self.verify_timeout_s, (int, float)) or self.verify_timeout_s <= 0:
             raise ValueError(f"eval.verify_timeout_s: expected a number > 0, got {self.verify_timeout_s!r}")
+        if not isinstance(self.published_numeric_tolerance, bool):
+            raise ValueError(f"eval.published_numeric_tolerance: expected true or false, got {self.published_numeric_tolerance!r}")
 
     @property
     def system(self) -> str:
@@ -121,21 +132,34 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.=-]+", "_", str(name)).strip("_") or "model"
 
 
-def score_row(problem: Problem, gen: Generation | Mapping, timeout_s: float = 5.0) -> dict:
+def score_row(problem: Problem, gen: Generation | Mapping, timeout_s: float = 5.0, published_tolerance: bool = False) -> dict:
     """One per-problem result row from a generation (see the module docstring for fields)."""
     gen = gen.to_dict() if isinstance(gen, Generation) else gen
-    extracted = extract_answer(gen["text"], problem.answer_type)
+    scores = score_output(gen["text"], problem.answer, problem.answer_type, timeout_s, published_tolerance)
     return {
         "id": problem.id,
         "question": problem.question,
         "gold": problem.answer,
         "generated": gen["text"],
-        "extracted": extracted,
-        "correct": bool(is_equivalent(extracted, problem.answer, problem.answer_type, timeout_s=timeout_s)),
+        "extracted": scores["extracted"],
+        "correct": scores["correct"],
         "cut_off": bool(gen["cut_off"]),
         "num_tokens": int(gen["num_tokens"]),
         "seconds": round(float(gen["seconds"]), 4),
+        "flexible": scores["flexible"],
+        "format": scores["format"],
     }
+
+
+def _rescore_file(path: Path, done: dict[str, dict], answer_type: str | None, timeout_s: float, published: bool) -> None:
+    """Re-score the rows of ``done`` (read from ``path``) that need it (:mod:`.scoring`), in place,
+    and rewrite ``path`` with them (atomically; the same rows in the same order)."""
+    rows, n = rescore_rows(done.values(), answer_type, timeout_s, published)
+    if not n:
+        return
+    done.update({r["id"]: r for r in rows})
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    log.info("eval: %d rows of %s re-scored from their stored text (strict and flexible)", n, path)
 
 
 def _eval_split(bench: dict, settings: EvalSettings) -> str:
@@ -182,6 +206,7 @@ def evaluate(
     system = settings.system
     batch_size = settings.batch_size
     timeout_s = float(settings.verify_timeout_s)
+    published = bool(settings.published_numeric_tolerance)
     baseline = settings.baseline or names[0]
     if baseline not in names:
         log.warning("eval.baseline: %r is not among the evaluated models %s; no paired comparisons", baseline, names)
@@ -245,11 +270,13 @@ def evaluate(
             path = out_dir / _safe(name) / f"{bname}.jsonl"
             check_settings(path.with_name(f"{bname}.settings.json"), run_settings)
             done = read_rows(path)
+            _rescore_file(path, done, b["answer_type"], timeout_s, published)
             shared = SharedResults(cache_dir, run_settings) if cache_dir is not None and settings.cache else None
             reused = 0
             if shared is not None:
                 wanted = {p.id for p in b["problems"]} - set(done)
                 found = {i: row for i, row in shared.rows().items() if i in wanted}
+                found = {r["id"]: r for r in rescore_rows(found.values(), b["answer_type"], timeout_s, published)[0]}
                 if found:
                     with open(path, "a", encoding="utf-8") as f:
                         f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found.values()))
@@ -267,7 +294,7 @@ def evaluate(
                     def write(start: int, batch: list[Generation]) -> None:
                         lines = []
                         for problem, gen in zip(todo[start : start + len(batch)], batch):
-                            row = score_row(problem, gen, timeout_s)
+                            row = score_row(problem, gen, timeout_s, published)
                             done[problem.id] = row
                             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
                         f.write("".join(lines))
@@ -323,6 +350,8 @@ def evaluate(
             "prompt_template": settings.prompt_template or "each model's chat template",
             "max_new_tokens": {b: i["max_new_tokens"] for b, i in bench_info.items()},
             "verify_timeout_s": timeout_s,
+            "numeric_comparison": "published: relative 1e-4 for every value" if published
+            else "integers exact; other values relative 1e-4 (absolute 1e-8 near 0)",
         },
         "models": {n: {k: v for k, v in r.items() if k not in ("prompt_example",)} for n, r in model_records.items()},
         "benchmarks": {

@@ -12,6 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from lightreasoner.eval.scoring import OFF_FORMAT, has_flexible
+
 BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 Z95 = 1.959963984540054
@@ -75,7 +77,11 @@ def paired_bootstrap_ci(
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Accuracy, Wilson 95% interval, cut-off fraction, tokens and generation time of ``rows``."""
+    """Accuracy, Wilson 95% interval, cut-off fraction, tokens and generation time of ``rows``;
+    when every row carries the flexible score (:mod:`.scoring`), also ``correct_flexible``,
+    ``accuracy_flexible``, ``ci95_flexible`` and the format rates: ``no_answer_frac`` (no strict
+    answer), ``cut_off_frac``, ``hedging_frac`` (more than one distinct final answer),
+    ``off_format_frac`` (an answer outside a well-formed box)."""
     n = len(rows)
     k = sum(bool(r["correct"]) for r in rows)
     tokens = sum(int(r["num_tokens"]) for r in rows)
@@ -91,6 +97,23 @@ def summarize(rows: list[dict]) -> dict:
         "mean_tokens": tokens / n if n else 0.0,
         "gen_s": round(gen_s, 2),
         "tokens_per_s": tokens / gen_s if gen_s > 0 else None,
+        **flexible_summary(rows),
+    }
+
+
+def flexible_summary(rows: list[dict]) -> dict:
+    """The flexible score and format rates of ``rows`` (empty when a row lacks them)."""
+    if not has_flexible(rows):
+        return {}
+    n = len(rows)
+    k = sum(bool(r["flexible"]["correct"]) for r in rows)
+    lo, hi = wilson_interval(k, n)
+    return {
+        "correct_flexible": k,
+        "accuracy_flexible": k / n,
+        "ci95_flexible": [lo, hi],
+        "hedging_frac": sum(bool(r["format"].get("hedging")) for r in rows) / n,
+        "off_format_frac": sum(r["format"].get("answer") in OFF_FORMAT for r in rows) / n,
     }
 
 
@@ -101,13 +124,34 @@ def paired_comparison(baseline: dict, other: dict) -> dict:
     (``COMPARABLE_SETTINGS``) and the same problems with the same question texts.
     """
     a, b = paired_verdicts(baseline, other)
-    return {"benchmark": baseline["settings"].get("benchmark"), "model": other["model"], "baseline": baseline["model"],
-            **paired_stats(a, b)}
+    out = {"benchmark": baseline["settings"].get("benchmark"), "model": other["model"], "baseline": baseline["model"],
+           **paired_stats(a, b)}
+    if has_flexible(baseline["rows"]) and has_flexible(other["rows"]):
+        out.update(paired_flexible_stats(a, b, *paired_verdicts(baseline, other, flexible=True)))
+    return out
 
 
-def paired_verdicts(baseline: dict, other: dict) -> tuple[np.ndarray, np.ndarray]:
+def paired_flexible_stats(a: np.ndarray, b: np.ndarray, fa: np.ndarray, fb: np.ndarray) -> dict:
+    """The flexible score's paired figures (``diff_flexible``, ``ci95_flexible``, ...: the keys of
+    :func:`paired_stats` with ``_flexible``) and the **format share** of the gain: strict gain −
+    flexible gain (``format_share``), with its paired-bootstrap 95% interval
+    (``ci95_format_share``: the problems resampled in pairs, the same resamples as the strict
+    and flexible intervals). ``a``/``b``: strict verdicts of the baseline and the model;
+    ``fa``/``fb``: their flexible verdicts, in the same problem order."""
+    flex = paired_stats(fa, fb)
+    out = {f"{k}_flexible": v for k, v in flex.items() if k not in ("n", "bootstrap")}
+    a, b, fa, fb = (np.asarray(x, dtype=np.int64) for x in (a, b, fa, fb))
+    n = len(a)
+    out["format_share"] = float((b - a).mean() - (fb - fa).mean()) if n else 0.0
+    lo, hi = paired_bootstrap_ci(a - fa, b - fb)  # mean((b - fb) - (a - fa)) = strict gain - flexible gain
+    out["ci95_format_share"] = [lo, hi]
+    return out
+
+
+def paired_verdicts(baseline: dict, other: dict, flexible: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The two runs' verdicts as boolean arrays in one problem order (sorted ids), after the
-    checks :func:`paired_comparison` describes (ValueError when they fail)."""
+    checks :func:`paired_comparison` describes (ValueError when they fail); ``flexible``: the
+    rows' flexible verdicts (``row["flexible"]["correct"]``) instead of the strict ones."""
     a_set, b_set = baseline["settings"], other["settings"]
     differ = [k for k in COMPARABLE_SETTINGS if a_set.get(k) != b_set.get(k)]
     where = f"paired comparison {other['model']} vs {baseline['model']} on {a_set.get('benchmark')}"
@@ -119,8 +163,9 @@ def paired_verdicts(baseline: dict, other: dict) -> tuple[np.ndarray, np.ndarray
     if set(a_rows) != set(b_rows) or any(a_rows[i]["question"] != b_rows[i]["question"] for i in a_rows):
         raise ValueError(f"{where}: refused, the runs cover different problems or question texts")
     ids = sorted(a_rows)
-    return (np.array([bool(a_rows[i]["correct"]) for i in ids], dtype=bool),
-            np.array([bool(b_rows[i]["correct"]) for i in ids], dtype=bool))
+    verdict = (lambda r: bool(r["flexible"]["correct"])) if flexible else (lambda r: bool(r["correct"]))
+    return (np.array([verdict(a_rows[i]) for i in ids], dtype=bool),
+            np.array([verdict(b_rows[i]) for i in ids], dtype=bool))
 
 
 def paired_stats(a: np.ndarray, b: np.ndarray) -> dict:

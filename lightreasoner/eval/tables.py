@@ -9,33 +9,53 @@ from pathlib import Path
 from lightreasoner.files import atomic_write_json, atomic_write_text
 
 
+FLEXIBLE_RESULT_KEYS = ("accuracy_flexible", "no_answer_frac", "hedging_frac", "off_format_frac")
+"""Per-result figures of the flexible score and the format rates (metrics and W&B summary keys)."""
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _pp_ci(ci) -> str:
+    return f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}"
+
+
 def results_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    cols = ["model", "benchmark", "n", "accuracy %", "95% CI", "cut off %", "tokens/s", "gen s", "wall s"]
+    """One row per model and benchmark: the strict accuracy (``accuracy %``, the evaluation's
+    score) and, when the rows carry it, the flexible one and the format rates (no strict answer,
+    more than one final answer, an answer outside a well-formed box; ``-`` for older reports)."""
+    cols = ["model", "benchmark", "n", "accuracy %", "95% CI", "flexible %", "no answer %", "cut off %",
+            "hedging %", "off-format %", "tokens/s", "gen s", "wall s"]
     rows = []
     for r in report["results"]:
         tps = r.get("tokens_per_s")
         rows.append([
             r["model"], r["benchmark"], str(r["n"]), _pct(r["accuracy"]),
-            f"{_pct(r['ci95'][0])}–{_pct(r['ci95'][1])}", _pct(r["cut_off_frac"]),
+            f"{_pct(r['ci95'][0])}–{_pct(r['ci95'][1])}", _pct(r.get("accuracy_flexible")), _pct(r.get("no_answer_frac")),
+            _pct(r["cut_off_frac"]), _pct(r.get("hedging_frac")), _pct(r.get("off_format_frac")),
             "-" if tps is None else f"{tps:.1f}", f"{r['gen_s']:.1f}", f"{r['wall_s']:.1f}",
         ])
     return cols, rows
 
 
 def comparisons_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    cols = ["benchmark", "model", "vs", "n", "diff (pp)", "95% CI (bootstrap)", "McNemar p"]
+    """One row per paired comparison: the strict difference with its interval and McNemar p,
+    the flexible difference, and the format share of the difference (strict − flexible, with its
+    paired-bootstrap interval; ``-`` when the rows carry no flexible score)."""
+    cols = ["benchmark", "model", "vs", "n", "diff (pp)", "95% CI (bootstrap)", "McNemar p",
+            "flexible diff (pp)", "flexible 95% CI", "format share (pp)", "format share 95% CI"]
     rows = []
     for c in report["comparisons"]:
         if "refused" in c:
-            rows.append([c["benchmark"], c["model"], c["baseline"], "-", "refused", c["refused"][:120], "-"])
+            rows.append([c["benchmark"], c["model"], c["baseline"], "-", "refused", c["refused"][:120], "-", "-", "-", "-", "-"])
             continue
+        flex = "diff_flexible" in c
         rows.append([
             c["benchmark"], c["model"], c["baseline"], str(c["n"]), f"{100 * c['diff']:+.1f}",
-            f"{100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f}", f"{c['mcnemar_p']:.3g}",
+            _pp_ci(c["ci95"]), f"{c['mcnemar_p']:.3g}",
+            f"{100 * c['diff_flexible']:+.1f}" if flex else "-", _pp_ci(c["ci95_flexible"]) if flex else "-",
+            f"{100 * c['format_share']:+.1f}" if flex else "-", _pp_ci(c["ci95_format_share"]) if flex else "-",
         ])
     return cols, rows
 
@@ -90,8 +110,11 @@ def print_report(report: dict) -> None:
 def log_report(report: dict, logger) -> None:
     """Log the report to a Lightning logger: W&B tables for ``WandbLogger``, else metrics.
 
-    Metrics (other loggers): ``eval/{model}/{benchmark}/accuracy`` and ``.../cut_off_frac``,
-    and ``eval/{model}/{benchmark}/diff_vs_{baseline}`` for each paired comparison.
+    Metrics (other loggers): ``eval/{model}/{benchmark}/accuracy`` (strict) and
+    ``.../cut_off_frac``, with the flexible score ``.../accuracy_flexible`` and the rates
+    ``.../no_answer_frac``, ``.../hedging_frac``, ``.../off_format_frac`` when present; and
+    ``eval/{model}/{benchmark}/diff_vs_{baseline}`` for each paired comparison, with
+    ``.../diff_flexible_vs_{baseline}`` and ``.../format_share_vs_{baseline}``.
     """
     from lightning.pytorch.loggers import WandbLogger
 
@@ -106,9 +129,15 @@ def log_report(report: dict, logger) -> None:
     for r in report["results"]:
         metrics[f"eval/{r['model']}/{r['benchmark']}/accuracy"] = float(r["accuracy"])
         metrics[f"eval/{r['model']}/{r['benchmark']}/cut_off_frac"] = float(r["cut_off_frac"])
+        for key in FLEXIBLE_RESULT_KEYS:
+            if r.get(key) is not None:
+                metrics[f"eval/{r['model']}/{r['benchmark']}/{key}"] = float(r[key])
     for c in report["comparisons"]:
         if "refused" not in c:
             metrics[f"eval/{c['model']}/{c['benchmark']}/diff_vs_{c['baseline']}"] = float(c["diff"])
+            for key in ("diff_flexible", "format_share"):
+                if c.get(key) is not None:
+                    metrics[f"eval/{c['model']}/{c['benchmark']}/{key}_vs_{c['baseline']}"] = float(c[key])
     logger.log_metrics(metrics)
     if hasattr(logger, "save"):
         logger.save()
