@@ -249,8 +249,8 @@ def check_dataset_config(dataset_cfg, split: str | None = None, what: str = "dat
     if not isinstance(split, str) or not split:
         raise ValueError(f"{what}.split: expected a split name (train, test, ...), got {split!r}")
     mp = d["max_problems"]
-    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int)):
-        raise bad("max_problems", "an integer (<= 0 or null: all)")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < 1):
+        raise bad("max_problems", "an integer >= 1 or null (all)")
     if d["shuffle"] is not None and not isinstance(d["shuffle"], bool):
         raise bad("shuffle", "true or false")
     mn = d["max_new_tokens"]

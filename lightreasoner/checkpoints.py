@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 
 from . import models
 from .config import to_plain
@@ -63,6 +62,8 @@ def save_adapter(
     and dtype>, "sample_key": ..., "lora": {r, alpha, dropout, target_modules}, **extra}``.
     ``tokenizer`` defaults to the one ``base_spec`` names (pass it to skip re-loading).
     """
+    from lightning.pytorch import LightningModule  # here, not at import: validation reads refs without Lightning
+
     peft_model = module_or_peft_model.model if isinstance(module_or_peft_model, LightningModule) else module_or_peft_model
     spec = ModelSpec.from_any(to_plain(base_spec))
     if tokenizer is None:

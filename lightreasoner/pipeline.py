@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import time
@@ -23,153 +24,41 @@ from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lightreasoner.benchmarks import dataset_config
 from lightreasoner.checkpoints import merge_adapter, save_adapter
 from lightreasoner.config import to_plain
 from lightreasoner.datamodule import DistillDataModule
 from lightreasoner.demo import prepare_demo
 from lightreasoner.demo.pair import demo_amateur_dir
-from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCounter, lora_config
-from lightreasoner.drift import DriftSettings, build_drift_guard
-from lightreasoner.eval.evaluate import EvalSettings, evaluate
+from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCounter
+from lightreasoner.drift import build_drift_guard
+from lightreasoner.eval.evaluate import evaluate
 from lightreasoner.eval.tables import log_report
 from lightreasoner.files import atomic_write_json
 from lightreasoner.loggers import build_logger, finish_logger, log_eval_samples
-from lightreasoner.methods import Method, build_method
+from lightreasoner.methods import Method
 from lightreasoner.methods.contrastive_decoding import EVAL_NAME as CONTRASTIVE_DECODING
 from lightreasoner.methods.contrastive_decoding import contrastive_ref
 from lightreasoner.models import load_tokenizer, pair_specs
-from lightreasoner.pairs import validate_pair
 from lightreasoner.records import RunState
 from lightreasoner.resume import StageRecord
-from lightreasoner.sampling import SamplingSettings
-from lightreasoner.selection import SelectionSettings, SelectorSettings, import_samples
+from lightreasoner.selection import import_samples
+from lightreasoner.validation import (  # noqa: F401  (validate and its helpers live there; re-exported)
+    STAGE_NAMES,
+    STAGES,
+    TINY_THREADS,
+    benchmark_config,
+    check_rounds,
+    is_demo_pair,
+    stage_threads,
+    validate,
+)
 
 log = logging.getLogger("lightreasoner")
-
-STAGES = ("sample", "distill", "evaluate", "all")
 
 __all__ = ["STAGES", "RunState", "validate", "run"]
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def validate(cfg: DictConfig) -> Method:
-    """Check every setting before any work; one clear error naming the field.
-
-    Each group is checked by its own settings class; the checks here span groups.
-    """
-    from omegaconf import OmegaConf
-
-    from lightreasoner.benchmarks import check_dataset_config
-    from lightreasoner.checkpoints import resolve_model_ref
-    from lightreasoner.config import PROJECT_ROOT
-    from lightreasoner.distill import check_optimizer, check_scheduler, check_trainer
-    from lightreasoner.eval.evaluate import _eval_split
-    from lightreasoner.generation import check_engine_config
-    from lightreasoner.models import ModelSpec
-
-    if cfg.stage not in STAGES:
-        raise ValueError(f"stage: expected one of {list(STAGES)}, got {cfg.stage!r}")
-    conf = PROJECT_ROOT / "conf"  # top-level keys: train.yaml's own and one per config group
-    known = {str(k) for k in OmegaConf.load(conf / "train.yaml") if k != "defaults"} | {p.name for p in conf.iterdir() if p.is_dir()}
-    unknown = sorted(str(k) for k in cfg if str(k) not in known)
-    if unknown:
-        raise ValueError(f"unknown top-level key(s) {unknown}; expected some of {sorted(known)}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ValueError(f"seed: expected an integer, got {cfg.seed!r}")
-    sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
-    SelectionSettings.from_cfg(to_plain(cfg.sampling), alpha_min=sampling.alpha_min)
-    distill = DistillSettings.from_cfg(cfg.distill)
-    SelectorSettings.from_cfg(cfg.get("selection"))
-    DriftSettings.from_cfg(cfg.get("drift"))
-    EvalSettings.from_cfg(cfg.eval)
-    lora_config(cfg.peft)
-    method = build_method(cfg)
-    if distill.loss == "reverse_kl" and method.name == "sft":
-        raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
-    check_scheduler(cfg.scheduler)
-    check_optimizer(cfg.optimizer)
-    check_trainer(cfg.trainer)
-    if cfg.get("demo") is not None:
-        from lightreasoner.demo.pair import DemoConfig
-
-        DemoConfig.from_any(cfg.demo)
-    check_engine_config(cfg.get("generation"))
-    check_dataset_config(cfg.dataset)
-    pair = cfg.model_pair  # the demo's pair is filled in by prepare(): checked when it is built
-    if not any(r in pair and "name_or_path" in pair[r] and OmegaConf.is_missing(pair[r], "name_or_path") for r in ("expert", "amateur")):
-        for spec, what in zip(pair_specs(cfg), ("model_pair.expert", "model_pair.amateur")):
-            spec.check(what, paths=False)  # a missing checkpoint is named when it is loaded
-    tuned = cfg.get("tuned")
-    if tuned is not None:
-        # a hub id is "owner/name"; anything with a path's prefix or more slashes is a directory
-        looks_like_path = str(tuned).startswith(("/", ".", "~")) or str(tuned).count("/") > 1
-        if looks_like_path and not Path(os.path.expanduser(str(tuned))).exists():
-            raise FileNotFoundError(f"tuned: no such directory {str(tuned)!r} (expected the adapter or merged directory of a finished run)")
-        info = resolve_model_ref(str(tuned))
-        if info["kind"] == "spec":
-            ModelSpec.from_any(info["spec"]).check("tuned")
-    if cfg.stage in ("evaluate", "all"):
-        eval_settings = EvalSettings.from_cfg(cfg.eval)
-        if cfg.stage == "evaluate" and "tuned" in cfg.eval.models and tuned is None and method.trains:
-            raise ValueError("eval.models: 'tuned' needs tuned=<adapter or merged dir> with stage=evaluate")
-        for name in cfg.eval.benchmarks:
-            bench = benchmark_config(cfg, str(name))
-            check_dataset_config(bench, _eval_split(bench, eval_settings), what=f"eval.benchmarks[{name}]")
-    if int(cfg.trainer.max_steps) < 1:
-        raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {cfg.trainer.max_steps}")
-    for name in STAGE_NAMES:
-        stage_threads(cfg, name)
-    validate_pair(cfg)
-    check_rounds(cfg, distill.rounds, method)
-    return method
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def benchmark_config(cfg: DictConfig, name: str) -> dict:
-    """``conf/dataset/{name}.yaml`` resolved against this run's ``paths`` (the training set's
-    own node when ``name`` is it, so its overrides apply)."""
-    if name == cfg.dataset.name:
-        return to_plain(cfg.dataset)
-    return dataset_config(name, paths=to_plain(cfg.paths))
-
-
-STAGE_NAMES = ("prepare", "sample", "distill", "evaluate")
-"""The stages a run times (and sets threads for)."""
-
-TINY_THREADS = 1
-"""``threads: auto`` for the demo's tiny models: intra-op threads buy them nothing, and on a
-busy machine two spinning threads sharing a core collapse (measured: the demo expert trained
-at 0.27 it/s with 2 threads and one core busy elsewhere, 3.6 it/s with 1; ``bench/threads.py``)."""
-
-
-def stage_threads(cfg: DictConfig, stage: str) -> int | None:
-    """torch CPU threads for ``stage`` from the ``threads`` key (None: leave torch's default).
-
-    ``threads``: ``auto`` (the demo's tiny models: 1; real models: torch's default, one per
-    core; env ``LIGHTREASONER_THREADS`` overrides ``auto``), an integer for every stage, or a
-    mapping ``{prepare, sample, distill, evaluate}`` of integers / ``auto``.
-    """
-    value = cfg.get("threads", "auto")
-    if hasattr(value, "items"):
-        unknown = sorted(set(value) - set(STAGE_NAMES))
-        if unknown:
-            raise ValueError(f"threads: unknown stage(s) {unknown}; expected some of {list(STAGE_NAMES)}")
-        value = value.get(stage, "auto")
-    if value is None or value == "auto":
-        env = os.environ.get("LIGHTREASONER_THREADS")
-        if env:
-            if not env.isdigit() or int(env) < 1:
-                raise ValueError(f"LIGHTREASONER_THREADS: expected an integer >= 1, got {env!r}")
-            return int(env)
-        return TINY_THREADS if cfg.get("demo") is not None else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"threads: expected 'auto', an integer >= 1 or a mapping of stages to them, got {value!r}")
-    return value
 
 
 @contextlib.contextmanager
@@ -212,8 +101,9 @@ def prepare(cfg: DictConfig) -> None:
     dirs = prepare_demo(cfg.demo, Path(cfg.paths.cache_dir))
     with open_dict(cfg):
         cfg.paths.demo_dir = str(dirs["data_dir"])
-        cfg.model_pair.expert.name_or_path = str(dirs["expert_dir"])
-        cfg.model_pair.amateur.name_or_path = demo_amateur_dir(to_plain(cfg.model_pair.amateur), dirs)
+        if is_demo_pair(cfg):  # validation refused any other pair under the demo
+            cfg.model_pair.expert.name_or_path = str(dirs["expert_dir"])
+            cfg.model_pair.amateur.name_or_path = demo_amateur_dir(to_plain(cfg.model_pair.amateur), dirs)
 
 
 def distill_stage(cfg: DictConfig, state: RunState) -> None:
@@ -289,7 +179,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         state.out_dir / "adapter",
         base_spec=expert,
         sample_key=state.sample_key,
-        extra={"selection": state.selection, "max_steps": int(cfg.trainer.max_steps)},
+        extra={"selection": state.selection, "max_steps": int(cfg.trainer.max_steps), "method": state.method.name if state.method else None},
         tokenizer=tokenizer,
     )
     if settings.merge:
@@ -405,19 +295,6 @@ def _run_stages(cfg: DictConfig, state: RunState) -> None:
 # --------------------------------------------------------------------------- rounds
 
 
-def check_rounds(cfg: DictConfig, rounds: int, method: Method) -> None:
-    """``distill.rounds > 1`` runs every stage in one process: it needs ``stage=all``, a method
-    that trains, and one device (validation, before any work)."""
-    if rounds == 1:
-        return
-    if cfg.stage != "all":
-        raise ValueError(f"distill.rounds: {rounds} rounds each sample, train and evaluate; they need stage=all, got stage={cfg.stage}")
-    if not method.trains:
-        raise ValueError(f"distill.rounds: method {method.name!r} trains nothing; rounds need a method that trains")
-    if cfg.trainer.get("devices", 1) != 1:
-        raise ValueError(f"distill.rounds: rounds run in one process; expected trainer.devices=1, got {cfg.trainer.devices!r}")
-
-
 def run_rounds(cfg: DictConfig, state: RunState, rounds: int) -> None:
     """``distill.rounds = N > 1``: N rounds of sample -> distill -> evaluate.
 
@@ -530,7 +407,7 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "status": "failed" if error is not None else "finished",
         "error": None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:500],
         "stage": cfg.stage,
-        "method": state.method.name if state.method is not None else _method_name(cfg),
+        "method": _evaluated_method(cfg) or (state.method.name if state.method is not None else _method_name(cfg)),
         "seed": int(cfg.seed),
         "model_pair": cfg.model_pair.name,
         "dataset": cfg.dataset.name,
@@ -556,6 +433,23 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
     if error is None:
         print_summary(summary)
     return summary
+
+
+def _evaluated_method(cfg: DictConfig) -> str | None:
+    """``stage=evaluate tuned=DIR``: the method that trained DIR, as its run recorded it (an SFT
+    adapter evaluated alone is labelled ``sft``, whatever ``method`` says), else None."""
+    tuned = cfg.get("tuned")
+    if cfg.stage != "evaluate" or tuned is None:
+        return None
+    meta = Path(os.path.expanduser(str(tuned))) / "lightreasoner.json"
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("method"):
+        return str(info["method"])
+    selection = info.get("selection") or {}
+    return "sft" if "solutions_accepted" in selection else None  # adapters saved before the method was recorded
 
 
 def _method_name(cfg: DictConfig) -> str:

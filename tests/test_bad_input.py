@@ -154,6 +154,21 @@ CONFIG_CASES = [
     (["demo.expert.lr=abc"], (), ValueError, r"^demo\.expert\.lr: expected a number, got 'abc'$"),
     (["demo.task.train_size=0"], (), ValueError, r"^demo\.task: train_size must be >= 1"),
     (["+demo.bogus=1"], (), ValueError, r"^demo: unknown field 'bogus'"),
+    # what is named is what runs (issue 29): a real pair or dataset under the default demo experiment,
+    # the demo's pair or task under another, a demo checkpoint amateur that the build does not keep
+    ([], ("model_pair=qwen25_math_1.5b", "trainer=gpu"), ValueError,
+     r"^model_pair: 'qwen2\.5-math-1\.5b_vs_qwen2\.5-0\.5b' is not the demo's pair, but experiment=demo \(the default\) runs the offline demo's task, benchmarks and settings; add experiment=none"),
+    ([], ("model_pair=coder_cpu",), ValueError, r"^model_pair: 'coder-1\.5b_vs_0\.5b' is not the demo's pair"),
+    ([], ("dataset=gsm8k",), ValueError, r"^dataset: 'gsm8k' under experiment=demo \(the default\) would be read by the demo's tiny pair; add experiment=none"),
+    ([], ("experiment=coder_cpu", "model_pair=demo"), ValueError, r"^model_pair: 'demo-tiny' is the demo's pair, built by experiment=demo"),
+    ([], ("experiment=coder_cpu", "dataset=demo"), ValueError, r"^dataset: 'demo' is the demo's generated task"),
+    (["eval.benchmarks=[gsm8k,demo]"], CODER, ValueError, r"^eval\.benchmarks: 'demo' is the demo's generated task"),
+    ([], ("model_pair=demo_checkpoint",), ValueError,
+     r"^model_pair\.amateur\.name_or_path: expert_step150 is the demo expert after 150 steps, kept only when demo\.expert_checkpoints holds 150 \(got \[\]\); add demo\.expert_checkpoints=\[150\]$"),
+    (["eval.models=[base,tunned]"], (), ValueError, r"^eval\.models: 'tunned' is not a model: did you mean tuned\? expected base\|tuned\|amateur\|contrastive_decoding"),
+    (["dataset.max_problems=-5"], (), ValueError, r"^dataset\.max_problems: expected an integer >= 1 or null \(all\), got -5$"),
+    (["run_name=a/../../b"], (), ValueError, r"^run_name: expected letters, digits.*no '\.\.'\), got 'a/\.\./\.\./b'$"),
+    (["paths.cache_dir=/etc/hostname/x"], (), NotADirectoryError, r"^paths\.cache_dir: expected a directory, but '/etc/hostname' is a file$"),
     # evaluation of a tuned model
     (["stage=evaluate", "tuned=/nonexistent"], (), FileNotFoundError, r"^tuned: no such directory '/nonexistent' \(expected the adapter or merged directory"),
     (["stage=evaluate", "tuned=outputs/no_run/merged"], (), FileNotFoundError, r"^tuned: no such directory 'outputs/no_run/merged' \(expected the adapter"),
@@ -380,13 +395,16 @@ def _cli(tmp_path, *overrides):
 
 
 def test_command_line_prints_one_error_line_exits_2_and_writes_nothing_half_done(tmp_path):
-    """Two bad inputs through ``python train.py`` at once: an unknown option (answered before the
-    slow imports) and an unusable cache directory (an OSError in the first stage, after
-    validation: the same one-line path as a validation error; those are tested in-process above)."""
+    """Bad inputs through ``python train.py`` at once: an unknown option, a mistyped key, a real
+    pair under the default demo experiment and an unusable cache directory. Each is checked before
+    Hydra starts the job (lightreasoner.cli): one line, exit 2, and no run directory at all."""
     (tmp_path / "not-a-dir").write_text("a file where the cache directory should be")
     cases = {
         "group": (["model_pair=nope"], r"^error: model_pair=nope: no such option \(conf/model_pair/nope\.yaml\); expected one of \["),
-        "cache": ([f"paths.cache_dir={tmp_path / 'not-a-dir' / 'cache'}"], r"^error: \[Errno 20\] Not a directory: '.*not-a-dir/cache"),
+        "cache": ([f"paths.cache_dir={tmp_path / 'not-a-dir' / 'cache'}"],
+                  r"^error: paths\.cache_dir: expected a directory, but '.*not-a-dir' is a file$"),
+        "typo": (["sampling.betta=0.3"], r"^error: sampling\.betta: no such key \(did you mean sampling\.beta\?\); to add a new key on purpose write \+sampling\.betta=0\.3$"),
+        "demo": (["model_pair=qwen25_math_1.5b", "trainer=gpu"], r"^error: model_pair: 'qwen2\.5-math-1\.5b_vs_qwen2\.5-0\.5b' is not the demo's pair, but experiment=demo \(the default\)"),
     }
     procs = {}
     for name, (argv, _) in cases.items():
@@ -398,9 +416,5 @@ def test_command_line_prints_one_error_line_exits_2_and_writes_nothing_half_done
         lines = err.strip().splitlines()
         assert len(lines) == 1 and __import__("re").match(message, lines[0]), (name, err[-2000:])
         assert "Traceback" not in out + err
-        run_dir = tmp_path / name / "run"
-        made = sorted(p.name for p in run_dir.rglob("*") if p.is_file()) if run_dir.exists() else []
-        assert not [m for m in made if m not in ("summary.json", "train.log", "config.yaml", "hydra.yaml", "overrides.yaml")], made
-        if "summary.json" in made:
-            assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+        assert not (tmp_path / name / "run").exists()  # checked before Hydra makes the run directory
         assert not (tmp_path / name / "cache").exists() or not any((tmp_path / name / "cache").rglob("*.pt"))

@@ -32,7 +32,13 @@ def _compose(overrides):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/lr-config-test"
-        if OmegaConf.is_missing(cfg.model_pair.expert, "name_or_path"):  # the demo pair is filled in at run time
+    return cfg
+
+
+def _fill_demo_pair(cfg):
+    """The demo pair is filled in at run time (prepare); stand-in paths to build its specs."""
+    with open_dict(cfg):
+        if OmegaConf.is_missing(cfg.model_pair.expert, "name_or_path"):
             cfg.model_pair.expert.name_or_path = cfg.model_pair.amateur.name_or_path = "/tmp/demo-pair"
     return cfg
 
@@ -47,6 +53,7 @@ def test_every_experiment_preset_validates_and_instantiates(experiment, tiny_pai
         with open_dict(cfg):
             cfg.generation = OmegaConf.create({"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": None})
     validate(cfg)
+    _fill_demo_pair(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
     # each group's settings class accepts the group as composed

@@ -1,0 +1,311 @@
+"""Every check of a composed run config, before any work: :func:`validate`.
+
+Each config group is checked by the settings class of the code it configures; the checks here
+span groups (the demo world against the named pair and dataset, ``tuned=`` against the pair's
+expert, ``eval.models`` entries, the cache directory, rounds). ``train.py`` runs
+:func:`validate` on every job before Hydra starts (:mod:`lightreasoner.cli`), and
+:func:`lightreasoner.pipeline.run` runs it again in-process; the heavy modules (torch,
+Lightning) are imported only where a group's settings class lives.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightreasoner.config import PROJECT_ROOT, to_plain
+
+STAGES = ("sample", "distill", "evaluate", "all")
+
+STAGE_NAMES = ("prepare", "sample", "distill", "evaluate")
+"""The stages a run times (and sets threads for)."""
+
+TINY_THREADS = 1
+"""``threads: auto`` for the demo's tiny models: intra-op threads buy them nothing, and on a
+busy machine two spinning threads sharing a core collapse (measured: the demo expert trained
+at 0.27 it/s with 2 threads and one core busy elsewhere, 3.6 it/s with 1; ``bench/threads.py``)."""
+
+EVAL_MODEL_NAMES = ("base", "tuned", "amateur", "contrastive_decoding")
+"""The named entries of ``eval.models``; any other entry is a local directory or a hub id."""
+
+
+def validate(cfg: DictConfig):
+    """Check every setting before any work; one clear error naming the field. Returns the run's
+    :class:`~lightreasoner.methods.Method`.
+
+    The checks that need no torch come first (:func:`validate_light`), so the commonest mistakes
+    are answered before the group settings classes import torch and Lightning."""
+    validate_light(cfg)
+    from lightreasoner.benchmarks import check_dataset_config
+    from lightreasoner.distill import DistillSettings, check_optimizer, check_scheduler, check_trainer, lora_config
+    from lightreasoner.drift import DriftSettings
+    from lightreasoner.eval.evaluate import EvalSettings, _eval_split
+    from lightreasoner.generation import check_engine_config
+    from lightreasoner.methods import build_method
+    from lightreasoner.models import pair_specs
+    from lightreasoner.pairs import validate_pair
+    from lightreasoner.sampling import SamplingSettings
+    from lightreasoner.selection import SelectionSettings, SelectorSettings
+
+    if cfg.get("demo") is not None:
+        from lightreasoner.demo.pair import DemoConfig
+
+        DemoConfig.from_any(cfg.demo)
+    sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
+    SelectionSettings.from_cfg(to_plain(cfg.sampling), alpha_min=sampling.alpha_min)
+    distill = DistillSettings.from_cfg(cfg.distill)
+    SelectorSettings.from_cfg(cfg.get("selection"))
+    DriftSettings.from_cfg(cfg.get("drift"))
+    EvalSettings.from_cfg(cfg.eval)
+    lora_config(cfg.peft)
+    method = build_method(cfg)
+    if distill.loss == "reverse_kl" and method.name == "sft":
+        raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
+    check_scheduler(cfg.scheduler)
+    check_optimizer(cfg.optimizer)
+    check_trainer(cfg.trainer)
+    check_engine_config(cfg.get("generation"))
+    check_dataset_config(cfg.dataset)
+    if not is_demo_pair(cfg):  # the demo's pair is filled in by prepare(): checked when it is built
+        for spec, what in zip(pair_specs(cfg), ("model_pair.expert", "model_pair.amateur")):
+            spec.check(what, paths=False)  # a missing checkpoint is named when it is loaded
+    check_tuned(cfg)
+    if cfg.stage in ("evaluate", "all"):
+        eval_settings = EvalSettings.from_cfg(cfg.eval)
+        if cfg.stage == "evaluate" and "tuned" in cfg.eval.models and cfg.get("tuned") is None and method.trains:
+            raise ValueError("eval.models: 'tuned' needs tuned=<adapter or merged dir> with stage=evaluate")
+        for name in cfg.eval.benchmarks:
+            bench = benchmark_config(cfg, str(name))
+            check_dataset_config(bench, _eval_split(bench, eval_settings), what=f"eval.benchmarks[{name}]")
+    validate_pair(cfg)
+    check_rounds(cfg, distill.rounds, method)
+    return method
+
+
+def validate_light(cfg: DictConfig) -> None:
+    """The checks that import neither torch nor Lightning: the run's own keys, the run name, the
+    cache directory, the demo world against the named pair and dataset, ``eval.models`` names,
+    the ``tuned=`` path, threads and ``trainer.max_steps``."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"stage: expected one of {list(STAGES)}, got {cfg.stage!r}")
+    conf = PROJECT_ROOT / "conf"  # top-level keys: train.yaml's own and one per config group
+    known = {str(k) for k in OmegaConf.load(conf / "train.yaml") if k != "defaults"} | {p.name for p in conf.iterdir() if p.is_dir()}
+    unknown = sorted(str(k) for k in cfg if str(k) not in known)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ValueError(f"unknown top-level key(s) {unknown}{hint}; expected some of {sorted(known)}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed: expected an integer, got {cfg.seed!r}")
+    check_run_name(cfg.get("run_name"))
+    check_cache_dir(cfg)
+    check_demo_world(cfg)
+    tuned = cfg.get("tuned")
+    if tuned is not None:
+        # a hub id is "owner/name"; anything with a path's prefix or more slashes is a directory
+        looks_like_path = str(tuned).startswith(("/", ".", "~")) or str(tuned).count("/") > 1
+        if looks_like_path and not Path(os.path.expanduser(str(tuned))).exists():
+            raise FileNotFoundError(f"tuned: no such directory {str(tuned)!r} (expected the adapter or merged directory of a finished run)")
+    if cfg.stage in ("evaluate", "all"):
+        check_eval_models(cfg)
+    max_steps = cfg.trainer.get("max_steps")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"trainer.max_steps: expected an integer >= 1, got {max_steps!r}")
+    for name in STAGE_NAMES:
+        stage_threads(cfg, name)
+
+
+# --------------------------------------------------------------------------- the demo world
+
+
+def is_demo_pair(cfg: DictConfig) -> bool:
+    """True when ``model_pair`` is one of the demo's pairs (``model_pair=demo*``): its expert's
+    ``name_or_path`` is ``???``, filled in by the demo's prepare step with the built pair."""
+    expert = cfg.model_pair.get("expert") if "model_pair" in cfg else None
+    return expert is not None and "name_or_path" in expert.keys() and OmegaConf.is_missing(expert, "name_or_path")
+
+
+def _experiments() -> list[str]:
+    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def check_demo_world(cfg: DictConfig) -> None:
+    """What is named is what runs: the demo experiment (the default) runs its own pair on its
+    own task, and a demo pair or the demo task needs the demo experiment. A real pair or dataset
+    named under the demo, or the demo's pair under another experiment, is one line saying which
+    experiment to add (``prepare`` would otherwise run the demo under the real pair's name)."""
+    demo = cfg.get("demo") is not None
+    demo_pair = is_demo_pair(cfg)
+    demo_data = str(cfg.dataset.get("name")) == "demo"
+    presets = [e for e in _experiments() if e != "demo"]
+    if demo and not demo_pair:
+        raise ValueError(
+            f"model_pair: {cfg.model_pair.get('name')!r} is not the demo's pair, but experiment=demo (the default) runs "
+            f"the offline demo's task, benchmarks and settings; add experiment=none to run this pair with train.yaml's "
+            f"defaults, or a preset: experiment={'|'.join(presets)}")
+    if demo and not demo_data:
+        raise ValueError(
+            f"dataset: {cfg.dataset.get('name')!r} under experiment=demo (the default) would be read by the demo's tiny "
+            f"pair; add experiment=none (or a preset: experiment={'|'.join(presets)}) with the model_pair you mean")
+    if not demo and demo_pair:
+        raise ValueError(
+            f"model_pair: {cfg.model_pair.get('name')!r} is the demo's pair, built by experiment=demo; use "
+            f"experiment=demo (the default) with it")
+    if not demo and demo_data:
+        raise ValueError("dataset: 'demo' is the demo's generated task, written by experiment=demo; use experiment=demo with it")
+    if not demo:
+        names = [str(b) for b in cfg.eval.get("benchmarks") or []]
+        if "demo" in names:
+            raise ValueError("eval.benchmarks: 'demo' is the demo's generated task, written by experiment=demo; use experiment=demo with it")
+        return
+    amateur = cfg.model_pair.get("amateur") or {}
+    if amateur.get("kind") == "checkpoint":
+        name = str(amateur.get("name_or_path") or "")
+        steps = [int(s) for s in cfg.demo.get("expert_checkpoints") or []]
+        if name.startswith("expert_step") and name[len("expert_step"):].isdigit():
+            step = int(name[len("expert_step"):])
+            if step not in steps:
+                raise ValueError(
+                    f"model_pair.amateur.name_or_path: {name} is the demo expert after {step} steps, kept only when "
+                    f"demo.expert_checkpoints holds {step} (got {steps}); add demo.expert_checkpoints=[{step}]")
+        elif not Path(os.path.expanduser(name)).is_dir():
+            raise ValueError(
+                f"model_pair.amateur.name_or_path: with the demo and kind=checkpoint, expected expert_stepN "
+                f"(N in demo.expert_checkpoints {steps}) or a directory, got {name!r}")
+
+
+def demo_expert_dir(cfg: DictConfig) -> Path:
+    """Where the demo's prepare step puts the expert for this config (built or not)."""
+    from lightreasoner.demo.pair import demo_root
+
+    return demo_root(cfg.demo, cfg.paths.cache_dir) / "expert"
+
+
+# --------------------------------------------------------------------------- cross-group checks
+
+
+def check_run_name(run_name: Any) -> None:
+    """``run_name``: a relative name under ``outputs/`` (never ``..``, never absolute)."""
+    from lightreasoner.config import RUN_NAME_RE
+
+    if run_name is None or run_name == "":
+        return
+    name = str(run_name)
+    if not RUN_NAME_RE.match(name) or ".." in name.split("/"):
+        raise ValueError(f"run_name: expected letters, digits, '.', '_' or '-' (and '/' between parts, no '..'), got {name!r}")
+
+
+def check_cache_dir(cfg: DictConfig) -> None:
+    """``paths.cache_dir``: a directory, or a path where one can be made (never a file)."""
+    raw = cfg.paths.get("cache_dir")
+    if raw is None:
+        raise ValueError("paths.cache_dir: expected a directory (env LIGHTREASONER_CACHE), got null")
+    path = Path(os.path.expanduser(str(raw)))
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        via = " (from LIGHTREASONER_CACHE)" if os.environ.get("LIGHTREASONER_CACHE") else ""
+        raise NotADirectoryError(f"paths.cache_dir: expected a directory{via}, but {str(probe)!r} is a file")
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    def norm(spec: dict) -> tuple:
+        name = str(spec.get("name_or_path") or "")
+        p = Path(os.path.expanduser(name))
+        if p.exists() or name.startswith(("/", ".", "~")):
+            name = os.path.normpath(os.path.abspath(p))
+        return name, spec.get("gguf_file") or None
+
+    return norm(a) == norm(b)
+
+
+def check_tuned(cfg: DictConfig) -> None:
+    """``tuned=``: an existing adapter or merged directory (or a hub id) whose base model is this
+    run's expert, so ``base`` and ``tuned`` compare the same model before and after."""
+    from lightreasoner.checkpoints import resolve_model_ref
+    from lightreasoner.models import ModelSpec
+
+    tuned = cfg.get("tuned")
+    if tuned is None:
+        return
+    info = resolve_model_ref(str(tuned))
+    if info["kind"] == "spec":
+        ModelSpec.from_any(info["spec"]).check("tuned")
+        return
+    base = info.get("base") or {}
+    expert = {"name_or_path": str(demo_expert_dir(cfg))} if is_demo_pair(cfg) else to_plain(cfg.model_pair.expert)
+    if base and not _same_model(base, expert):
+        shown = lambda s: f"{s.get('name_or_path')}{'/' + s['gguf_file'] if s.get('gguf_file') else ''}"  # noqa: E731
+        raise ValueError(
+            f"tuned: {tuned} was trained on {shown(base)}, but this run's expert (model_pair.expert) is {shown(expert)}; "
+            f"name the experiment/model_pair the adapter's run used")
+
+
+def check_eval_models(cfg: DictConfig) -> None:
+    """``eval.models``: the named entries, an existing directory or a hub id ``owner/name``;
+    a mistyped name is one line, not a hub download that fails after training."""
+    for entry in cfg.eval.get("models") or []:
+        if not isinstance(entry, str):
+            continue  # a mapping: a model spec, checked when it is resolved
+        if entry in EVAL_MODEL_NAMES or Path(os.path.expanduser(entry)).exists():
+            continue
+        if entry.count("/") == 1 and not entry.startswith(("/", ".", "~")):
+            continue  # a hub id
+        near = difflib.get_close_matches(entry, EVAL_MODEL_NAMES, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ValueError(
+            f"eval.models: {entry!r} is not a model: {hint}expected {'|'.join(EVAL_MODEL_NAMES)}, an existing "
+            f"directory or a hub id owner/name")
+
+
+def benchmark_config(cfg: DictConfig, name: str) -> dict:
+    """``conf/dataset/{name}.yaml`` resolved against this run's ``paths`` (the training set's
+    own node when ``name`` is it, so its overrides apply)."""
+    from lightreasoner.benchmarks import dataset_config
+
+    if name == cfg.dataset.name:
+        return to_plain(cfg.dataset)
+    return dataset_config(name, paths=to_plain(cfg.paths))
+
+
+def stage_threads(cfg: DictConfig, stage: str) -> int | None:
+    """torch CPU threads for ``stage`` from the ``threads`` key (None: leave torch's default).
+
+    ``threads``: ``auto`` (the demo's tiny models: 1; real models: torch's default, one per
+    core; env ``LIGHTREASONER_THREADS`` overrides ``auto``), an integer for every stage, or a
+    mapping ``{prepare, sample, distill, evaluate}`` of integers / ``auto``.
+    """
+    value = cfg.get("threads", "auto")
+    if hasattr(value, "items"):
+        unknown = sorted(set(value) - set(STAGE_NAMES))
+        if unknown:
+            raise ValueError(f"threads: unknown stage(s) {unknown}; expected some of {list(STAGE_NAMES)}")
+        value = value.get(stage, "auto")
+    if value is None or value == "auto":
+        env = os.environ.get("LIGHTREASONER_THREADS")
+        if env:
+            if not env.isdigit() or int(env) < 1:
+                raise ValueError(f"LIGHTREASONER_THREADS: expected an integer >= 1, got {env!r}")
+            return int(env)
+        return TINY_THREADS if cfg.get("demo") is not None else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"threads: expected 'auto', an integer >= 1 or a mapping of stages to them, got {value!r}")
+    return value
+
+
+def check_rounds(cfg: DictConfig, rounds: int, method) -> None:
+    """``distill.rounds > 1`` runs every stage in one process: it needs ``stage=all``, a method
+    that trains, and one device (validation, before any work)."""
+    if rounds == 1:
+        return
+    if cfg.stage != "all":
+        raise ValueError(f"distill.rounds: {rounds} rounds each sample, train and evaluate; they need stage=all, got stage={cfg.stage}")
+    if not method.trains:
+        raise ValueError(f"distill.rounds: method {method.name!r} trains nothing; rounds need a method that trains")
+    if cfg.trainer.get("devices", 1) != 1:
+        raise ValueError(f"distill.rounds: rounds run in one process; expected trainer.devices=1, got {cfg.trainer.devices!r}")
