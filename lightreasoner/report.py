@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 
 from lightreasoner.eval.results import read_rows
 from lightreasoner.eval.scoring import answer_type_of, has_flexible, rescore_rows
-from lightreasoner.eval.stats import paired_flexible_stats, paired_stats, paired_verdicts, wilson_interval
+from lightreasoner.eval.stats import COMPARABLE_SETTINGS, paired_flexible_stats, paired_stats, paired_verdicts, wilson_interval
 from lightreasoner.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
@@ -936,7 +936,9 @@ def format_audit(paths: str | Path | Iterable[str | Path], baseline: str = BASE,
                     a, b = paired_verdicts(a_run, b_run)
                     fa, fb = paired_verdicts(a_run, b_run, flexible=True)
                 except ValueError as exc:
-                    gains.append({**label, "n": "-", "strict gain pp": "refused", "flexible gain pp": str(exc)[:100],
+                    differ = [k for k in COMPARABLE_SETTINGS if f"{k}: " in str(exc)]
+                    why = f"settings differ: {', '.join(differ)}" if differ else "different problems"
+                    gains.append({**label, "n": "-", "strict gain pp": f"refused ({why})", "flexible gain pp": "-",
                                   "format share pp": "-", "McNemar p (strict)": "-"})
                     continue
                 for acc, v in zip(pooled, (a, b, fa, fb)):
