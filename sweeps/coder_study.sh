@@ -65,6 +65,9 @@ for step in $STEPS; do
       done
       # machine noise: the base expert of step 1 (Intel Xeon) against the same model's rows of step 2 (AMD EPYC)
       table $OUT/machine_noise.md --head-to-head docs/results/coder_study_records/untuned outputs/coder_study/lightreasoner --models base base
+      # strict vs flexible scores, format rates, the format share of each gain (issue 32; docs/results/format_or_reasoning.md)
+      audit=$(for r in lightreasoner sft math500_lightreasoner math500_sft; do if [ -d outputs/coder_study/$r/eval ]; then echo outputs/coder_study/$r; fi; done)
+      table docs/results/format_or_reasoning/coder_study_audit.md --format-audit $audit docs/results/coder_study_records/untuned
       if [ -d outputs/coder_study/efficiency ]; then table $OUT/efficiency_side_by_side.md --efficiency outputs/coder_study/efficiency; fi
       if [ -f outputs/coder_study/math500_sft/summary.json ]; then
         $PY -m lightreasoner.report outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft --out $OUT/math500
