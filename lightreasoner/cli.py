@@ -172,17 +172,27 @@ def sweep_jobs(composer: Composer, overrides: list[str]) -> tuple[list[list[str]
     params = {str(k): str(v) for k, v in (sweeper.get("params") or {}).items()}
     if target and not target.endswith("BasicSweeper"):
         note = f"the sweeper {target.rsplit('.', 1)[-1]} chooses its jobs while it runs; checked: its search space's first values"
-        first = []
-        for k, v in params.items():
-            m = re.match(r"^\s*(?:choice|range|interval|tag)\((.*)\)\s*$", v)
-            inner = m.group(1) if m else v
-            first.append(f"{k}={inner.split(',')[0].strip()}")
+        first = [f"{k}={_first_value(parser, k, v)}" for k, v in params.items()]
         swept = [o.input_line for o in parsed if o.is_sweep_override()]
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(fixed + swept), None)[0] if swept else [fixed]
         return [job + first for job in jobs], note
     all_params = [f"{k}={v}" for k, v in params.items()] + list(overrides)
     batches = BasicSweeper.split_arguments(parser.parse_overrides(all_params), None)
     return [job for batch in batches for job in batch], None
+
+
+def _first_value(parser, key: str, value: str) -> str:
+    """A value from a sweeper's search space (the start of an interval, the first choice)."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    sweep = parser.parse_override(f"{key}={value}").value()
+    if isinstance(sweep, IntervalSweep):
+        return repr(sweep.start)
+    if isinstance(sweep, (ChoiceSweep,)):
+        return str(sweep.list[0])
+    if isinstance(sweep, RangeSweep):
+        return repr(sweep.start)
+    return str(value)
 
 
 def check_jobs(argv: list[str], out=None, light: bool = False) -> list[list[str]]:

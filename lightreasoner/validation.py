@@ -86,6 +86,60 @@ def validate(cfg: DictConfig):
     return method
 
 
+KEY_KINDS: dict[str, str] = {
+    # keys whose group has no settings class of its own (Lightning / torch / Hydra objects are
+    # built from them) or whose class checks only some fields: the kind each must have
+    "method.name": "str",
+    "optimizer._target_": "str", "optimizer._partial_": "bool", "optimizer.weight_decay": "number",
+    "optimizer.eps": "number", "optimizer.betas": "pair",
+    "trainer._target_": "str", "trainer.accelerator": "str", "trainer.strategy": "str|mapping", "trainer.devices": "int|str|list",
+    "trainer.gradient_clip_val": "number|null", "trainer.log_every_n_steps": "int", "trainer.use_distributed_sampler": "bool",
+    "trainer.enable_checkpointing": "bool", "trainer.enable_progress_bar": "bool", "trainer.enable_model_summary": "bool",
+    "trainer.default_root_dir": "str|null",
+    "logger._target_": "str|null", "logger.save_dir": "str|null", "logger.name": "str|null", "logger.project": "str|null",
+    "eval.benchmarks": "list", "eval.models": "list", "eval.baseline": "str|null", "eval.system_prompt": "str|null",
+    "eval.prompt_template": "str|null", "generation.dtype": "str|null", "dataset.hub": "mapping|null",
+    "model_pair.name": "str", "tuned": "str|null",
+}
+"""The kinds: ``str``, ``bool``, ``int`` (never a bool), ``number``, ``list``, ``mapping``,
+``pair`` (two numbers), ``null``; ``a|b`` either."""
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    from omegaconf import DictConfig as _D, ListConfig as _L
+
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return any({
+        "str": lambda v: isinstance(v, str),
+        "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": is_num,
+        "list": lambda v: isinstance(v, (list, tuple, _L)),
+        "mapping": lambda v: isinstance(v, (dict, _D)),
+        "pair": lambda v: isinstance(v, (list, tuple, _L)) and len(v) == 2 and all(is_num(x) for x in v),
+        "null": lambda v: v is None,
+    }[k](value) for k in kind.split("|"))
+
+
+KIND_WORDS = {"str": "a string", "bool": "true or false", "int": "an integer", "number": "a number", "list": "a list",
+              "mapping": "a mapping", "pair": "two numbers [a, b]", "null": "null"}
+
+
+def check_key_kinds(cfg: DictConfig) -> None:
+    """Each key of :data:`KEY_KINDS` present in ``cfg`` has its kind: one line naming the key."""
+    for key, kind in KEY_KINDS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None and OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False) == "<absent>":
+            continue
+        if not _is_kind(value, kind):
+            expected = " or ".join(KIND_WORDS[k] for k in kind.split("|"))
+            raise ValueError(f"{key}: expected {expected}, got {to_plain(value)!r}")
+    weights = OmegaConf.select(cfg, "demo.task.op_weights", default=None)
+    for op, w in (weights or {}).items():
+        if not _is_kind(w, "number") or w < 0:
+            raise ValueError(f"demo.task.op_weights.{op}: expected a number >= 0, got {w!r}")
+
+
 def validate_light(cfg: DictConfig) -> None:
     """The checks that import neither torch nor Lightning: the run's own keys, the run name, the
     cache directory, the demo world against the named pair and dataset, ``eval.models`` names,
@@ -101,6 +155,7 @@ def validate_light(cfg: DictConfig) -> None:
         raise ValueError(f"unknown top-level key(s) {unknown}{hint}; expected some of {sorted(known)}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed: expected an integer, got {cfg.seed!r}")
+    check_key_kinds(cfg)
     check_run_name(cfg.get("run_name"))
     check_cache_dir(cfg)
     check_demo_world(cfg)

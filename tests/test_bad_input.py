@@ -418,3 +418,65 @@ def test_command_line_prints_one_error_line_exits_2_and_writes_nothing_half_done
         assert "Traceback" not in out + err
         assert not (tmp_path / name / "run").exists()  # checked before Hydra makes the run directory
         assert not (tmp_path / name / "cache").exists() or not any((tmp_path / name / "cache").rglob("*.pt"))
+
+
+# --------------------------------------------------------------------------- every key, a wrong kind
+
+
+def _leaves(node, prefix=""):
+    from omegaconf import DictConfig
+
+    for k in node.keys():
+        child = node._get_node(k)
+        full = f"{prefix}{k}"
+        if isinstance(child, DictConfig):
+            yield from _leaves(child, full + ".")
+        else:
+            yield full
+
+
+def _wrong_kind(value):
+    if isinstance(value, bool):
+        return "maybe"
+    if isinstance(value, (int, float)):
+        return "abc"
+    if isinstance(value, str):
+        return 12345
+    if value is None:
+        return ["x"]
+    return 7  # a list
+
+
+KINDS_ACCEPTED = {"threads"}  # threads=12345: a valid thread count
+
+
+def test_every_key_of_every_group_rejects_a_wrong_kind(monkeypatch, tmp_path):
+    """The bad-input table, extended by a sweep (issue 29): every key of every group of the composed
+    demo config (and the real pair's ``model_pair``), set to a value of the wrong kind, is one
+    ``ValueError``/``OSError`` naming the key before any work — never accepted, never a
+    ``TypeError`` from deep inside."""
+    monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path / "cache"))
+    problems = []
+    for base, only in (((), None), (CODER, "model_pair")):
+        cfg0 = _composed(base)
+        for key in _leaves(cfg0):
+            top = key.split(".")[0]
+            if top in ("paths", "hydra") or (only and top != only) or (not only and top == "model_pair") or key in KINDS_ACCEPTED:
+                continue
+            value = OmegaConf.select(cfg0, key, throw_on_missing=False)
+            if OmegaConf.is_missing(cfg0, key) if "." not in key else False:
+                continue
+            cfg = copy.deepcopy(cfg0)
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, _wrong_kind(OmegaConf.to_container(cfg0, resolve=True) and value), merge=False)
+            try:
+                validate(cfg)
+                problems.append(f"{key}: accepted {_wrong_kind(value)!r}")
+            except (ValueError, OSError, ImportError) as err:
+                first = str(err).splitlines()[0]
+                named = key.split(".")[-1] in first or first.startswith(top)
+                if not named or len(str(err).splitlines()) != 1:
+                    problems.append(f"{key}: {first[:150]}")
+            except Exception as err:  # noqa: BLE001 - the point: nothing else escapes
+                problems.append(f"{key}: {type(err).__name__}: {str(err)[:150]}")
+    assert not problems, "\n".join(problems)
