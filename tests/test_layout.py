@@ -108,3 +108,12 @@ def test_stats_tables_and_report_import_without_torch():
         "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_command_line_and_validation_import_without_torch():
+    """train.py's preflight answers before any heavy import: its modules must not pull torch in."""
+    code = (
+        "import sys; import lightreasoner.cli, lightreasoner.validation; "
+        "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
