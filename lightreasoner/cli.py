@@ -219,7 +219,7 @@ def check_jobs(argv: list[str], out=None, light: bool = False) -> list[list[str]
         for i, job in enumerate(jobs):
             try:
                 check(composer.compose(job))
-            except (ValueError, OSError) as err:
+            except (ValueError, OSError, ImportError) as err:
                 where = f"job {i} ({' '.join(job)}): " if len(jobs) > 1 else ""
                 raise PreflightError(f"{where}{err}") from None
             if out is not None:
@@ -242,7 +242,7 @@ def preflight(argv: list[str]) -> int | None:
     printing = not preview and any(flags.get(f) is not None for f in ("--cfg", "-c", "--info", "--package", "-p"))
     try:  # printing the config (--cfg job): the quick checks only, so it answers in a second
         check_jobs(argv, out=sys.stdout if preview else None, light=printing)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:  # ImportError: an optional extra (generation=vllm) not installed
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2
     return 0 if preview else None
