@@ -180,9 +180,69 @@ def verify_traces(records: Sequence[Mapping], problems: Sequence[Problem], token
 TARGETS = ("contrast", "expert")
 """``contrast``: softmax(log pE - log pA) over V_t (the method); ``expert``: the expert's own
 distribution over V_t, renormalised (the *no contrast* ablation)."""
-STEP_RULES = ("kl", "random")
+STEP_RULES = ("kl", "random", "answer_span")
 """``kl``: the steps with KL >= beta (the method); ``random``: as many steps per trace as
-``kl`` keeps, drawn uniformly among the eligible ones (the *random steps* ablation)."""
+``kl`` keeps, drawn uniformly among the eligible ones (the *random steps* ablation);
+``answer_span``: every eligible step inside the trace's final-answer span, no KL threshold
+(:func:`answer_span_step`; the *format only* control)."""
+
+ANSWER_CUES = ("\\boxed{", "The answer is", "the answer is", "The final answer is", "the final answer is", "Answer:")
+"""What opens a final answer in a trace (case-sensitive, matched in the decoded text)."""
+
+
+def answer_span_char(text: str) -> int | None:
+    """Character offset where ``text``'s final-answer span starts, or None (no cue).
+
+    The span runs from the first character of the LAST occurrence of any :data:`ANSWER_CUES`
+    cue to the end of the text. A cue that another cue follows with only whitespace or ``:``
+    between them is the same answer statement, so the span extends back over it: in
+    ``"... The answer is \\boxed{16}."`` it starts at ``The``, not at ``\\boxed{``; two
+    separate statements (``"The answer is 5. ... \\boxed{6}"``) give the last one."""
+    hits = sorted({(i, i + len(c)) for c in ANSWER_CUES for i in _find_all(text, c)})
+    if not hits:
+        return None
+    start, _ = hits[-1]
+    for i, end in reversed(hits[:-1]):
+        if end <= start and not text[end:start].strip(" \t\n:"):
+            start = i
+        elif end <= start:
+            break
+    return start
+
+
+def _find_all(text: str, cue: str) -> list[int]:
+    out, i = [], text.find(cue)
+    while i >= 0:
+        out.append(i)
+        i = text.find(cue, i + 1)
+    return out
+
+
+def answer_span_step(trace_ids: Sequence[int], tokenizer) -> int | None:
+    """First trace step of the final-answer span (:func:`answer_span_char` on the trace decoded
+    with special tokens skipped), or None when the trace has no cue. Step ``t`` is in the span
+    iff ``t >= answer_span_step``: the step whose token holds the span's first character (a
+    token such as `` The`` that starts with a space counts). Token -> character offsets by
+    decoding prefixes (a binary search: the first ``t`` whose prefix ``trace_ids[:t+1]``
+    decodes to more characters than the span's offset), so any tokenizer works: the demo's,
+    byte-level BPE (Qwen) and SentencePiece alike."""
+    ids = [int(i) for i in trace_ids]
+    c = answer_span_char(tokenizer.decode(ids, skip_special_tokens=True))
+    if c is None:
+        return None
+    lo, hi = 0, len(ids) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[: mid + 1], skip_special_tokens=True)) > c:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def answer_span_starts(records: Sequence[Mapping], tokenizer) -> dict[str, int | None]:
+    """Problem id -> :func:`answer_span_step` of its scored trace (``trace_ids``)."""
+    return {str(r["problem_id"]): answer_span_step(r["trace_ids"].tolist(), tokenizer) for r in records}
 
 
 def _label(
@@ -254,6 +314,7 @@ def select(
     selector: SelectorSettings | None = None,
     verified: Mapping[str, bool] | None = None,
     report: dict | None = None,
+    span_starts: Mapping[str, int | None] | None = None,
 ) -> list[TraceSample]:
     """Scored traces -> TraceSamples (one per trace with at least one kept step, input order).
 
@@ -263,6 +324,9 @@ def select(
     choose the ablations; ``steps="random"`` draws, per trace, exactly as many steps as the rule
     keeps, uniformly among the eligible steps that have a target, from a generator seeded by
     ``seed`` and the problem id (reproducible, independent of trace order).
+    ``steps="answer_span"`` keeps, per trace, every step ``t >= max(first_step, span_starts[id])``
+    that has a target (no KL threshold, the rule not consulted); ``span_starts`` maps problem id
+    -> :func:`answer_span_step` (None: no cue, nothing kept).
 
     ``selector`` (:class:`SelectorSettings`, default: the method's ``kl`` rule, plain labels)
     picks the rule and shapes the labels; with ``selector.verified_only`` only the traces that
@@ -276,6 +340,8 @@ def select(
         raise ValueError(f"method.target: expected one of {list(TARGETS)}, got {target!r}")
     if steps not in STEP_RULES:
         raise ValueError(f"method.steps: expected one of {list(STEP_RULES)}, got {steps!r}")
+    if steps == "answer_span" and span_starts is None:
+        raise ValueError("method.steps=answer_span: needs the traces' answer spans (answer_span_starts)")
     sel = selector if selector is not None else SelectorSettings()
     sel.validate()
     if sel.verified_only:
@@ -299,6 +365,9 @@ def select(
         if steps == "random" and chosen:
             eligible_t = torch.tensor([t >= first_step and _has_label(rec, t, alpha) for t in range(kl.numel())])
             chosen = contrast.random_steps(eligible_t, len(chosen), _step_generator(seed, str(rec["problem_id"]))).tolist()
+        elif steps == "answer_span":
+            start = span_starts.get(str(rec["problem_id"]))
+            chosen = [] if start is None else [t for t in range(max(start, first_step), kl.numel()) if _has_label(rec, t, alpha)]
         if not chosen:
             continue
         labels = [_label(rec, t, alpha, target, sel.tau, sel.top_k) for t in chosen]
@@ -411,14 +480,23 @@ def token_class(text: str) -> str:
     return "other"
 
 
-def kept_step_profile(records: Sequence[Mapping], samples: Sequence[TraceSample], tokenizer) -> dict:
+def kept_step_profile(
+    records: Sequence[Mapping], samples: Sequence[TraceSample], tokenizer, span_starts: Mapping[str, int | None] | None = None
+) -> dict:
     """Where the kept steps are and what their labels say (the study of issue 16):
 
     - ``label_argmax_differs``: share of kept steps whose soft label's most weighted candidate is
       not the token the expert generated there (its greedy choice when sampling is greedy);
     - ``kept_<class>_fraction``: share of kept steps whose generated token is a digit, operator,
-      word or other (:func:`token_class`; the paper: kept steps are arithmetic and logical pivots).
+      word or other (:func:`token_class`; the paper: kept steps are arithmetic and logical pivots);
+    - ``kept_in_answer_span``: share of kept steps inside their trace's final-answer span
+      (:func:`answer_span_step`; ``span_starts`` when already computed), beside
+      ``steps_in_answer_span``, the share of all trace steps there (what a choice blind to the
+      span would keep) and ``traces_with_answer_cue``, the share of traces with a cue (issue 32:
+      how much of what a run trains on is the answer's format).
     """
+    if span_starts is None:
+        span_starts = answer_span_starts(records, tokenizer)
     by_id = {str(r["problem_id"]): r for r in records}
     differs, classes, n = 0, dict.fromkeys(TOKEN_CLASSES, 0), 0
     for s in samples:
@@ -431,7 +509,17 @@ def kept_step_profile(records: Sequence[Mapping], samples: Sequence[TraceSample]
             n += 1
     if not n:
         return {}
-    return {"label_argmax_differs": differs / n, **{f"kept_{c}_fraction": classes[c] / n for c in TOKEN_CLASSES}}
+    in_span = sum(int(span_starts.get(s.problem_id) is not None and t >= span_starts[s.problem_id]) for s in samples for t in s.steps.tolist())
+    steps = [int(r["kl"].numel()) for r in records]
+    starts = [span_starts.get(str(r["problem_id"])) for r in records]
+    span_steps = sum(max(T - st, 0) for T, st in zip(steps, starts) if st is not None)
+    return {
+        "label_argmax_differs": differs / n,
+        **{f"kept_{c}_fraction": classes[c] / n for c in TOKEN_CLASSES},
+        "kept_in_answer_span": in_span / n,
+        "steps_in_answer_span": span_steps / sum(steps) if sum(steps) else 0.0,
+        "traces_with_answer_cue": sum(st is not None for st in starts) / len(records),
+    }
 
 
 # ----------------------------------------------------------------------------- export / import

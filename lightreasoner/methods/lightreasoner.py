@@ -10,6 +10,13 @@ over the plausible set. The ablations change one ingredient each and read the sa
   renormalised — isolates the amateur;
 - ``no_selection`` (``beta: 0``): every eligible step;
 - ``no_tail`` (``alpha: alpha_min``): the widest candidate set the cache holds.
+- ``format_only`` (``steps: answer_span``): every eligible step inside each trace's
+  final-answer span (from its last answer cue, ``\\boxed{`` / "The answer is" / "Answer:" ...,
+  to the end; :func:`~lightreasoner.selection.answer_span_step`), no KL threshold, with the
+  method's labels — a control: a gain that survives it is the answer's format, not reasoning.
+
+Every run of the family reports ``kept_in_answer_span`` (the share of its kept steps inside
+that span) in its ``selection`` statistics.
 
 Every member reads the ``selection`` group too (:class:`~lightreasoner.selection.SelectorSettings`):
 the rival selectors (``top_fraction``, ``expert_entropy``, ``verified_only``, ``match_count``)
@@ -38,6 +45,7 @@ from lightreasoner.selection import (
     TARGETS,
     SelectionSettings,
     SelectorSettings,
+    answer_span_starts,
     export_samples,
     kept_step_profile,
     select,
@@ -66,7 +74,8 @@ class LightReasoner(Method):
     own renormalised distribution there (no contrast)."""
     steps: str = "kl"
     """``kl``: the steps ``selection.rule`` keeps (the method: KL >= beta); ``random``: the
-    rule's count per trace at seeded random positions."""
+    rule's count per trace at seeded random positions; ``answer_span``: every eligible step in
+    the trace's final-answer span (``format_only``)."""
     beta: float | None = None
     """Overrides ``sampling.beta`` (null: use it; ``no_selection``: 0)."""
     alpha: float | str | None = None
@@ -121,10 +130,13 @@ class LightReasoner(Method):
         if rule.verified_only:
             tokenizer = load_tokenizer(expert, "model_pair.expert")
             verified = verify_traces(records, problems, tokenizer)
+        tokenizer = tokenizer or load_tokenizer(expert, "model_pair.expert")
+        spans = answer_span_starts(records, tokenizer)
         counts: dict = {}
         samples = select(
             records, beta=sel.beta, alpha=sel.alpha, first_step=sel.first_step, alpha_min=cache.alpha_min,
             target=self.target, steps=self.steps, seed=int(cfg.seed), selector=rule, verified=verified, report=counts,
+            span_starts=spans,
         )
         state.samples, state.sample_key = samples, cache.key
         state.selection = {
@@ -132,8 +144,7 @@ class LightReasoner(Method):
             **selection_stats(records, samples, junk_pe=DriftSettings.from_cfg(cfg.get("drift")).junk_pe),
             **counts,
         }
-        tokenizer = tokenizer or load_tokenizer(expert, "model_pair.expert")
-        state.selection.update(kept_step_profile(records, samples, tokenizer))
+        state.selection.update(kept_step_profile(records, samples, tokenizer, span_starts=spans))
         if records and "aligned_mass" in records[0]:  # a cross-tokenizer pair: its coverage at this run's beta
             state.selection["coverage"] = coverage(records, sel.beta, sel.first_step)
         state.training_problems = len(problems)
