@@ -138,7 +138,7 @@ def test_shrunken_demo_multirun_with_format_only(tmp_path):
     assert set(summaries) == {"lightreasoner", "format_only"}
     lr, fo = summaries["lightreasoner"], summaries["format_only"]
     assert fo["status"] == "finished" and fo["efficiency"]["sampling"]["cached"] is True  # the same trace cache
-    assert fo["efficiency"]["optimisation"] == lr["efficiency"]["optimisation"]  # the same update budget
+    assert fo["efficiency"]["optimisation"]["updates"] == lr["efficiency"]["optimisation"]["updates"]  # the same update budget
     assert 0.0 <= lr["selection"]["kept_in_answer_span"] <= 1.0
     if fo["selection"]["kept_steps"]:
         assert fo["selection"]["kept_in_answer_span"] == 1.0

@@ -225,6 +225,7 @@ def test_token_class_and_kept_step_profile():
                [([20, 30], (0.6, 0.3), (0.3, 0.3)), ([21], (0.9,), (0.5,)),
                 ([22, 31], (0.5, 0.3), (0.9, 0.05)), ([23, 33], (0.4, 0.2), (0.1, 0.4))])
     samples = select([r], beta=0.4, alpha=0.2)
-    prof = kept_step_profile([r], samples, Tok())
+    prof = kept_step_profile([r], samples, Tok(), span_starts={"toy/train/0": None})  # no answer cue (test_format_only.py)
     assert prof == {"label_argmax_differs": 0.5, "kept_digit_fraction": 0.5, "kept_operator_fraction": 0.0,
-                    "kept_word_fraction": 0.5, "kept_other_fraction": 0.0}
+                    "kept_word_fraction": 0.5, "kept_other_fraction": 0.0,
+                    "kept_in_answer_span": 0.0, "steps_in_answer_span": 0.0, "traces_with_answer_cue": 0.0}
