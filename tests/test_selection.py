@@ -216,8 +216,8 @@ def test_token_class_and_kept_step_profile():
         "digit", "digit", "digit", "operator", "operator", "word", "word", "other", "other", "other"]
 
     class Tok:  # decodes the trace tokens of the record below
-        def decode(self, ids):
-            return {22: "7", 23: " apples"}[ids[0]]
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join({20: "I", 21: " have", 22: "7", 23: " apples"}[i] for i in ids)
 
     # steps 2 and 3 kept (KL 0.5, 0.4 >= 0.4); at step 2 the amateur likes the generated token 22
     # (pA 0.9) so the contrast moves the label's argmax to 31; at step 3 it stays on 23
