@@ -45,6 +45,11 @@ __all__ = [
     "lora_config",
     "build_optimizer",
     "schedule_lambda",
+    "lr_schedule",
+    "build_scheduler",
+    "build_callbacks",
+    "check_callbacks",
+    "check_target",
     "check_optimizer",
     "check_scheduler",
     "check_trainer",
@@ -58,6 +63,9 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 5e-5
 
 DEFAULT_SCHEDULER: dict[str, Any] = {"type": "linear", "warmup_steps": 0}
 """Published schedule: linear decay to 0 over ``max_steps``, no warm-up."""
+
+LR_SCHEDULE = "lightreasoner.distill.lr_schedule"
+"""The ``scheduler`` group's ``_target_`` (a ``_partial_``: :func:`lr_schedule`)."""
 
 SCHEDULER_TYPES = ("linear", "cosine", "constant")
 
@@ -104,11 +112,15 @@ class DistillSettings:
     jsd_beta: float = 0.5
     """``jsd``: ``M = jsd_beta * vC + (1 - jsd_beta) * q``, ``0 < jsd_beta < 1`` (TRL's GKD beta;
     0.5 is the symmetric JSD). Unused by the other losses."""
-    rounds: int = 1
-    """Rounds of sample -> distill -> evaluate (``stage=all``): after each round the tuned
-    expert (its adapter merged) samples again and is scored against the amateur, and the next
-    round trains on the new selection (an on-policy refresh); each round's traces are cached
-    under their own key and its evaluation is in the summary (``pipeline.run_rounds``)."""
+    module: Any = None
+    """How the LightningModule is built: a ``_target_`` node that
+    :func:`hydra.utils.instantiate` turns into a callable, called with the run-time arguments
+    (``expert``, ``settings`` (this object, checked), ``max_steps``, ``sample_key``,
+    ``softmax_width``); default :class:`DistillModule`. A method that brings its own
+    LightningModule sets ``distill.module._target_``."""
+    datamodule: Any = None
+    """How the DataModule is built, as ``module``; run-time arguments ``samples``,
+    ``pad_token_id``, ``seed``; default :class:`~lightreasoner.datamodule.DistillDataModule`."""
 
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":
@@ -140,10 +152,8 @@ class DistillSettings:
         jb = self.jsd_beta
         if isinstance(jb, bool) or not isinstance(jb, (int, float)) or not 0 < jb < 1:
             raise ValueError(f"distill.jsd_beta: expected 0 < jsd_beta < 1, got {jb!r}")
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"distill.rounds: expected an integer >= 1, got {self.rounds!r}")
-        if self.rounds > 1 and self.import_published is not None:
-            raise ValueError("distill.rounds: more than one round samples with the tuned expert; it cannot train on distill.import_published")
+        for name in ("module", "datamodule"):
+            check_target(getattr(self, name), f"distill.{name}", required=False)
 
 
 class TunedTokenCounter(Callback):
@@ -177,6 +187,152 @@ def decoder_layer_classes(names: list[str]) -> set[type]:
             unknown.append(name)
     if unknown:
         raise ValueError(f"trainer.strategy.auto_wrap_policy.names: unknown decoder layer class(es) {unknown} in transformers {transformers.__version__}")
+    return out
+
+
+def check_target(spec: Any, what: str, required: bool = True, base: type | None = None) -> None:
+    """A ``_target_`` node (Hydra style), before any work: a mapping whose ``_target_`` imports
+    (and is a subclass of ``base`` when given), whose build flags are true or false, and whose
+    keys are arguments of the target of the kinds its signature names (:func:`check_arguments`).
+    The shipped :class:`DistillModule` also has its ``lora``, ``optimizer`` and ``scheduler``
+    checked as their groups are. ``None`` passes unless ``required``."""
+    from hydra.utils import get_object
+
+    spec = to_plain(spec)
+    if spec is None and not required:
+        return
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("_target_"), str):
+        raise ValueError(f"{what}: expected a mapping with a `_target_` (a dotted class or function name), got {spec!r}")
+    try:
+        obj = get_object(spec["_target_"])
+    except Exception as e:  # noqa: BLE001 - import error, missing attribute: one line naming the key
+        raise ValueError(f"{what}._target_: cannot import {spec['_target_']!r} ({_first_line(e)})") from None
+    if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+        raise ValueError(f"{what}._target_: {spec['_target_']!r} is not a {base.__module__}.{base.__name__}")
+    check_arguments(obj, spec, what)
+    if isinstance(obj, type) and issubclass(obj, DistillModule):
+        lora_config(spec.get("lora"))
+        check_optimizer(spec.get("optimizer"))
+        check_scheduler(spec.get("scheduler"))
+
+
+def check_arguments(target: Any, spec: Mapping, what: str) -> None:
+    """The keys of a ``_target_`` node against ``target``'s signature: the build flags
+    (``_partial_``, ``_recursive_``) true or false, no unknown keyword (unless it takes
+    ``**kwargs``), and each value of the kind its annotation names where the kind is one a config
+    can hold (bool, int, float, str, None, a literal, a mapping, a list, a callable; anything else
+    is left to the target)."""
+    import inspect
+    import typing
+
+    for flag in ("_partial_", "_recursive_"):
+        if flag in spec and not isinstance(spec[flag], bool):
+            raise ValueError(f"{what}.{flag}: expected true or false, got {spec[flag]!r}")
+    fn = target.__init__ if isinstance(target, type) else target
+    try:
+        params = inspect.signature(fn).parameters
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        return
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in spec.items():
+        if key.startswith("_"):
+            continue
+        if key not in params and not open_kwargs:
+            raise ValueError(f"{what}: unknown field {key!r}; {spec['_target_']} takes {sorted(k for k in params if k != 'self')}")
+        if key in hints and not _fits(value, hints[key]):
+            raise ValueError(f"{what}.{key}: expected {_kind_words(hints[key])}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool | None:
+    """Whether a config value fits an annotation (True where the kind is not one a config holds)."""
+    import collections.abc
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    base = origin or hint
+    if base in (dict, collections.abc.Mapping):
+        return isinstance(value, Mapping)
+    if base in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple))
+    if base is collections.abc.Callable:
+        return callable(value)
+    return isinstance(value, hint) if isinstance(hint, type) and hint.__module__ == "builtins" else True
+
+
+def _kind_words(hint: Any) -> str:
+    import collections.abc
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind_words(a) for a in typing.get_args(hint))
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             dict: "a mapping", collections.abc.Mapping: "a mapping", list: "a list", tuple: "a list",
+             collections.abc.Sequence: "a list", collections.abc.Callable: "a callable"}
+    return words.get(origin or hint, getattr(hint, "__name__", None) or str(hint))
+
+
+def check_callbacks(callbacks: Mapping | Any | None) -> None:
+    """The ``callbacks`` group (``conf/callbacks/``), before any work: every entry ``null`` (off)
+    or a ``_target_`` naming a Lightning ``Callback``."""
+    specs = to_plain(callbacks)
+    if specs is None:
+        return
+    if not isinstance(specs, Mapping):
+        raise ValueError(f"callbacks: expected a mapping of names to `_target_` entries, got {specs!r}")
+    for name, spec in specs.items():
+        check_target(spec, f"callbacks.{name}", required=False, base=Callback)
+
+
+def build_callbacks(
+    callbacks: Mapping | Any | None, *, ckpt_dir: Path, max_steps: int, logger: bool, checkpointing: bool
+) -> list[Callback]:
+    """The ``callbacks`` group instantiated in order (an entry set to ``null`` is off), with the
+    run-time arguments the run gives them: a ``ModelCheckpoint`` writes the resumable
+    checkpoints to ``ckpt_dir`` every ``every_n_train_steps`` updates (``conf/callbacks``:
+    ``distill.checkpoint_every``; null: a fifth of ``max_steps``) and is left out when the Trainer's checkpointing is off; a
+    ``LearningRateMonitor`` is left out without a logger. A :class:`TunedTokenCounter` is added
+    when the group has none (the summary's tuned-token count reads it)."""
+    from hydra.utils import get_class, instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    out: list[Callback] = []
+    for spec in (callbacks or {}).values():
+        if spec is None:
+            continue
+        cls = get_class(spec["_target_"])
+        kwargs: dict[str, Any] = {}
+        if issubclass(cls, ModelCheckpoint):
+            if not checkpointing:
+                continue
+            every = spec.get("every_n_train_steps")
+            kwargs = {"dirpath": ckpt_dir, "every_n_train_steps": every or max(1, int(max_steps) // 5)}
+        elif issubclass(cls, LearningRateMonitor) and not logger:
+            continue
+        out.append(instantiate(spec, **kwargs))
+    if not any(isinstance(cb, TunedTokenCounter) for cb in out):
+        out.insert(0, TunedTokenCounter())
     return out
 
 
@@ -263,9 +419,30 @@ def schedule_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[
     return f
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, type: str = "linear", warmup_steps: int = 0):  # noqa: A002 - the group's key
+    """The ``scheduler`` group's target (``_partial_: true``; ``conf/scheduler/``): a
+    ``LambdaLR`` stepping :func:`schedule_lambda` ``(type, warmup_steps, total_steps)`` once per
+    optimizer update. :class:`DistillModule` calls the partial with the optimizer and the
+    updates the schedule spans."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lambda(type, warmup_steps, total_steps))
+
+
 def check_scheduler(scheduler: Mapping | Any | None) -> None:
-    """The ``scheduler`` group, before any work: one ``ValueError`` naming the first bad key."""
-    sched = {**DEFAULT_SCHEDULER, **dict(to_plain(scheduler) or {})}
+    """The ``scheduler`` group, before any work: one ``ValueError`` naming the first bad key.
+
+    :func:`lr_schedule` (the default ``_target_``, or a mapping without one: ``{type,
+    warmup_steps}``) has its keys checked; another ``_target_`` must import."""
+    spec = to_plain(scheduler)
+    if spec is None or callable(spec):
+        return
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"scheduler: expected a `_target_` mapping or {{type, warmup_steps}}, got {spec!r}")
+    if spec.get("_target_", LR_SCHEDULE) != LR_SCHEDULE:
+        check_target(spec, "scheduler")
+        return
+    if "_partial_" in spec and spec["_partial_"] is not True:
+        raise ValueError(f"scheduler._partial_: expected true (the module calls it with the optimizer), got {spec['_partial_']!r}")
+    sched = {**DEFAULT_SCHEDULER, **{k: v for k, v in spec.items() if k not in ("_target_", "_partial_")}}
     unknown = sorted(set(sched) - set(DEFAULT_SCHEDULER))
     if unknown:
         raise ValueError(f"scheduler: unknown field(s) {unknown}; expected some of {sorted(DEFAULT_SCHEDULER)}")
@@ -273,6 +450,21 @@ def check_scheduler(scheduler: Mapping | Any | None) -> None:
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
         raise ValueError(f"scheduler.warmup_steps: expected an integer >= 0, got {w!r}")
     schedule_lambda(sched["type"], w, 1)
+
+
+def build_scheduler(spec: Any) -> Callable[..., Any]:
+    """``(optimizer, total_steps) -> LR scheduler`` from the ``scheduler`` group (checked by
+    :func:`check_scheduler`): a callable as it is (e.g. a Hydra partial); a ``_target_``
+    mapping instantiated as a partial; ``{type, warmup_steps}`` or ``None`` → :func:`lr_schedule`."""
+    check_scheduler(spec)
+    spec = to_plain(spec)
+    if callable(spec):
+        return spec
+    from hydra.utils import instantiate
+
+    d = {"_target_": LR_SCHEDULE, **dict(spec or {})}
+    d["_partial_"] = True
+    return instantiate(d)
 
 
 def check_optimizer(optimizer: Mapping | Any | None) -> None:
@@ -349,8 +541,10 @@ class DistillModule(LightningModule):
             any other ``peft.LoraConfig`` field.
         optimizer: a callable ``params -> Optimizer`` (e.g. a Hydra partial) or a ``_target_``
             mapping; default AdamW, lr 5e-5, weight decay 0.
-        scheduler: ``{type: linear|cosine|constant, warmup_steps: int}``; default linear decay
-            to 0 over ``max_steps`` without warm-up. Stepped once per optimizer update.
+        scheduler: a callable ``(optimizer, total_steps) -> LR scheduler`` (the ``scheduler``
+            group's partial, :func:`lr_schedule`), a ``_target_`` mapping, or ``{type:
+            linear|cosine|constant, warmup_steps: int}``; default linear decay to 0 over
+            ``max_steps`` without warm-up. Stepped once per optimizer update.
         max_steps: optimizer updates the schedule spans; default the Trainer's ``max_steps``
             (or its estimated stepping batches when that is unset).
         sample_key: the selection the samples came from (recorded with saved adapters).
@@ -360,16 +554,19 @@ class DistillModule(LightningModule):
             weight on ids beyond it dropped, not renormalised. None (default): the full width.
         model: an already built causal LM to use instead of loading ``expert`` (its weights
             must be those ``expert`` names, since saved adapters record ``expert`` as base).
-        loss: the objective (``distill.loss``: ``forward_kl``, the method; ``reverse_kl``; ``jsd``).
-        jsd_beta: the ``jsd`` mixing weight (``distill.jsd_beta``).
+        settings: the checked ``distill`` group (:class:`DistillSettings`; built from config,
+            ``pipeline.distill_stage`` passes it): the objective is read from it, unchecked here.
+        loss: without ``settings``, the objective (``distill.loss``: ``forward_kl``, the method;
+            ``reverse_kl``; ``jsd``), checked by :class:`DistillSettings`.
+        jsd_beta: without ``settings``, the ``jsd`` mixing weight (``distill.jsd_beta``).
     """
 
     def __init__(
         self,
         expert: ModelSpec | Mapping | str,
         lora: Mapping | None = None,
-        optimizer: Any = None,
-        scheduler: Mapping | None = None,
+        optimizer: Callable[..., Any] | Mapping | None = None,
+        scheduler: Callable[..., Any] | Mapping | None = None,
         max_steps: int | None = None,
         sample_key: str | None = None,
         repeat_warn_epochs: float = 3.0,
@@ -377,18 +574,18 @@ class DistillModule(LightningModule):
         softmax_width: int | None = None,
         loss: str = "forward_kl",
         jsd_beta: float = 0.5,
+        settings: DistillSettings | None = None,
     ):
         super().__init__()
         from peft import get_peft_model
 
+        if settings is None:  # built by hand: the settings class checks the objective (its one check)
+            settings = DistillSettings(loss=loss, jsd_beta=jsd_beta)
+            settings.validate()
         self.expert_spec = ModelSpec.from_any(to_plain(expert))
         self.lora = {**DEFAULT_LORA, **dict(to_plain(lora) or {})}
-        sched = {**DEFAULT_SCHEDULER, **dict(to_plain(scheduler) or {})}
-        unknown = set(sched) - {"type", "warmup_steps"}
-        if unknown:
-            raise ValueError(f"scheduler: unknown field(s) {sorted(unknown)}; expected type, warmup_steps")
-        schedule_lambda(sched["type"], sched["warmup_steps"], 1)  # validate now, not at fit time
-        self.scheduler_cfg = sched
+        self.scheduler_factory = build_scheduler(scheduler)  # checked now, not at fit time
+        sched = to_plain(scheduler)
         self.optimizer_spec = optimizer
         self.max_steps = max_steps
         self.sample_key = sample_key
@@ -396,17 +593,13 @@ class DistillModule(LightningModule):
         if softmax_width is not None and (isinstance(softmax_width, bool) or int(softmax_width) < 1):
             raise ValueError(f"softmax_width: expected an integer >= 1 or None, got {softmax_width!r}")
         self.softmax_width = None if softmax_width is None else int(softmax_width)
-        if loss not in LOSSES:
-            raise ValueError(f"distill.loss: expected one of {list(LOSSES)}, got {loss!r}")
-        if isinstance(jsd_beta, bool) or not isinstance(jsd_beta, (int, float)) or not 0 < jsd_beta < 1:
-            raise ValueError(f"distill.jsd_beta: expected 0 < jsd_beta < 1, got {jsd_beta!r}")
-        self.loss_kind, self.jsd_beta = str(loss), float(jsd_beta)
+        self.loss_kind, self.jsd_beta = str(settings.loss), float(settings.jsd_beta)
         self.save_hyperparameters(
             {
                 "expert": self.expert_spec.to_dict(),
                 "lora": self.lora,
                 "optimizer": to_plain(optimizer) if (optimizer is None or isinstance(to_plain(optimizer), Mapping)) else repr(optimizer),
-                "scheduler": sched,
+                "scheduler": sched if (sched is None or isinstance(sched, Mapping)) else repr(sched),
                 "max_steps": max_steps,
                 "sample_key": sample_key,
                 "softmax_width": self.softmax_width,
@@ -519,8 +712,7 @@ class DistillModule(LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = build_optimizer(self.optimizer_spec, params)
-        f = schedule_lambda(self.scheduler_cfg["type"], self.scheduler_cfg["warmup_steps"], self._total_steps())
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+        sched = self.scheduler_factory(opt, total_steps=self._total_steps())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def on_fit_start(self) -> None:

@@ -19,17 +19,15 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
 from lightreasoner.checkpoints import merge_adapter, save_adapter
 from lightreasoner.config import to_plain
-from lightreasoner.datamodule import DistillDataModule
 from lightreasoner.demo import prepare_demo
 from lightreasoner.demo.pair import demo_amateur_dir
-from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCounter
+from lightreasoner.distill import DistillSettings, TunedTokenCounter, build_callbacks
 from lightreasoner.drift import build_drift_guard
 from lightreasoner.eval.evaluate import evaluate
 from lightreasoner.eval.tables import log_report
@@ -119,38 +117,21 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         raise ValueError(
             "sampling.beta: no step passed the selection (0 kept steps); lower sampling.beta or sample more problems"
         )
-    dm = DistillDataModule(
-        samples,
-        steps_per_batch=settings.steps_per_batch,
-        accumulate_grad_batches=int(cfg.trainer.accumulate_grad_batches),
-        packing=settings.packing,
-        pad_token_id=int(tokenizer.pad_token_id),
-        padding_side=settings.padding_side,
-        seed=int(cfg.seed),
-        num_workers=settings.num_workers,
-        published_loss_column=settings.published_loss_column,
-    )
-    module = DistillModule(
+    # built from config (distill.datamodule / distill.module: partials), given what only the run knows
+    dm = instantiate(cfg.distill.datamodule, _partial_=True)(samples, pad_token_id=int(tokenizer.pad_token_id), seed=int(cfg.seed))
+    module = instantiate(cfg.distill.module, _partial_=True)(
         expert=expert,
-        lora=to_plain(cfg.peft),
-        optimizer=to_plain(cfg.optimizer),
-        scheduler=to_plain(cfg.scheduler),
+        settings=settings,
         max_steps=int(cfg.trainer.max_steps),
         sample_key=state.sample_key,
         softmax_width=int(tokenizer.vocab_size) if settings.published_softmax_width else None,
-        loss=settings.loss,
-        jsd_beta=settings.jsd_beta,
     )
     ckpt_dir = state.out_dir / "checkpoints"
     logger = state.logger
-    counter = TunedTokenCounter()
-    callbacks = [counter]
-    if cfg.trainer.get("enable_checkpointing", True):
-        every = settings.checkpoint_every or max(1, int(cfg.trainer.max_steps) // 5)
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every))
-    if logger:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    guard = build_drift_guard(cfg, state, tokenizer)
+    callbacks = build_callbacks(cfg.get("callbacks"), ckpt_dir=ckpt_dir, max_steps=int(cfg.trainer.max_steps),
+                                logger=bool(logger), checkpointing=cfg.trainer.get("enable_checkpointing", True))
+    counter = next(cb for cb in callbacks if isinstance(cb, TunedTokenCounter))
+    guard = build_drift_guard(cfg, state, tokenizer)  # built here: it needs the tokenizer and the run's problems
     if guard is not None:
         callbacks.append(guard)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
@@ -272,7 +253,7 @@ def _run_stages(cfg: DictConfig, state: RunState) -> None:
     with _stage(state, "prepare", cfg):
         prepare(cfg)
     stage = cfg.stage
-    rounds = DistillSettings.from_cfg(cfg.distill).rounds
+    rounds = int(cfg.get("rounds", 1))
     if rounds > 1:
         run_rounds(cfg, state, rounds)
         return
@@ -296,7 +277,7 @@ def _run_stages(cfg: DictConfig, state: RunState) -> None:
 
 
 def run_rounds(cfg: DictConfig, state: RunState, rounds: int) -> None:
-    """``distill.rounds = N > 1``: N rounds of sample -> distill -> evaluate.
+    """``rounds = N > 1``: N rounds of sample -> distill -> evaluate.
 
     Round 1 is the ordinary run. After round ``r`` its adapter is merged into a plain model
     (``round{r}/merged``, whatever ``distill.merge`` says) and that tuned expert is the expert of

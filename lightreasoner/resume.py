@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from .config import to_plain
 from .files import atomic_write_json
 from .trace_cache import canonical_json
@@ -40,6 +42,20 @@ TRAINER_KEYS = ("max_steps", "accumulate_grad_batches", "gradient_clip_val", "pr
 UNHASHED = {"distill": ("checkpoint_every",)}
 """Keys of :data:`TRAINING_GROUPS` that change no result (how often the fine-tune checkpoints)."""
 
+BUILD_NODES = {
+    ("distill", "module"): "lightreasoner.distill.DistillModule",
+    ("scheduler",): "lightreasoner.distill.lr_schedule",
+    ("distill", "datamodule"): "lightreasoner.datamodule.DistillDataModule",
+}
+"""``_target_`` nodes the fine-tune is built from (issue 30), with their shipped targets. They
+are hashed by what they add: their interpolations (``${distill.packing}``, ``${optimizer}``) are
+hashed where they point, the shipped ``_target_`` and the build flags (``_partial_``,
+``_recursive_``) are left out. So the same settings keep the identity they had before the
+fine-tune was built from config, and another target or an explicit value still changes it."""
+
+MOVED = {"rounds": ("distill", "rounds")}
+"""Top-level keys hashed where they were before they moved (issue 30: ``distill.rounds``)."""
+
 
 def training_identity(cfg: Any) -> tuple[str, dict]:
     """(sha256[:16], the settings hashed) of what determines the run's fine-tune; take it before
@@ -50,10 +66,45 @@ def training_identity(cfg: Any) -> tuple[str, dict]:
     for group, keys in UNHASHED.items():
         if isinstance(d.get(group), dict):
             d[group] = {k: v for k, v in d[group].items() if k not in keys}
+    for path, target in BUILD_NODES.items():
+        _hash_build_node(cfg, d, path, target)
+    for key, (group, name) in MOVED.items():
+        if isinstance(d.get(group), dict) and key in cfg:
+            d[group][name] = to_plain(cfg.get(key))
     trainer = cfg.get("trainer") or {}
     d["trainer"] = {k: to_plain(trainer.get(k)) for k in TRAINER_KEYS}
     d = _normalise_paths(d)
     return _sha(d), d
+
+
+def _hash_build_node(cfg: Any, d: dict, path: tuple[str, ...], target: str) -> None:
+    """``d`` at ``path`` (resolved) reduced to what the node adds (see :data:`BUILD_NODES`);
+    dropped when that is nothing."""
+    *parents, name = path
+    holder = d
+    for p in parents:
+        holder = holder.get(p) if isinstance(holder, dict) else None
+    if not isinstance(holder, dict) or not isinstance(holder.get(name), dict):
+        return
+    raw = cfg
+    for p in path:
+        raw = raw.get(p) if raw is not None else None
+    raw = OmegaConf.to_container(raw, resolve=False) if OmegaConf.is_config(raw) else raw
+    resolved = holder[name]
+    kept = {}
+    for k, v in resolved.items():
+        r = (raw or {}).get(k) if isinstance(raw, Mapping) else None
+        if k in ("_partial_", "_recursive_", "_convert_") or (k == "_target_" and v == target):
+            continue
+        if isinstance(r, str) and r.startswith("${") and r.endswith("}"):
+            continue  # hashed where it points
+        kept[k] = v
+    if not parents:  # a group of its own (scheduler): its settings, as before
+        holder[name] = kept
+    elif kept:
+        holder[name] = kept
+    else:
+        del holder[name]
 
 
 def _sha(settings: Mapping) -> str:

@@ -41,7 +41,7 @@ def validate(cfg: DictConfig):
     are answered before the group settings classes import torch and Lightning."""
     validate_light(cfg)
     from lightreasoner.benchmarks import check_dataset_config
-    from lightreasoner.distill import DistillSettings, check_optimizer, check_scheduler, check_trainer, lora_config
+    from lightreasoner.distill import DistillSettings, check_callbacks, check_optimizer, check_scheduler, check_trainer, lora_config
     from lightreasoner.drift import DriftSettings
     from lightreasoner.eval.evaluate import EvalSettings, _eval_split
     from lightreasoner.generation import check_engine_config
@@ -66,6 +66,7 @@ def validate(cfg: DictConfig):
     if distill.loss == "reverse_kl" and method.name == "sft":
         raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
     check_scheduler(cfg.scheduler)
+    check_callbacks(cfg.get("callbacks"))
     check_optimizer(cfg.optimizer)
     check_trainer(cfg.trainer)
     check_engine_config(cfg.get("generation"))
@@ -82,7 +83,7 @@ def validate(cfg: DictConfig):
             bench = benchmark_config(cfg, str(name))
             check_dataset_config(bench, _eval_split(bench, eval_settings), what=f"eval.benchmarks[{name}]")
     validate_pair(cfg)
-    check_rounds(cfg, distill.rounds, method)
+    check_rounds(cfg, cfg.get("rounds", 1), method, distill)
     return method
 
 
@@ -353,14 +354,19 @@ def stage_threads(cfg: DictConfig, stage: str) -> int | None:
     return value
 
 
-def check_rounds(cfg: DictConfig, rounds: int, method) -> None:
-    """``distill.rounds > 1`` runs every stage in one process: it needs ``stage=all``, a method
-    that trains, and one device (validation, before any work)."""
+def check_rounds(cfg: DictConfig, rounds: Any, method, distill=None) -> None:
+    """``rounds > 1`` (the top-level key; ``distill.rounds`` before issue 30) runs every stage in
+    one process: it needs ``stage=all``, a method that trains, one device, and samples to
+    refresh (not ``distill.import_published``) (validation, before any work)."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected an integer >= 1, got {rounds!r}")
     if rounds == 1:
         return
+    if distill is not None and distill.import_published is not None:
+        raise ValueError("rounds: more than one round samples with the tuned expert; it cannot train on distill.import_published")
     if cfg.stage != "all":
-        raise ValueError(f"distill.rounds: {rounds} rounds each sample, train and evaluate; they need stage=all, got stage={cfg.stage}")
+        raise ValueError(f"rounds: {rounds} rounds each sample, train and evaluate; they need stage=all, got stage={cfg.stage}")
     if not method.trains:
-        raise ValueError(f"distill.rounds: method {method.name!r} trains nothing; rounds need a method that trains")
+        raise ValueError(f"rounds: method {method.name!r} trains nothing; rounds need a method that trains")
     if cfg.trainer.get("devices", 1) != 1:
-        raise ValueError(f"distill.rounds: rounds run in one process; expected trainer.devices=1, got {cfg.trainer.devices!r}")
+        raise ValueError(f"rounds: rounds run in one process; expected trainer.devices=1, got {cfg.trainer.devices!r}")

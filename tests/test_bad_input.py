@@ -112,6 +112,7 @@ CONFIG_CASES = [
     (["scheduler.type=step"], (), ValueError, r"^scheduler\.type: expected one of"),
     (["scheduler.warmup_steps=-1"], (), ValueError, r"^scheduler\.warmup_steps: expected an integer >= 0"),
     (["+scheduler.bogus=1"], (), ValueError, r"^scheduler: unknown field\(s\) \['bogus'\]"),
+    (["callbacks.lr_monitor.logging_interval=hour"], (), ValueError, r"^callbacks\.lr_monitor\.logging_interval: expected one of 'step', 'epoch' or null, got 'hour'$"),
     (["trainer.max_steps=0"], (), ValueError, r"^trainer\.max_steps: expected an integer >= 1, got 0$"),
     (["trainer.max_steps=abc"], (), ValueError, r"^trainer\.max_steps: expected an integer >= 1, got 'abc'$"),
     (["trainer.accumulate_grad_batches=0"], (), ValueError, r"^trainer\.accumulate_grad_batches: expected an integer >= 1"),

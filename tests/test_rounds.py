@@ -1,4 +1,4 @@
-"""distill.rounds: iterated rounds on the tiny pair. Round 2's expert is round 1's tuned model
+"""rounds (top-level; distill.rounds before issue 30): iterated rounds on the tiny pair. Round 2's expert is round 1's tuned model
 (its adapter merged), its traces are cached under their own key and scored with that model,
 and each round's evaluation is in the summary."""
 
@@ -43,7 +43,7 @@ def _cfg(tmp_path: Path, tiny_pair_dirs, *extra):
 def test_round_two_samples_with_round_ones_tuned_expert_under_its_own_key(tmp_path, tiny_pair_dirs):
     from lightreasoner.pipeline import run
 
-    run(_cfg(tmp_path, tiny_pair_dirs, "distill.rounds=2", "distill.merge=false"))
+    run(_cfg(tmp_path, tiny_pair_dirs, "rounds=2", "distill.merge=false"))
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
     r1, r2 = summary["rounds"]
@@ -89,9 +89,9 @@ def test_round_two_samples_with_round_ones_tuned_expert_under_its_own_key(tmp_pa
 @pytest.mark.parametrize(
     "extra, msg",
     [
-        (["distill.rounds=0"], r"distill.rounds: expected an integer >= 1"),
-        (["distill.rounds=2", "stage=sample"], r"distill.rounds: 2 rounds each sample, train and evaluate; they need stage=all"),
-        (["distill.rounds=2", "method=contrastive_decoding"], r"distill.rounds: method 'contrastive_decoding' trains nothing"),
+        (["rounds=0"], r"^rounds: expected an integer >= 1"),
+        (["rounds=2", "stage=sample"], r"^rounds: 2 rounds each sample, train and evaluate; they need stage=all"),
+        (["rounds=2", "method=contrastive_decoding"], r"^rounds: method 'contrastive_decoding' trains nothing"),
     ],
 )
 def test_bad_rounds_are_one_error_before_any_work(tmp_path, tiny_pair_dirs, extra, msg):
