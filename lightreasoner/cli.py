@@ -7,8 +7,8 @@ any heavy import (torch, Lightning) and before Hydra creates a run directory. So
 
 - a bad input is one line ``error: <key>: ...`` on stderr and exit code 2, and leaves no
   ``outputs/`` or ``multirun/`` directory behind;
-- a mistyped key is one line with the key it probably meant (``sampling.betta=0.3`` ->
-  ``did you mean sampling.beta?``), not Hydra's advice to add it with ``+``;
+- a mistyped key is one line with the key it probably meant (``selection.betta=0.3`` ->
+  ``did you mean selection.beta?``), not Hydra's advice to add it with ``+``;
 - ``python train.py -m <sweep> --cfg job`` (or ``--jobs``) previews a multirun: the list of
   its jobs and their overrides, each checked, without running anything.
 
@@ -34,6 +34,15 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "--config-
 """Hydra command-line flags followed by a value (``--cfg job``); ``--info`` takes an optional one."""
 
 INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+MOVED_KEYS = {
+    "sampling.beta": "selection.beta", "sampling.alpha": "selection.alpha", "sampling.first_step": "selection.first_step",
+    "method.beta": "selection.beta", "method.alpha": "selection.alpha", "method.steps": "selection.rule",
+    "method.target": "selection.target", "drift.junk_pe": "selection.junk_pe", "distill.rounds": "rounds",
+}
+"""Keys that moved to one home, by their old spelling: ``sampling.beta=0.6`` is one line naming
+``selection.beta`` (``method=no_selection`` and the other ablation names still work)."""
 
 
 class PreflightError(ValueError):
@@ -105,6 +114,9 @@ def _composition_error(err: Exception, overrides: list[str], known: list[str]) -
     m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
     if m and ("not in struct" in text or "To append to your config use" in text):
         key = m.group(1)
+        if key in MOVED_KEYS:
+            value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), "...")
+            return PreflightError(f"{key}: moved to {MOVED_KEYS[key]}; write {MOVED_KEYS[key]}={value}")
         if key not in [o.partition("=")[0].lstrip("+~") for o in overrides]:  # a key inside a merged value
             return PreflightError(f"{key}: no such key{suggest(key, known)} (set by {', '.join(o for o in overrides if key.startswith(o.partition('=')[0].lstrip('+~')))})")
         value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("~") == key), "")

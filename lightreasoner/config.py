@@ -79,7 +79,7 @@ def unknown_group_option(argv: list[str], conf_dir: Path | None = None) -> str |
 
 
 def sweep_subdir_name(*, _root_: Any) -> str:
-    """The swept part of a multirun job's overrides, e.g. ``sampling.alpha=0.1,sampling.beta=0.0``
+    """The swept part of a multirun job's overrides, e.g. ``selection.alpha=0.1,selection.beta=0.0``
     (:func:`short_name` of it): the fixed overrides of a long command line are left out, so the
     job directory says what differs between jobs."""
     import sys

@@ -108,19 +108,25 @@ def soft_label(
     valid: Tensor | None = None,
     tau: float = 1.0,
     top_k: int | None = None,
+    gamma: float = 1.0,
 ) -> Tensor:
-    """Contrastive soft label ``vC = softmax((log pE - log pA) / tau)`` restricted to ``V_t``.
+    """Contrastive soft label ``vC = softmax((log pE - gamma * log pA) / tau)`` restricted to ``V_t``.
 
     Inputs are candidate-aligned ``[..., K]`` (``max_logp_e`` is ``[...]``). Returns weights
     ``[..., K]`` that sum to 1 over the kept candidates and are exactly 0 elsewhere.
     ``tau`` (> 0) is a temperature on the contrast (1: the method; below 1 sharper, above 1
     flatter); ``top_k`` keeps only the ``k`` largest weights, renormalised
-    (:func:`truncate_top_k`; None: all of ``V_t``). The defaults compute exactly the published label.
+    (:func:`truncate_top_k`; None: all of ``V_t``). ``gamma`` (>= 0) is the contrast strength:
+    0 drops the amateur (the expert renormalised over ``V_t``, :func:`expert_label`), 1 is the
+    published label, above 1 extrapolates away from the amateur (contrastive decoding's
+    coefficient). The defaults compute exactly the published label.
     """
+    if gamma == 0:
+        return expert_label(cand_logp_e, max_logp_e, alpha, valid=valid, tau=tau, top_k=top_k)
     keep = tail_mask(cand_logp_e, alpha, max_logp_e)
     if valid is not None:
         keep = keep & valid
-    score = (cand_logp_e - cand_logp_a).float()
+    score = (cand_logp_e - cand_logp_a).float() if gamma == 1 else (cand_logp_e.float() - float(gamma) * cand_logp_a.float())
     return _label_from_score(score, keep, tau, top_k)
 
 

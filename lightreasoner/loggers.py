@@ -66,7 +66,7 @@ def job_identity(cfg: DictConfig) -> dict:
 
 
 def flat_config(cfg: DictConfig) -> dict:
-    """The resolved config as ``{"sampling.beta": 0.4, ...}`` (lists as JSON text)."""
+    """The resolved config as ``{"selection.beta": 0.4, ...}`` (lists as JSON text)."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:

@@ -33,9 +33,7 @@ from lightreasoner.eval.evaluate import evaluate
 from lightreasoner.eval.tables import log_report
 from lightreasoner.files import atomic_write_json
 from lightreasoner.loggers import build_logger, finish_logger, log_eval_samples
-from lightreasoner.methods import Method
-from lightreasoner.methods.contrastive_decoding import EVAL_NAME as CONTRASTIVE_DECODING
-from lightreasoner.methods.contrastive_decoding import contrastive_ref
+from lightreasoner.methods import EVAL_ENTRIES, Method, TrainingData, method_inputs
 from lightreasoner.models import load_tokenizer, pair_specs
 from lightreasoner.records import RunState
 from lightreasoner.resume import StageRecord
@@ -115,7 +113,7 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         state.sample_key = f"published:{Path(settings.import_published).name}"
     if not samples:
         raise ValueError(
-            "sampling.beta: no step passed the selection (0 kept steps); lower sampling.beta or sample more problems"
+            "selection.beta: no step passed the selection (0 kept steps); lower selection.beta or sample more problems"
         )
     # built from config (distill.datamodule / distill.module: partials), given what only the run knows
     dm = instantiate(cfg.distill.datamodule, _partial_=True)(samples, pad_token_id=int(tokenizer.pad_token_id), seed=int(cfg.seed))
@@ -167,17 +165,26 @@ def distill_stage(cfg: DictConfig, state: RunState) -> None:
         state.merged_dir = merge_adapter(state.adapter_dir, state.out_dir / "merged")
 
 
+def take_training_data(state: RunState, data: TrainingData) -> None:
+    """A method's :class:`TrainingData` into the run's state (for distillation and the summary)."""
+    state.samples, state.sample_key, state.selection = data.samples, data.sample_key, data.statistics
+    state.sampling_cost, state.training_problems = data.cost, data.training_problems
+
+
 def resolve_eval_models(cfg: DictConfig, state: RunState, method: Method | None = None) -> list[dict]:
-    """Turn ``eval.models`` entries into ``{"name", "ref"}`` for evaluate(). An inference-time
-    method (no fine-tune) is evaluated in place of ``tuned``."""
+    """Turn ``eval.models`` entries into ``{"name", "ref"}`` for evaluate(): the method's own
+    entries first (an inference-time method is evaluated in place of ``tuned``), then the named
+    entries any run may list (:data:`~lightreasoner.methods.EVAL_ENTRIES`), the pair's models,
+    and paths or hub ids."""
     expert, amateur = pair_specs(cfg)
+    own = method.eval_models(cfg) if method is not None else {}
     models = []
     for entry in cfg.eval.models:
         entry = str(entry)
-        if entry == "tuned" and method is not None and method.eval_model(cfg) is not None:
-            models.append(method.eval_model(cfg))
-        elif entry == CONTRASTIVE_DECODING:
-            models.append(method.eval_model(cfg) if method is not None and method.name == entry else contrastive_ref(cfg))
+        if entry in own:
+            models.append(own[entry])
+        elif entry in EVAL_ENTRIES:
+            models.append(EVAL_ENTRIES[entry](cfg))
         elif entry == "base":
             models.append({"name": "base", "ref": expert.to_dict()})
         elif entry == "amateur":
@@ -260,7 +267,7 @@ def _run_stages(cfg: DictConfig, state: RunState) -> None:
     trained = restore_finished_training(state) if stage in ("distill", "evaluate", "all") and method.trains else False
     if stage in ("sample", "distill", "all") and method.trains and not cfg.distill.import_published and not trained:
         with _stage(state, "sample", cfg):
-            method.training_samples(cfg, state)
+            take_training_data(state, method.prepare(method_inputs(cfg, state.out_dir, state.logger)))
     if stage in ("distill", "all") and method.trains and not trained:
         with _stage(state, "distill", cfg):
             distill_stage(cfg, state)
@@ -300,7 +307,7 @@ def run_rounds(cfg: DictConfig, state: RunState, rounds: int) -> None:
         state.adapter_dir = state.merged_dir = None
         expert = pair_specs(round_cfg)[0]
         for name, work in (
-            ("sample", lambda: method.training_samples(round_cfg, state)),
+            ("sample", lambda: take_training_data(state, method.prepare(method_inputs(round_cfg, state.out_dir, state.logger)))),
             ("distill", lambda: distill_stage(round_cfg, state)),
             ("evaluate", lambda: evaluate_stage(cfg, state, method)),  # base = the original expert
         ):
@@ -392,8 +399,8 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "seed": int(cfg.seed),
         "model_pair": cfg.model_pair.name,
         "dataset": cfg.dataset.name,
-        "beta": state.selection.get("beta", cfg.sampling.beta),
-        "alpha": state.selection.get("alpha", cfg.sampling.alpha),
+        "beta": state.selection.get("beta", cfg.selection.beta),  # the effective values the selection used
+        "alpha": state.selection.get("alpha", cfg.selection.alpha),
         "sample_key": state.sample_key,
         "selection": state.selection,
         "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,

@@ -119,7 +119,7 @@ class RunState:
     drift: dict = field(default_factory=dict)
     """The drift guard's summary (:meth:`lightreasoner.drift.DriftGuard.summary`; empty when off)."""
     rounds: list = field(default_factory=list)
-    """``distill.rounds > 1``: one entry per round (its expert, trace-cache key, selection,
+    """``rounds > 1``: one entry per round (its expert, trace-cache key, selection,
     sampling cost, adapter and evaluation); empty for a single round."""
     objective: float | None = None
     """What a hyper-parameter search maximises: the mean accuracy of the tuned model (the

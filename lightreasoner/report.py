@@ -218,9 +218,29 @@ def load_run(run_dir: str | Path) -> dict:
             metrics = _summary_metrics(summary)
         except Exception as exc:  # noqa: BLE001 -- bad JSON or a summary of another schema
             meta.update(status="unreadable", error=_one_line("summary.json", exc))
+    config = effective_selection(config, summary if metrics else None)
     clash = set(META_COLUMNS) | set(metrics)
     config = {(f"config.{k}" if k in clash else k): v for k, v in config.items()}
     return {**meta, **config, **metrics}
+
+
+SELECTION_KEYS_BEFORE = {"sampling.beta": "selection.beta", "sampling.alpha": "selection.alpha",
+                         "sampling.first_step": "selection.first_step"}
+"""Where a run made before step selection had one home kept these keys."""
+
+
+def effective_selection(config: dict, summary: dict | None) -> dict:
+    """The run's config with the selection it really used: an older run's ``sampling.beta`` /
+    ``alpha`` / ``first_step`` under their ``selection.*`` names, and ``selection.beta`` /
+    ``selection.alpha`` set to the summary's effective values (an old ``method=no_selection`` run
+    configured at 0.4 ran at 0; ``alpha: 0`` ran at the cache's ``alpha_min``)."""
+    config = {SELECTION_KEYS_BEFORE.get(k, k): v for k, v in config.items()}
+    selection = (summary or {}).get("selection") or {}
+    for key in ("beta", "alpha"):
+        value = selection.get(key, (summary or {}).get(key))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            config[f"selection.{key}"] = value
+    return config
 
 
 def _one_line(where: str, exc: Exception) -> str:
@@ -231,7 +251,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One row per run found at or below ``paths`` (a multirun dir, run dirs, or a parent of both).
 
     Columns: ``run_dir``, ``status``, ``error``, ``overrides``, then the flattened config keys
-    (dotted, e.g. ``sampling.beta``; lists as their JSON string; interpolations such as
+    (dotted, e.g. ``selection.beta``, the effective value the run used; lists as their JSON string; interpolations such as
     ``${hydra:runtime.output_dir}`` kept as text), then the summary metrics, whose names all
     contain ``/``: ``accuracy/<model>/<benchmark>``, ``ci95_lo/...``, ``ci95_hi/...``,
     ``diff/tuned-vs-base/<benchmark>`` (and the other comparison fields),
@@ -578,8 +598,8 @@ def plot_gain_by(table: pd.DataFrame, key: str = "method") -> plt.Figure:
     return fig
 
 
-def plot_kept_vs_beta(table: pd.DataFrame, key: str = "sampling.beta") -> plt.Figure:
-    """Kept-step fraction (%) against ``sampling.beta``, one line per setting of the other keys."""
+def plot_kept_vs_beta(table: pd.DataFrame, key: str = "selection.beta") -> plt.Figure:
+    """Kept-step fraction (%) against the effective ``selection.beta``, one line per setting of the other keys."""
     fig, axes = _axes(1, f"kept steps vs {key}")
     ax = axes[0]
     for label, part in _series(table, key):
@@ -617,7 +637,7 @@ def plot_gain_per_run(runs: pd.DataFrame) -> plt.Figure:
 
 def make_plots(runs: pd.DataFrame, table: pd.DataFrame, keys: list[str]) -> dict[str, plt.Figure]:
     """Every plot that applies, by file stem: ``gain_vs_<key>`` per numeric varying key,
-    ``gain_by_<key>`` per other varying key (``method``...), ``kept_vs_sampling.beta`` when beta
+    ``gain_by_<key>`` per other varying key (``method``...), ``kept_vs_selection.beta`` when beta
     varies, and ``gain_per_run`` when no key varies. Empty when no run has a tuned-vs-base gain."""
     figures: dict[str, plt.Figure] = {}
     has_gain = any(table[c].notna().any() for c in table.columns if c.startswith("gain/"))
@@ -625,7 +645,7 @@ def make_plots(runs: pd.DataFrame, table: pd.DataFrame, keys: list[str]) -> dict
         numeric = _is_numeric(table[key])
         if has_gain:
             figures[f"gain_{'vs' if numeric else 'by'}_{key}"] = (plot_gain_vs if numeric else plot_gain_by)(table, key)
-        if key == "sampling.beta" and numeric and table["kept_pct"].notna().any():
+        if key == "selection.beta" and numeric and table["kept_pct"].notna().any():
             figures[f"kept_vs_{key}"] = plot_kept_vs_beta(table, key)
     if has_gain and not keys:
         figures["gain_per_run"] = plot_gain_per_run(runs)

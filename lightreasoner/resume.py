@@ -32,15 +32,16 @@ from .trace_cache import canonical_json
 
 __all__ = ["TRAINING_GROUPS", "training_identity", "StageRecord"]
 
-TRAINING_GROUPS = ("model_pair", "dataset", "sampling", "method", "distill", "peft", "optimizer", "scheduler", "demo", "seed")
+TRAINING_GROUPS = ("model_pair", "dataset", "sampling", "selection", "method", "distill", "peft", "optimizer", "scheduler", "demo", "seed")
 """Config nodes whose values determine the fine-tune (``trainer`` adds its optimisation keys)."""
 
 TRAINER_KEYS = ("max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision")
 """``trainer`` keys that change the fine-tune (placement, logging and progress bars do not)."""
 
 
-UNHASHED = {"distill": ("checkpoint_every",)}
-"""Keys of :data:`TRAINING_GROUPS` that change no result (how often the fine-tune checkpoints)."""
+UNHASHED = {"distill": ("checkpoint_every",), "demo": ("use_shipped",)}
+"""Keys of :data:`TRAINING_GROUPS` that change no result (how often the fine-tune checkpoints;
+whether the demo's default pair was installed from the package or built: the same pair)."""
 
 BUILD_NODES = {
     ("distill", "module"): "lightreasoner.distill.DistillModule",
@@ -74,6 +75,37 @@ def training_identity(cfg: Any) -> tuple[str, dict]:
     trainer = cfg.get("trainer") or {}
     d["trainer"] = {k: to_plain(trainer.get(k)) for k in TRAINER_KEYS}
     d = _normalise_paths(d)
+    return _sha(d), d
+
+
+LIGHTREASONER = "lightreasoner.methods.lightreasoner.LightReasoner"
+SELECTION_DEFAULTS_BEFORE = {"beta": 0.4, "alpha": 0.2}
+"""``sampling.beta`` / ``alpha`` as the ablation presets left them before issue 30."""
+
+
+def legacy_identity(cfg: Any) -> tuple[str, dict]:
+    """The identity a run with these settings had before step selection had one home (issue 30):
+    ``beta`` / ``alpha`` / ``first_step`` under ``sampling``, the LightReasoner ablations as
+    ``method`` fields (``target``, ``steps``, ``beta``, ``alpha``), the ``selection`` group not
+    hashed. A run recorded then still resumes (:class:`StageRecord` accepts either identity)."""
+    _, d = training_identity(cfg)
+    sel = d.pop("selection", None)
+    if not isinstance(sel, dict):  # no selection group: nothing moved
+        return _sha(d), d
+    sampling = dict(d.get("sampling") or {})
+    for k in ("beta", "alpha", "first_step"):
+        sampling[k] = sel.get(k)
+    method = d.get("method")
+    if isinstance(method, dict) and method.get("_target_") == LIGHTREASONER:
+        method = dict(method)
+        rule = sel.get("rule", "kl")
+        method.update(target=sel.get("target", "contrast"), steps=rule if rule in ("random", "answer_span") else "kl",
+                      beta=None, alpha=None)
+        if method.get("name") == "no_selection":
+            method["beta"], sampling["beta"] = sel.get("beta"), SELECTION_DEFAULTS_BEFORE["beta"]
+        if method.get("name") == "no_tail":
+            method["alpha"], sampling["alpha"] = "alpha_min", SELECTION_DEFAULTS_BEFORE["alpha"]
+    d["sampling"], d["method"] = sampling, method
     return _sha(d), d
 
 
@@ -141,6 +173,7 @@ class StageRecord:
     def __init__(self, out_dir: Path, cfg: Any) -> None:
         self.path = Path(out_dir) / self.FILE
         self.sha, self.settings = training_identity(cfg)
+        legacy_sha, legacy = legacy_identity(cfg)
         self.data: dict = {}
         if self.path.is_file():
             try:
@@ -149,8 +182,9 @@ class StageRecord:
                 raise ValueError(f"run_name: {self.path} is not valid JSON ({err}); delete it to retrain") from err
             stored = _normalise_paths(self.data.get("training_settings") or {})
             # a record written before paths were normalised matches when its settings do, normalised
-            if self.data.get("training_sha") != self.sha and _sha(stored) != self.sha:
-                changed = _diff(stored, self.settings)
+            known = {self.sha, legacy_sha}  # a record made before issue 30 has the legacy layout
+            if self.data.get("training_sha") not in known and _sha(stored) not in known:
+                changed = _diff(stored, self.settings if "selection" in stored else legacy)
                 raise ValueError(
                     f"run_name: {self.path.parent} was trained with other settings (changed: "
                     f"{', '.join(changed[:8]) or 'unknown'}); rerun with the original settings, or choose another run_name"

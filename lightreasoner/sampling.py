@@ -41,14 +41,12 @@ from .models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
 from .pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur
 from .prompts import SAMPLING_SYSTEM, encode_prompts
 from .records import SCORED_TRACE_KEYS, Problem
-from .selection import SelectionSettings
 from .trace_cache import TraceCache, trace_key, trace_key_fields
 
 log = logging.getLogger(__name__)
 
-SELECTION_KEYS = ("beta", "alpha", "first_step")
-"""Keys of the ``sampling`` config group applied when the traces are read
-(:class:`~lightreasoner.selection.SelectionSettings`); :meth:`SamplingSettings.from_cfg` ignores them."""
+MOVED_TO_SELECTION = ("beta", "alpha", "first_step")
+"""Keys the ``sampling`` group held before step selection had one home (``selection.*``)."""
 
 
 @dataclass
@@ -87,15 +85,15 @@ class SamplingSettings:
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "SamplingSettings":
-        """Build from a ``sampling`` config mapping (selection keys are ignored) and validate."""
+        """Build from a ``sampling`` config mapping and validate (the selection keys live in ``selection``)."""
         if isinstance(cfg, SamplingSettings):
             cfg.validate()
             return cfg
         d = dict(cfg or {})
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known - set(SELECTION_KEYS))
+        unknown = sorted(set(d) - known - set(MOVED_TO_SELECTION))  # those are not read here (validation names their home)
         if unknown:
-            raise ValueError(f"sampling: unknown field(s) {unknown}; expected some of {sorted(known | set(SELECTION_KEYS))}")
+            raise ValueError(f"sampling: unknown field(s) {unknown}; expected some of {sorted(known)}")
         settings = cls(**{k: v for k, v in d.items() if k in known})
         settings.validate()
         return settings
@@ -564,7 +562,6 @@ def run_sampling(
     """
     cfg = dict(sampling_cfg) if not isinstance(sampling_cfg, SamplingSettings) else dataclass_dict(sampling_cfg)
     settings = SamplingSettings.from_cfg(cfg)
-    SelectionSettings.from_cfg(cfg, alpha_min=settings.alpha_min)
     batch_size = settings.batch_size
     expert, amateur = ModelSpec.from_any(expert), ModelSpec.from_any(amateur)
     problems = list(problems)

@@ -1,32 +1,31 @@
-"""Read-time selection: beta, alpha and the first eligible step applied to scored traces.
+"""Step selection, in one home: the ``selection`` config group applied to scored traces at read time.
 
 :func:`select` turns scored traces (``docs/DESIGN.md``; from :mod:`trace_cache`) into
-:class:`~lightreasoner.records.TraceSample`s: keep step ``t`` iff ``KL_t >= beta`` and
-``t >= first_step``; over the stored candidates apply the tail filter at ``alpha`` (which must
-be ``>= alpha_min`` of the cached traces) and take the contrastive soft label
-(``contrast.soft_label``). Cheap: a beta x alpha grid never touches the models.
+:class:`~lightreasoner.records.TraceSample`s as :class:`SelectionSettings` says: a step rule from
+the registry :data:`RULES` (``kl``: ``KL_t >= beta`` from ``first_step`` on, the method;
+``top_fraction``, ``expert_entropy``, ``random``, ``answer_span``; a new rule is one function and
+:func:`register_rule`) keeps steps among the eligible ones, and each kept step gets its label
+over the plausible set at ``alpha`` (``alpha >= alpha_min`` of the cached traces): the contrast
+``softmax((log pE - log pA) / tau)`` or, ``target: expert``, the expert's own distribution, cut
+to ``top_k``. Cheap: a grid over these keys never touches the models. ``verified_only`` reads only
+traces whose final answer verifies (:func:`verify_traces`).
 
-The ``selection`` config group (:class:`SelectorSettings`) adds the rival selectors and the
-target shaping, all at read time: ``rule`` (``kl``: KL >= beta, the method; ``top_fraction``: the
-highest-KL share of each trace's eligible steps; ``expert_entropy``: the steps where the expert's
-own entropy is high, no amateur), ``match_count`` (every rule keeps exactly beta's count),
-``verified_only`` (only traces whose final answer verifies against the gold,
-:func:`verify_traces`), ``tau`` (a temperature on the contrast) and ``top_k`` (soft labels cut to
-their k best candidates). The defaults select and label exactly as the method does.
-
-Also: :func:`export_samples` / :func:`import_samples` for the published samples format
-(JSON Lines: ``prompt_id`` = the question text, ``step``, ``prefix``, ``tokens``,
-``token_ids``, ``weights``, ``kl_divergence``; one row per kept step).
+Also: the selection statistics (:func:`selection_stats`, :func:`kept_step_profile`, with the
+final-answer span of :func:`answer_span_step`), and :func:`export_samples` /
+:func:`import_samples` for the published samples format (JSON Lines: ``prompt_id`` = the
+question text, ``step``, ``prefix``, ``tokens``, ``token_ids``, ``weights``, ``kl_divergence``;
+one row per kept step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 
 from . import contrast
 from .answers import extract_answer, is_equivalent
-from .config import settings_from_cfg
+from .config import to_plain
 from .files import atomic_write_bytes
 from .prompts import SAMPLING_SYSTEM, chat_prompt
 from .records import Problem, TraceSample
@@ -48,100 +47,101 @@ EXPORT_FIELDS = ("prompt_id", "step", "prefix", "tokens", "token_ids", "weights"
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    """The read-time keys of the ``sampling`` config group (they never change the scored traces)."""
+    """The ``selection`` config group (``conf/selection/``), the one home of step selection:
+    which steps of the cached scored traces are kept and how their soft labels are shaped, all at
+    read time (a grid over these keys never re-runs the models). Checked once, here. The rules
+    are a registry (:data:`RULES`, :func:`register_rule`); the defaults are the method: keep
+    ``KL_t >= beta`` from ``first_step`` on, label ``softmax(log pE - log pA)`` over the plausible
+    set ``{v : pE(v) >= alpha * max pE}``."""
 
     beta: float = 0.4
-    """Keep step t iff ``KL_t >= beta`` (published 0.4; 0 keeps every eligible step)."""
+    """Keep step t iff ``KL_t >= beta`` (published 0.4; 0 keeps every eligible step: the paper's
+    *no step selection*). The ``kl`` rule's threshold; ``random`` and ``match_count`` take its count."""
     alpha: float = 0.2
-    """Tail filter: candidates with ``pE >= alpha * max pE`` (published 0.2); ``0 <= alpha <= 1``
-    and at least the cached traces' ``alpha_min``, except ``0`` (the paper's "no tail filter"),
-    which means the widest set the cache holds: ``alpha_min``, at most ``max_candidates`` per step."""
+    """Plausible set: candidates with ``pE >= alpha * max pE`` (published 0.2); ``0 < alpha <= 1``
+    and at least the cached traces' ``sampling.alpha_min``, or ``0`` (the paper's *no tail
+    filter*): the widest set the cache holds (``alpha_min``, at most ``max_candidates`` per step)."""
     first_step: int = 1
     """First eligible step (the published code never keeps step 0)."""
-
-    KEYS = ("beta", "alpha", "first_step")
+    rule: str = "kl"
+    """Which steps are kept (:data:`RULES`): ``kl``: ``KL_t >= beta`` (the method);
+    ``top_fraction``: in every trace, the ``fraction`` of its eligible steps with the highest KL;
+    ``expert_entropy``: the steps whose expert entropy is at least ``entropy_min`` (no amateur);
+    ``random``: per trace as many steps as ``kl`` keeps, at positions drawn uniformly (seeded by
+    the run's seed and the problem id) among the eligible ones (*random steps*); ``answer_span``:
+    every eligible step of the trace's final-answer span, no KL threshold (*format only*).
+    Eligible: ``t >= first_step`` with a non-empty plausible set."""
+    fraction: float = 0.2
+    """``top_fraction``: share of each trace's eligible steps kept, ``0 < fraction <= 1``."""
+    entropy_min: float = 1.0
+    """``expert_entropy``: keep the steps with expert entropy ``>= entropy_min`` (nats, ``>= 0``)."""
+    match_count: bool = False
+    """``top_fraction`` / ``expert_entropy`` keep exactly as many steps as ``kl`` keeps at
+    ``beta`` over the same traces (``fraction`` / ``entropy_min`` unused)."""
+    verified_only: bool = False
+    """Only traces whose final answer verifies against the gold answer (any rule)."""
+    target: str = "contrast"
+    """Label shaping (:data:`TARGETS`): ``contrast``, ``softmax((log pE - log pA) / tau)`` over the
+    plausible set (the method); ``expert``, the expert's own ``softmax(log pE / tau)`` there (*no contrast*)."""
+    gamma: float = 1.0
+    """Contrast strength (``>= 0``): the label is ``softmax((log pE - gamma * log pA) / tau)``
+    over the plausible set; 0 is ``no_contrast`` (the expert renormalised), 1 the published
+    label, above 1 extrapolates away from the amateur. Read time: no re-sampling."""
+    tau: float = 1.0
+    """Temperature of the label (> 0; 1 is the method)."""
+    top_k: int | None = None
+    """Labels cut to their ``top_k`` largest weights, renormalised (>= 1; null: all of the plausible set)."""
+    junk_pe: float = 0.01
+    """A candidate is implausible to the expert when its ``pE`` is below this (``0 < junk_pe < 1``):
+    the selection statistics' ``junk_rate`` (and the drift guard's, which reads this key)."""
 
     @classmethod
-    def from_cfg(cls, cfg: Mapping | None, alpha_min: float | None = None) -> "SelectionSettings":
-        """From a ``sampling`` mapping (other keys ignored), validated against ``alpha_min``."""
-        d = {k: v for k, v in dict(cfg or {}).items() if k in cls.KEYS}
-        if d.get("alpha") == 0 and not isinstance(d.get("alpha"), bool):
+    def from_cfg(cls, cfg: Mapping | Any | None, alpha_min: float | None = None) -> "SelectionSettings":
+        """From a ``selection`` mapping, validated (against the cached traces' ``alpha_min`` when
+        given); ``alpha = 0`` becomes ``alpha_min``. One ``ValueError`` naming the first bad key."""
+        if isinstance(cfg, SelectionSettings):
+            settings = cfg
+        else:
+            d = dict(to_plain(cfg) or {})
+            known = set(cls.__dataclass_fields__)
+            unknown = sorted(set(d) - known)
+            if unknown:
+                raise ValueError(f"selection: unknown field(s) {unknown}; expected some of {sorted(known)}")
+            settings = cls(**d)
+        return settings.resolved(alpha_min)
+
+    def resolved(self, alpha_min: float | None = None) -> "SelectionSettings":
+        """Validated, with ``alpha = 0`` (no tail filter) resolved to ``alpha_min``."""
+        if self.alpha == 0 and not isinstance(self.alpha, bool) and isinstance(self.alpha, (int, float)):
             if alpha_min is None:
-                raise ValueError("sampling.alpha=0 (no tail filter) needs the scored traces' sampling.alpha_min")
-            log.info(
-                "sampling.alpha=0 (no tail filter): the widest candidate set the traces hold, pE >= %s * max pE, "
-                "at most sampling.max_candidates per step; a lower sampling.alpha_min (a re-score) widens it", alpha_min,
-            )
-            d["alpha"] = float(alpha_min)
-        settings = cls(**d)
+                raise ValueError("selection.alpha=0 (no tail filter) needs the scored traces' sampling.alpha_min")
+            log.info("selection.alpha=0 (no tail filter): the widest candidate set the traces hold, pE >= %s * max pE", alpha_min)
+            settings = dataclasses.replace(self, alpha=float(alpha_min))
+        else:
+            settings = self
         settings.validate(alpha_min)
         return settings
 
     def validate(self, alpha_min: float | None = None) -> None:
-        """One ``ValueError`` naming the first invalid field (``sampling.beta`` / ``alpha`` / ``first_step``)."""
-        beta, alpha, first_step = self.beta, self.alpha, self.first_step
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"sampling.beta: expected a number >= 0 (0 keeps every step), got {beta!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < alpha <= 1):
-            raise ValueError(f"sampling.alpha: expected 0 < alpha <= 1, got {alpha!r}")
-        if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
-            raise ValueError(f"sampling.first_step: expected an integer >= 0, got {first_step!r}")
-        if alpha_min is not None and alpha < alpha_min - 1e-12:
-            raise ValueError(
-                f"sampling.alpha={alpha} is below alpha_min={alpha_min} of the cached scored traces: candidates with "
-                f"pE < alpha_min * max pE were not stored. Re-score with sampling.alpha_min <= {alpha} "
-                "(a new trace-cache key; the models run again), or use alpha >= alpha_min"
-            )
+        """One ``ValueError`` naming the first invalid field (``selection.<key>``)."""
 
-
-RULES = ("kl", "top_fraction", "expert_entropy")
-"""``selection.rule``: which steps of a trace are trained (see :class:`SelectorSettings`)."""
-
-
-@dataclass(frozen=True)
-class SelectorSettings:
-    """The ``selection`` config group (``conf/selection/``): which steps are kept and how their
-    soft labels are shaped, applied at read time over the cached scored traces (never re-runs
-    the models). Each rule reports its kept count next to beta's (``kl_kept_steps``)."""
-
-    rule: str = "kl"
-    """``kl``: ``KL_t >= sampling.beta`` (the method). ``top_fraction``: in every trace, the
-    ``fraction`` of its eligible steps with the highest KL (so easy and hard traces contribute
-    alike). ``expert_entropy``: the steps whose expert entropy is at least ``entropy_min``: the
-    expert's own uncertainty, no amateur (entropy estimated from the stored candidates,
-    :func:`~lightreasoner.contrast.candidate_entropy`). Eligible: ``t >= sampling.first_step``
-    and a non-empty tail set."""
-    fraction: float = 0.2
-    """``top_fraction``: share of each trace's eligible steps kept, ``0 < fraction <= 1``
-    (``floor(fraction * n + 1/2)`` of ``n``); the published beta keeps about 20% on GSM8K."""
-    entropy_min: float = 1.0
-    """``expert_entropy``: keep the steps with expert entropy ``>= entropy_min`` (nats, ``>= 0``)."""
-    match_count: bool = False
-    """Keep exactly as many steps as ``kl`` keeps at ``sampling.beta`` over the same traces:
-    ``top_fraction`` shares them among the traces in proportion to their eligible steps,
-    ``expert_entropy`` takes the most uncertain ones; ``fraction`` / ``entropy_min`` are then
-    unused. Compares the rules' choice of steps at an equal budget."""
-    verified_only: bool = False
-    """Only traces whose final answer verifies against the gold answer (any rule; a trace cut
-    off at ``sampling.max_new_tokens`` has no final answer and does not verify), the way
-    rejection sampling and Rho-1 trust only clean data (:func:`verify_traces`)."""
-    tau: float = 1.0
-    """Temperature on the contrast: ``softmax((log pE - log pA) / tau)`` over ``V_t`` (> 0; 1 is
-    the method; ``no_contrast``: ``softmax(log pE / tau)``)."""
-    top_k: int | None = None
-    """Soft labels cut to their ``top_k`` largest weights, renormalised (>= 1; null: all of ``V_t``)."""
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping | Any | None) -> "SelectorSettings":
-        """From a ``selection`` mapping; one ``ValueError`` naming the first invalid key."""
-        return settings_from_cfg(cls, cfg, "selection")
-
-    def validate(self) -> None:
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+        if not number(self.beta) or self.beta < 0:
+            raise ValueError(f"selection.beta: expected a number >= 0 (0 keeps every step), got {self.beta!r}")
+        if not number(self.alpha) or not (0 < self.alpha <= 1):
+            raise ValueError(f"selection.alpha: expected 0 < alpha <= 1 (or 0: no tail filter), got {self.alpha!r}")
+        if isinstance(self.first_step, bool) or not isinstance(self.first_step, int) or self.first_step < 0:
+            raise ValueError(f"selection.first_step: expected an integer >= 0, got {self.first_step!r}")
+        if alpha_min is not None and self.alpha < alpha_min - 1e-12:
+            raise ValueError(
+                f"selection.alpha={self.alpha} is below alpha_min={alpha_min} of the cached scored traces: candidates with "
+                f"pE < alpha_min * max pE were not stored. Re-score with sampling.alpha_min <= {self.alpha} "
+                "(a new trace-cache key; the models run again), or use alpha >= alpha_min"
+            )
         if self.rule not in RULES:
-            raise ValueError(f"selection.rule: expected one of {list(RULES)}, got {self.rule!r}")
+            raise ValueError(f"selection.rule: expected one of {sorted(RULES)}, got {self.rule!r}")
         if not number(self.fraction) or not 0 < self.fraction <= 1:
             raise ValueError(f"selection.fraction: expected 0 < fraction <= 1, got {self.fraction!r}")
         if not number(self.entropy_min) or self.entropy_min < 0:
@@ -149,10 +149,20 @@ class SelectorSettings:
         for name in ("match_count", "verified_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"selection.{name}: expected true or false, got {getattr(self, name)!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"selection.target: expected one of {list(TARGETS)}, got {self.target!r}")
+        if not number(self.gamma) or self.gamma < 0:
+            raise ValueError(f"selection.gamma: expected a number >= 0 (0: no contrast, 1: the method), got {self.gamma!r}")
         if not number(self.tau) or self.tau <= 0:
             raise ValueError(f"selection.tau: expected a number > 0, got {self.tau!r}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"selection.top_k: expected an integer >= 1 or null, got {self.top_k!r}")
+        if not number(self.junk_pe) or not 0 < self.junk_pe < 1:
+            raise ValueError(f"selection.junk_pe: expected 0 < junk_pe < 1, got {self.junk_pe!r}")
+
+
+SelectorSettings = SelectionSettings
+"""The former name of the ``selection`` group's class (one class now)."""
 
 
 def verify_traces(records: Sequence[Mapping], problems: Sequence[Problem], tokenizer, timeout_s: float = 5.0) -> dict[str, bool]:
@@ -178,13 +188,8 @@ def verify_traces(records: Sequence[Mapping], problems: Sequence[Problem], token
 
 
 TARGETS = ("contrast", "expert")
-"""``contrast``: softmax(log pE - log pA) over V_t (the method); ``expert``: the expert's own
-distribution over V_t, renormalised (the *no contrast* ablation)."""
-STEP_RULES = ("kl", "random", "answer_span")
-"""``kl``: the steps with KL >= beta (the method); ``random``: as many steps per trace as
-``kl`` keeps, drawn uniformly among the eligible ones (the *random steps* ablation);
-``answer_span``: every eligible step inside the trace's final-answer span, no KL threshold
-(:func:`answer_span_step`; the *format only* control)."""
+"""``selection.target``: ``contrast``: softmax(log pE - log pA) over V_t (the method); ``expert``:
+the expert's own distribution over V_t, renormalised (the *no contrast* ablation)."""
 
 ANSWER_CUES = ("\\boxed{", "The answer is", "the answer is", "The final answer is", "the final answer is", "Answer:")
 """What opens a final answer in a trace (case-sensitive, matched in the decoded text)."""
@@ -246,13 +251,14 @@ def answer_span_starts(records: Sequence[Mapping], tokenizer) -> dict[str, int |
 
 
 def _label(
-    rec: Mapping, t: int, alpha: float, target: str, tau: float = 1.0, top_k: int | None = None
+    rec: Mapping, t: int, alpha: float, target: str, tau: float = 1.0, top_k: int | None = None, gamma: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate ids and weights (zeros dropped) of step ``t``'s training target."""
     off = rec["cand_offsets"]
     a, b = int(off[t]), int(off[t + 1])
     if target == "contrast":
-        w = contrast.soft_label(rec["cand_logp_e"][a:b], rec["cand_logp_a"][a:b], rec["max_logp_e"][t], alpha, tau=tau, top_k=top_k)
+        w = contrast.soft_label(rec["cand_logp_e"][a:b], rec["cand_logp_a"][a:b], rec["max_logp_e"][t], alpha, tau=tau,
+                                top_k=top_k, gamma=gamma)
     else:
         w = contrast.expert_label(rec["cand_logp_e"][a:b], rec["max_logp_e"][t], alpha, tau=tau, top_k=top_k)
     nz = w > 0
@@ -302,75 +308,147 @@ def _step_generator(seed: int, problem_id: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(h[:15], 16))
 
 
+@dataclass
+class RuleContext:
+    """What a step rule may read beside the traces and the settings."""
+
+    kl_chosen: list[list[int]]
+    """Per trace, the steps the ``kl`` rule keeps at ``beta`` (steps with a label only)."""
+    seed: int = 0
+    """The run's seed (``random``)."""
+    span_starts: Mapping[str, int | None] | None = None
+    """Problem id -> first step of its final-answer span (``answer_span``; :func:`answer_span_starts`)."""
+
+    @property
+    def kl_count(self) -> int:
+        return sum(len(c) for c in self.kl_chosen)
+
+
+StepRule = Callable[[Sequence[Mapping], list[torch.Tensor], SelectionSettings, RuleContext], list[list[int]]]
+"""A step rule: ``(records, eligible, settings, context) -> kept steps per trace`` (step order).
+``eligible[i]`` is trace i's bool ``[T]`` mask (:func:`eligible_steps`: ``t >= first_step`` with a
+non-empty plausible set at ``alpha``); a rule keeps eligible steps only."""
+
+RULES: dict[str, StepRule] = {}
+"""``selection.rule`` -> its function. A new rule is one function and :func:`register_rule`."""
+
+
+def register_rule(name: str) -> Callable[[StepRule], StepRule]:
+    """Decorator: register a :data:`StepRule` as ``selection.rule=<name>``."""
+
+    def add(fn: StepRule) -> StepRule:
+        RULES[name] = fn
+        return fn
+
+    return add
+
+
+@register_rule("kl")
+def kl_rule(records, eligible, settings, ctx):
+    """The method: ``KL_t >= beta``."""
+    return ctx.kl_chosen
+
+
+@register_rule("top_fraction")
+def top_fraction_rule(records, eligible, settings, ctx):
+    """The highest-KL ``fraction`` of each trace's eligible steps (``match_count``: beta's count, shared out)."""
+    sizes = torch.tensor([int(e.sum()) for e in eligible], dtype=torch.long)
+    quota = contrast.apportion(ctx.kl_count, sizes) if settings.match_count else contrast.fraction_quota(sizes, settings.fraction)
+    return [contrast.top_steps(rec["kl"].float().masked_fill(~e, float("-inf")), int(k)).tolist()
+            for rec, e, k in zip(records, eligible, quota.tolist())]
+
+
+@register_rule("expert_entropy")
+def expert_entropy_rule(records, eligible, settings, ctx):
+    """Expert entropy ``>= entropy_min`` (``match_count``: beta's count of the most uncertain steps)."""
+    scores = [step_entropy(rec).masked_fill(~e, float("-inf")) for rec, e in zip(records, eligible)]
+    if not settings.match_count:
+        return [(h >= settings.entropy_min).nonzero().flatten().tolist() for h in scores]
+    if not scores:
+        return []
+    flat = torch.cat(scores)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[contrast.top_steps(flat, ctx.kl_count)] = True  # ties: the earlier trace, then the earlier step
+    out, start = [], 0
+    for h in scores:
+        out.append(keep[start : start + h.numel()].nonzero().flatten().tolist())
+        start += h.numel()
+    return out
+
+
+@register_rule("random")
+def random_rule(records, eligible, settings, ctx):
+    """Per trace, ``kl``'s count at uniformly drawn eligible steps (seeded by seed and problem id)."""
+    return [contrast.random_steps(e, len(k), _step_generator(ctx.seed, str(rec["problem_id"]))).tolist() if k else []
+            for rec, e, k in zip(records, eligible, ctx.kl_chosen)]
+
+
+@register_rule("answer_span")
+def answer_span_rule(records, eligible, settings, ctx):
+    """Every eligible step from the trace's final-answer span start on (no KL threshold)."""
+    if ctx.span_starts is None:
+        raise ValueError("selection.rule=answer_span: needs the traces' answer spans (answer_span_starts)")
+    out = []
+    for rec, e in zip(records, eligible):
+        start = ctx.span_starts.get(str(rec["problem_id"]))
+        out.append([] if start is None else [t for t in e.nonzero().flatten().tolist() if t >= start])
+    return out
+
+
 def select(
     records: Sequence[Mapping],
-    beta: float,
-    alpha: float,
-    first_step: int = 1,
+    beta: float | None = None,
+    alpha: float | None = None,
+    first_step: int | None = None,
     alpha_min: float | None = None,
-    target: str = "contrast",
-    steps: str = "kl",
+    target: str | None = None,
+    steps: str | None = None,
     seed: int = 0,
-    selector: SelectorSettings | None = None,
+    selector: SelectionSettings | None = None,
     verified: Mapping[str, bool] | None = None,
     report: dict | None = None,
     span_starts: Mapping[str, int | None] | None = None,
 ) -> list[TraceSample]:
     """Scored traces -> TraceSamples (one per trace with at least one kept step, input order).
 
-    ``alpha_min`` is the cached traces' (``TraceCache.alpha_min``); ``alpha`` below it is an
-    error. A kept step whose tail set is empty (the expert's mode lies outside the shared ids)
-    has no target and is dropped. ``target`` (:data:`TARGETS`) and ``steps`` (:data:`STEP_RULES`)
-    choose the ablations; ``steps="random"`` draws, per trace, exactly as many steps as the rule
-    keeps, uniformly among the eligible steps that have a target, from a generator seeded by
-    ``seed`` and the problem id (reproducible, independent of trace order).
-    ``steps="answer_span"`` keeps, per trace, every step ``t >= max(first_step, span_starts[id])``
-    that has a target (no KL threshold, the rule not consulted); ``span_starts`` maps problem id
-    -> :func:`answer_span_step` (None: no cue, nothing kept).
-
-    ``selector`` (:class:`SelectorSettings`, default: the method's ``kl`` rule, plain labels)
-    picks the rule and shapes the labels; with ``selector.verified_only`` only the traces that
-    ``verified`` maps to True are read (:func:`verify_traces`). ``report``, when given, receives
-    the counts that go with the samples' own (:func:`selection_stats`): ``rule``,
-    ``kl_kept_steps`` (what ``kl`` at ``beta`` keeps over the same traces, the count
-    ``match_count`` matches), ``traces_read`` and, with ``verified_only``, ``traces_verified``.
+    ``selector`` (:class:`SelectionSettings`; default: the method) chooses the rule and shapes the
+    labels; ``beta``, ``alpha``, ``first_step``, ``target`` and ``steps`` (a rule name; ``kl``
+    leaves ``selector.rule`` as it is), when given, replace its fields. ``alpha_min`` is the
+    cached traces' (``TraceCache.alpha_min``); ``alpha`` below it is an error. A kept step whose
+    plausible set is empty has no target and is never kept. With ``verified_only`` only the traces
+    that ``verified`` maps to True are read (:func:`verify_traces`); ``span_starts`` feeds the
+    ``answer_span`` rule. ``report``, when given, receives ``rule``, ``kl_kept_steps`` (what
+    ``kl`` at ``beta`` keeps over the same traces), ``traces_read`` and, with
+    ``verified_only``, ``traces_verified``.
     """
-    SelectionSettings(beta, alpha, first_step).validate(alpha_min)
-    if target not in TARGETS:
-        raise ValueError(f"method.target: expected one of {list(TARGETS)}, got {target!r}")
-    if steps not in STEP_RULES:
-        raise ValueError(f"method.steps: expected one of {list(STEP_RULES)}, got {steps!r}")
-    if steps == "answer_span" and span_starts is None:
-        raise ValueError("method.steps=answer_span: needs the traces' answer spans (answer_span_starts)")
-    sel = selector if selector is not None else SelectorSettings()
-    sel.validate()
+    sel = selector if selector is not None else SelectionSettings()
+    changes = {k: v for k, v in (("beta", beta), ("alpha", alpha), ("first_step", first_step), ("target", target)) if v is not None}
+    if steps is not None and steps != "kl":
+        changes["rule"] = steps
+    if changes or selector is None or sel.alpha == 0:  # settings made here; a caller's are resolved already
+        sel = dataclasses.replace(sel, **changes).resolved(alpha_min)
     if sel.verified_only:
         if verified is None:
             raise ValueError("selection.verified_only: needs the traces' verification (verify_traces)")
         records = [r for r in records if verified.get(str(r["problem_id"]), False)]
     # the kl rule's choice (the method), per trace: KL >= beta among steps that have a target
     kl_chosen = [
-        [t for t in contrast.keep_steps(rec["kl"].float(), beta, first_step).nonzero().flatten().tolist() if _has_label(rec, t, alpha)]
+        [t for t in contrast.keep_steps(rec["kl"].float(), sel.beta, sel.first_step).nonzero().flatten().tolist()
+         if _has_label(rec, t, sel.alpha)]
         for rec in records
     ]
-    kl_count = sum(len(c) for c in kl_chosen)
+    ctx = RuleContext(kl_chosen=kl_chosen, seed=int(seed), span_starts=span_starts)
     if sel.rule == "kl":
         chosen_all = kl_chosen
     else:
-        eligible = [eligible_steps(rec, alpha, first_step) for rec in records]
-        chosen_all = _rule_choice(records, eligible, sel, kl_count)
+        eligible = [eligible_steps(rec, sel.alpha, sel.first_step) for rec in records]
+        chosen_all = RULES[sel.rule](records, eligible, sel, ctx)
     out: list[TraceSample] = []
     for rec, chosen in zip(records, chosen_all):
-        kl = rec["kl"].float()
-        if steps == "random" and chosen:
-            eligible_t = torch.tensor([t >= first_step and _has_label(rec, t, alpha) for t in range(kl.numel())])
-            chosen = contrast.random_steps(eligible_t, len(chosen), _step_generator(seed, str(rec["problem_id"]))).tolist()
-        elif steps == "answer_span":
-            start = span_starts.get(str(rec["problem_id"]))
-            chosen = [] if start is None else [t for t in range(max(start, first_step), kl.numel()) if _has_label(rec, t, alpha)]
         if not chosen:
             continue
-        labels = [_label(rec, t, alpha, target, sel.tau, sel.top_k) for t in chosen]
+        kl = rec["kl"].float()
+        labels = [_label(rec, t, sel.alpha, sel.target, sel.tau, sel.top_k, sel.gamma) for t in chosen]
         steps_t = torch.tensor(chosen, dtype=torch.long)
         prompt = rec["prompt_ids"].long()
         positions = steps_t + len(prompt) - 1
@@ -387,34 +465,9 @@ def select(
             )
         )
     if report is not None:
-        report.update(rule=sel.rule, kl_kept_steps=kl_count, traces_read=len(records))
+        report.update(rule=sel.rule, kl_kept_steps=ctx.kl_count, traces_read=len(records))
         if sel.verified_only:
             report["traces_verified"] = len(records)
-    return out
-
-
-def _rule_choice(records: Sequence[Mapping], eligible: list[torch.Tensor], sel: SelectorSettings, kl_count: int) -> list[list[int]]:
-    """Per trace, the steps the ``top_fraction`` or ``expert_entropy`` rule keeps (step order)."""
-    if sel.rule == "top_fraction":
-        sizes = torch.tensor([int(e.sum()) for e in eligible], dtype=torch.long)
-        quota = contrast.apportion(kl_count, sizes) if sel.match_count else contrast.fraction_quota(sizes, sel.fraction)
-        return [
-            contrast.top_steps(rec["kl"].float().masked_fill(~e, float("-inf")), int(k)).tolist()
-            for rec, e, k in zip(records, eligible, quota.tolist())
-        ]
-    # expert_entropy: one threshold over all traces (like beta), or beta's count of the highest
-    scores = [step_entropy(rec).masked_fill(~e, float("-inf")) for rec, e in zip(records, eligible)]
-    if not sel.match_count:
-        return [(h >= sel.entropy_min).nonzero().flatten().tolist() for h in scores]
-    if not scores:
-        return []
-    flat = torch.cat(scores)
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    keep[contrast.top_steps(flat, kl_count)] = True  # ties: the earlier trace, then the earlier step
-    out, start = [], 0
-    for h in scores:
-        out.append(keep[start : start + h.numel()].nonzero().flatten().tolist())
-        start += h.numel()
     return out
 
 

@@ -420,7 +420,7 @@ class TraceCache:
         traces); ``run_info`` (what this run sampled and what it cost) is appended to ``runs``.
         """
         if stats is None:
-            stats = scored_trace_stats(self.read_all(), float(config.get("beta", 0.4)), int(config.get("first_step", 1)))
+            stats = scored_trace_stats(self.read_all())
         old = self.manifest
         index = self.index()
         for name, (sig, problem) in sorted(self.damaged.items()):
@@ -477,19 +477,25 @@ def _to_cpu(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- statistics
-def scored_trace_stats(records: Sequence[Mapping], beta: float, first_step: int) -> dict:
-    """The manifest's statistics of scored traces: counts, KL quantiles, kept-step fractions, and
-    for a cross-tokenizer pair (records with ``aligned_mass``) its coverage
-    (:func:`lightreasoner.alignment.coverage`)."""
+REFERENCE_SELECTION = {"beta": 0.4, "first_step": 1}
+"""Where the manifest measures what depends on a selection (the cross-tokenizer coverage at kept
+steps): the published beta, fixed, never a job's own (a run records its own in its summary)."""
+
+
+def scored_trace_stats(records: Sequence[Mapping]) -> dict:
+    """The manifest's statistics of scored traces, independent of any job's selection: counts,
+    KL quantiles, the kept-step fraction as a curve over :data:`MANIFEST_BETAS` (from step 1),
+    and for a cross-tokenizer pair (records with ``aligned_mass``) its coverage
+    (:func:`lightreasoner.alignment.coverage`) at :data:`REFERENCE_SELECTION`."""
+    first = REFERENCE_SELECTION["first_step"]
     stats = {
         "counts": trace_counts(records),
         "kl": kl_statistics(records),
-        "kept_step_fraction": kept_fraction(records, beta, first_step),
-        "kept_step_fraction_by_beta": {str(b): kept_fraction(records, b, first_step) for b in MANIFEST_BETAS},
-        "selection": {"beta": beta, "first_step": first_step},
+        "kept_step_fraction_by_beta": {str(b): kept_fraction(records, b, first) for b in MANIFEST_BETAS},
     }
     if records and all(alignment.ALIGNMENT_KEYS[0] in r for r in records):
-        stats["coverage"] = alignment.coverage(records, beta, first_step)
+        stats["coverage"] = alignment.coverage(records, REFERENCE_SELECTION["beta"], first)
+        stats["coverage_selection"] = dict(REFERENCE_SELECTION)
     return stats
 
 

@@ -40,6 +40,11 @@ def validate(cfg: DictConfig):
     The checks that need no torch come first (:func:`validate_light`), so the commonest mistakes
     are answered before the group settings classes import torch and Lightning."""
     validate_light(cfg)
+    from lightreasoner.selection import SelectionSettings  # torch only: the commonest keys are answered before Lightning loads
+
+    alpha_min = cfg.sampling.get("alpha_min")
+    numeric_min = isinstance(alpha_min, (int, float)) and not isinstance(alpha_min, bool) and 0 < alpha_min <= 1
+    SelectionSettings.from_cfg(cfg.get("selection"), alpha_min=float(alpha_min) if numeric_min else None)  # checked here only
     from lightreasoner.benchmarks import check_dataset_config
     from lightreasoner.distill import DistillSettings, check_callbacks, check_optimizer, check_scheduler, check_trainer, lora_config
     from lightreasoner.drift import DriftSettings
@@ -48,23 +53,22 @@ def validate(cfg: DictConfig):
     from lightreasoner.methods import build_method
     from lightreasoner.models import pair_specs
     from lightreasoner.pairs import validate_pair
-    from lightreasoner.sampling import SamplingSettings
-    from lightreasoner.selection import SelectionSettings, SelectorSettings
+    from lightreasoner.sampling import MOVED_TO_SELECTION, SamplingSettings
 
     if cfg.get("demo") is not None:
         from lightreasoner.demo.pair import DemoConfig
 
         DemoConfig.from_any(cfg.demo)
-    sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
-    SelectionSettings.from_cfg(to_plain(cfg.sampling), alpha_min=sampling.alpha_min)
+    moved = [k for k in MOVED_TO_SELECTION if k in (cfg.sampling or {})]
+    if moved:
+        raise ValueError(f"sampling.{moved[0]}: moved to selection.{moved[0]} (step selection has one home: the selection group)")
+    SamplingSettings.from_cfg(to_plain(cfg.sampling))
     distill = DistillSettings.from_cfg(cfg.distill)
-    SelectorSettings.from_cfg(cfg.get("selection"))
     DriftSettings.from_cfg(cfg.get("drift"))
     EvalSettings.from_cfg(cfg.eval)
     lora_config(cfg.peft)
     method = build_method(cfg)
-    if distill.loss == "reverse_kl" and method.name == "sft":
-        raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
+    method.check(cfg)  # the method's own checks against the rest of the config
     check_scheduler(cfg.scheduler)
     check_callbacks(cfg.get("callbacks"))
     check_optimizer(cfg.optimizer)

@@ -113,22 +113,22 @@ def make_fake_sweep(root: Path) -> Path:
     sweep.mkdir(parents=True)
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({
         "hydra": {"mode": "MULTIRUN", "sweep": {"dir": CLUSTER_DIR, "subdir": "${hydra.job.num}"},
-                  "sweeper": {"params": {"sampling.beta": "0.0,0.4", "sampling.alpha": "0.1,0.2", "seed": "0,1"}}},
+                  "sweeper": {"params": {"selection.beta": "0.0,0.4", "selection.alpha": "0.1,0.2", "seed": "0,1"}}},
         "seed": 0,
     }))
     jobs = [(b, a, s) for b in BETAS for a in ALPHAS for s in SEEDS]
     for job, (beta, alpha, seed) in enumerate(jobs):
         write_run(sweep / str(job), composed_config(beta, alpha, seed, job),
-                  [f"sampling.beta={beta}", f"sampling.alpha={alpha}", f"seed={seed}"], summary(beta, alpha, seed))
+                  [f"selection.beta={beta}", f"selection.alpha={alpha}", f"seed={seed}"], summary(beta, alpha, seed))
     job = len(jobs)
     f = FAILED
     write_run(sweep / str(job), composed_config(f["beta"], f["alpha"], f["seed"], job),
-              [f"sampling.beta={f['beta']}", f"sampling.alpha={f['alpha']}", f"seed={f['seed']}"],
+              [f"selection.beta={f['beta']}", f"selection.alpha={f['alpha']}", f"seed={f['seed']}"],
               {"status": "failed", "error": f["error"], "stage": "all", "seed": f["seed"], "selection": None,
                "results": None, "comparisons": None, "tuned_tokens": None, "wall_s": {"prepare": 0.5}})
     u = UNFINISHED
     write_run(sweep / str(job + 1), composed_config(u["beta"], u["alpha"], u["seed"], job + 1),
-              [f"sampling.beta={u['beta']}", f"sampling.alpha={u['alpha']}", f"seed={u['seed']}"], None)
+              [f"selection.beta={u['beta']}", f"selection.alpha={u['alpha']}", f"seed={u['seed']}"], None)
     return sweep
 
 

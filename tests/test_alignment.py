@@ -295,7 +295,11 @@ def test_manifest_reports_coverage_and_the_floor_fails_with_one_line(cross_pair,
     cov = cache.manifest["coverage"]
     assert cov["steps"] == 8 and cov["steps_scored"] == 6
     assert cov["steps_scored_fraction"] == pytest.approx(6 / 8)
-    assert 0 < cov["aligned_mass_kept"] <= 1 and cov["kept_steps"] == 6
+    # kept steps at the manifest's fixed reference selection (beta 0.4 from step 1), never a job's own
+    assert cache.manifest["coverage_selection"] == {"beta": 0.4, "first_step": 1}
+    from lightreasoner import alignment
+
+    assert cov == alignment.coverage(cache.read_all(), 0.4, 1) and 0 < cov["aligned_mass_kept"] <= 1
     assert cache.fields["pair"] == {"alignment": "string"}
     recs = cache.read_all()
     assert all("aligned_mass" in r for r in recs)

@@ -74,12 +74,12 @@ CONFIG_CASES = [
     (["seed=abc"], (), ValueError, r"^seed: expected an integer, got 'abc'$"),
     (["+bogus=1"], (), ValueError, r"^unknown top-level key\(s\) \['bogus'\]; expected some of \["),
     # sampling (SamplingSettings / SelectionSettings)
-    (["sampling.beta=-1"], (), ValueError, r"^sampling\.beta: expected a number >= 0"),
-    (["sampling.beta=nan"], (), ValueError, r"^sampling\.beta: expected a number >= 0"),
-    (["sampling.beta=abc"], (), ValueError, r"^sampling\.beta: expected a number >= 0 .*got 'abc'$"),
-    (["sampling.alpha=1.5"], (), ValueError, r"^sampling\.alpha: expected 0 < alpha <= 1, got 1\.5$"),
-    (["sampling.alpha=0.001"], (), ValueError, r"^sampling\.alpha=0\.001 is below alpha_min=0\.01"),
-    (["sampling.first_step=1.5"], (), ValueError, r"^sampling\.first_step: expected an integer >= 0, got 1\.5$"),
+    (["selection.beta=-1"], (), ValueError, r"^selection\.beta: expected a number >= 0"),
+    (["selection.beta=nan"], (), ValueError, r"^selection\.beta: expected a number >= 0"),
+    (["selection.beta=abc"], (), ValueError, r"^selection\.beta: expected a number >= 0 .*got 'abc'$"),
+    (["selection.alpha=1.5"], (), ValueError, r"^selection\.alpha: expected 0 < alpha <= 1 \(or 0: no tail filter\), got 1\.5$"),
+    (["selection.alpha=0.001"], (), ValueError, r"^selection\.alpha=0\.001 is below alpha_min=0\.01"),
+    (["selection.first_step=1.5"], (), ValueError, r"^selection\.first_step: expected an integer >= 0, got 1\.5$"),
     (["sampling.max_new_tokens=0"], (), ValueError, r"^sampling\.max_new_tokens: expected an integer >= 1, got 0$"),
     (["sampling.temperature=0"], (), ValueError, r"^sampling\.temperature: expected a number > 0"),
     (["sampling.top_p=2"], (), ValueError, r"^sampling\.top_p: expected 0 < top_p <= 1"),
@@ -121,10 +121,10 @@ CONFIG_CASES = [
     (["trainer.devices=0"], (), ValueError, r"^trainer\.devices: expected an integer >= 1"),
     (["+trainer.bogus=1"], (), ValueError, r"^trainer: unknown field\(s\) \['bogus'\]"),
     # method (built from its _target_, validated in __post_init__)
-    (["method.target=nope"], (), ValueError, r"^method\.target: expected one of \['contrast', 'expert'\], got 'nope'$"),
-    (["method.beta=-1"], (), ValueError, r"^method\.beta: expected a number >= 0 or null, got -1$"),
-    (["method.alpha=2"], (), ValueError, r"^method\.alpha: expected a number 0 <= alpha <= 1"),
     (["+method.bogus=1"], (), ValueError, r"^method: unknown field\(s\) \['bogus'\]; expected some of"),
+    (["selection.target=nope"], (), ValueError, r"^selection\.target: expected one of \['contrast', 'expert'\], got 'nope'$"),
+    (["selection.rule=nope"], (), ValueError, r"^selection\.rule: expected one of \['answer_span', 'expert_entropy', 'kl', 'random', 'top_fraction'\], got 'nope'$"),
+    (["selection.junk_pe=1"], (), ValueError, r"^selection\.junk_pe: expected 0 < junk_pe < 1, got 1$"),
     (["method.samples_per_problem=0"], ("method=sft",), ValueError, r"^method\.samples_per_problem: expected an integer >= 1"),
     (["method._target_=nope.Nope"], (), ValueError, r"^method\._target_: cannot import 'nope\.Nope'$"),
     # generation
@@ -202,7 +202,7 @@ def test_tuned_directory_that_is_not_a_model(tmp_path):
         (["model_pair=nope"], r"^model_pair=nope: no such option \(conf/model_pair/nope\.yaml\); expected one of \['coder_cpu', "),
         (["-m", "dataset=gsm8k,gsm9k"], r"^dataset=gsm9k: no such option"),
         (["+sweep=grid"], r"^sweep=grid: no such option"),
-        (["experiment=coder_cpu", "sampling.beta=0.2"], None),
+        (["experiment=coder_cpu", "selection.beta=0.2"], None),
         (["hydra/launcher=basic", "model_pair=demo"], None),
     ],
 )
@@ -404,7 +404,7 @@ def test_command_line_prints_one_error_line_exits_2_and_writes_nothing_half_done
         "group": (["model_pair=nope"], r"^error: model_pair=nope: no such option \(conf/model_pair/nope\.yaml\); expected one of \["),
         "cache": ([f"paths.cache_dir={tmp_path / 'not-a-dir' / 'cache'}"],
                   r"^error: paths\.cache_dir: expected a directory, but '.*not-a-dir' is a file$"),
-        "typo": (["sampling.betta=0.3"], r"^error: sampling\.betta: no such key \(did you mean sampling\.beta\?\); to add a new key on purpose write \+sampling\.betta=0\.3$"),
+        "typo": (["selection.betta=0.3"], r"^error: selection\.betta: no such key \(did you mean selection\.beta\?\); to add a new key on purpose write \+selection\.betta=0\.3$"),
         "demo": (["model_pair=qwen25_math_1.5b", "trainer=gpu"], r"^error: model_pair: 'qwen2\.5-math-1\.5b_vs_qwen2\.5-0\.5b' is not the demo's pair, but experiment=demo \(the default\)"),
     }
     procs = {}

@@ -27,8 +27,10 @@ def test_split_argv_separates_overrides_from_hydra_flags():
 
 
 def test_a_mistyped_key_is_one_line_with_the_key_it_meant():
-    with pytest.raises(PreflightError, match=r"^sampling\.betta: no such key \(did you mean sampling\.beta\?\); to add a new key on purpose write \+sampling\.betta=0\.3$"):
-        check_jobs(["sampling.betta=0.3"])
+    with pytest.raises(PreflightError, match=r"^selection\.betta: no such key \(did you mean selection\.beta\?\); to add a new key on purpose write \+selection\.betta=0\.3$"):
+        check_jobs(["selection.betta=0.3"])
+    with pytest.raises(PreflightError, match=r"^sampling\.beta: moved to selection\.beta; write selection\.beta=0\.6$"):
+        check_jobs(["sampling.beta=0.6"])  # an old spelling names the key's one home
     with pytest.raises(PreflightError, match=r"^optimizer\.learning_rate: no such key \(did you mean optimizer\.lr\?\)"):
         check_jobs(["optimizer.learning_rate=1e-4"])
     assert suggest("trainer.max_step", ["trainer.max_steps", "trainer.devices"]) == " (did you mean trainer.max_steps?)"
@@ -36,18 +38,18 @@ def test_a_mistyped_key_is_one_line_with_the_key_it_meant():
 
 def test_a_sweep_value_without_multirun_says_to_add_m():
     with pytest.raises(PreflightError, match=r"-m"):
-        check_jobs(["sampling.beta=0.2,0.4"])
+        check_jobs(["selection.beta=0.2,0.4"])
 
 
 def test_a_multirun_is_previewed_job_by_job_without_running(capsys):
-    assert preflight(["-m", "sampling.beta=0.2,0.4", "seed=0,1", "--cfg", "job"]) == 0
+    assert preflight(["-m", "selection.beta=0.2,0.4", "seed=0,1", "--cfg", "job"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "4 job(s):"
     assert sorted(line.split(": ", 1)[1] for line in out[1:]) == sorted(
-        f"sampling.beta={b} seed={s}" for b in ("0.2", "0.4") for s in ("0", "1"))
-    assert preflight(["-m", "sampling.beta=0.2,-1", "--jobs"]) == 2  # the bad job is named
+        f"selection.beta={b} seed={s}" for b in ("0.2", "0.4") for s in ("0", "1"))
+    assert preflight(["-m", "selection.beta=0.2,-1", "--jobs"]) == 2  # the bad job is named
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: job 1 (sampling.beta=-1): sampling.beta: expected a number >= 0")
+    assert len(err) == 1 and err[0].startswith("error: job 1 (selection.beta=-1): selection.beta: expected a number >= 0")
 
 
 def test_the_amateurs_sweep_runs_the_papers_pair_with_three_different_amateurs():
@@ -114,6 +116,6 @@ def test_the_command_line_answers_before_the_heavy_imports(tmp_path):
             "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
             "except SystemExit as e:\n    rc = e.code\n"
             "print('lightning' in sys.modules, rc, file=sys.stderr)\n")
-    for args, rc in ((["--cfg", "job"], 0), (["sampling.betta=1"], 2), (["model_pair=coder_cpu"], 2), (["eval.models=[tunned]"], 2)):
+    for args, rc in ((["--cfg", "job"], 0), (["selection.betta=1"], 2), (["model_pair=coder_cpu"], 2), (["eval.models=[tunned]"], 2)):
         p = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert p.stderr.strip().splitlines()[-1] == f"False {rc}", (args, p.stderr[-1500:])

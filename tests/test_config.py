@@ -58,7 +58,7 @@ def test_every_experiment_preset_validates_and_instantiates(experiment, tiny_pai
 
     # each group's settings class accepts the group as composed
     sampling = SamplingSettings.from_cfg(OmegaConf.to_container(cfg.sampling))
-    SelectionSettings.from_cfg(OmegaConf.to_container(cfg.sampling), alpha_min=sampling.alpha_min)
+    SelectionSettings.from_cfg(OmegaConf.to_container(cfg.selection), alpha_min=sampling.alpha_min)
     DistillSettings.from_cfg(cfg.distill)
     EvalSettings.from_cfg(cfg.eval)
     expert, amateur = pair_specs(cfg)

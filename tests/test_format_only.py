@@ -131,7 +131,7 @@ def test_kept_in_answer_span_by_hand():
 def test_shrunken_demo_multirun_with_format_only(tmp_path):
     sweep = tmp_path / "multirun"
     args = [sys.executable, str(REPO / "train.py"), "-m", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
-            "method=lightreasoner,format_only", *SHRUNKEN_DEMO, "sampling.beta=0.0"]
+            "method=lightreasoner,format_only", *SHRUNKEN_DEMO, "selection.beta=0.0"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900, env={**os.environ}, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summaries = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}

@@ -59,7 +59,7 @@ def test_amateur_labels():
 
 def test_gap_table_and_best_settings(tmp_path):
     runs = load_runs(make_gap_grid(tmp_path))
-    table = gap_table(runs, ["method.name", "sampling.beta", "sampling.alpha"])
+    table = gap_table(runs, ["method.name", "selection.beta", "selection.alpha"])
     gaps = table.groupby("amateur")["gap"].first()
     assert gaps["trained amateur"] == pytest.approx(21.0) and gaps["expert_step300"] == pytest.approx(6.0)
     assert table["amateur"].iloc[0] == "trained amateur"  # widest gap first

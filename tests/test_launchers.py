@@ -18,7 +18,7 @@ from lightreasoner.trace_cache import TraceCache
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-SMALL = [*SHRUNKEN_DEMO, "sampling.beta=0.005", "logger=none", "trainer.enable_progress_bar=false"]
+SMALL = [*SHRUNKEN_DEMO, "selection.beta=0.005", "logger=none", "trainer.enable_progress_bar=false"]
 
 
 def _train(tmp: Path, *args: str) -> subprocess.CompletedProcess:

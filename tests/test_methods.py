@@ -19,7 +19,7 @@ from _tiny_pair import build_pair, problems
 from lightreasoner import contrast
 from lightreasoner.generation import GenerationSettings, HFEngine
 from lightreasoner.generation.contrastive import ContrastiveDecodingEngine
-from lightreasoner.methods.lightreasoner import LightReasoner
+from lightreasoner.methods import build_method
 from lightreasoner.methods.sft import RejectionSFT, sample_solutions, solution_samples
 from lightreasoner.models import ModelSpec
 from lightreasoner.prompts import encode_prompts
@@ -81,13 +81,27 @@ def test_no_contrast_trains_towards_the_experts_renormalised_distribution(record
     assert any(not torch.allclose(x, y) for o, l in zip(ours, lr) for x, y in zip(o.target_w, l.target_w) if x.shape == y.shape)
 
 
-def test_no_selection_and_no_tail_override_beta_and_alpha():
-    m = LightReasoner(name="no_selection", beta=0.0)
-    assert m.selection_settings({"beta": 0.4, "alpha": 0.2}, alpha_min=0.01).beta == 0.0
-    m = LightReasoner(name="no_tail", alpha="alpha_min")
-    assert m.selection_settings({"beta": 0.4, "alpha": 0.2}, alpha_min=0.01).alpha == 0.01
-    with pytest.raises(ValueError, match="method.target"):
-        LightReasoner(target="nope")
+def test_the_ablations_are_presets_over_the_selection_group():
+    """method=no_selection / no_tail / random_steps / no_contrast / format_only: LightReasoner with
+    a conf/selection/ preset applied (issue 30), named after the ablation; the same keys alone
+    (selection=<preset>) keep the method's name."""
+    from lightreasoner.cli import Composer
+    from lightreasoner.selection import SelectionSettings
+
+    expected = {"no_selection": {"beta": 0.0}, "no_tail": {"alpha": 0}, "random_steps": {"rule": "random"},
+                "no_contrast": {"target": "expert"}, "format_only": {"rule": "answer_span"}}
+    composer = Composer()
+    try:
+        for name, keys in expected.items():
+            for argv, method_name in (([f"method={name}"], name), ([f"selection={name}"], "lightreasoner")):
+                cfg = composer.compose(argv)
+                assert cfg.method.name == method_name and type(build_method(cfg)).__name__ == "LightReasoner"
+                for k, v in keys.items():
+                    assert cfg.selection[k] == v, (argv, k)
+        no_tail = composer.compose(["method=no_tail"])
+        assert SelectionSettings.from_cfg(no_tail.selection, alpha_min=0.01).alpha == 0.01  # 0: the widest set the cache holds
+    finally:
+        composer.close()
 
 
 def test_sft_trains_only_on_verified_solutions_with_loss_on_every_token(pair, tmp_path, monkeypatch):
@@ -163,7 +177,7 @@ def test_contrastive_decoding_equals_a_step_by_step_reference_and_greedy_with_a_
 def test_shrunken_demo_grid_over_methods_writes_every_summary_with_efficiency(tmp_path):
     sweep = tmp_path / "multirun"
     args = [sys.executable, str(REPO / "train.py"), "-m", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
-            "method=lightreasoner,sft,random_steps,no_contrast,contrastive_decoding", *SHRUNKEN_DEMO, "sampling.beta=0.0"]
+            "method=lightreasoner,sft,random_steps,no_contrast,contrastive_decoding", *SHRUNKEN_DEMO, "selection.beta=0.0"]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-4000:]
     summaries = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}

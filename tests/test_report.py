@@ -23,9 +23,9 @@ def test_load_runs_lists_every_run_and_finds_the_varying_keys(fake_sweep):  # no
     assert len(runs) == 10
     assert runs["status"].value_counts().to_dict() == {"finished": 8, "failed": 1, "unfinished": 1}
     failed = runs[runs["status"] == "failed"].iloc[0]
-    assert failed["error"] == FAILED["error"] and failed["overrides"] == "sampling.beta=0.4 sampling.alpha=0.2 seed=2"
-    assert report.varying_keys(runs) == ["sampling.beta", "sampling.alpha"]
-    assert report.varying_keys(runs, exclude=()) == ["sampling.beta", "sampling.alpha", "seed"]
+    assert failed["error"] == FAILED["error"] and failed["overrides"] == "selection.beta=0.4 selection.alpha=0.2 seed=2"
+    assert report.varying_keys(runs) == ["selection.beta", "selection.alpha"]
+    assert report.varying_keys(runs, exclude=()) == ["selection.beta", "selection.alpha", "seed"]
     # interpolations stay text; lists compare by their string form
     assert runs["paths.output_dir"].iloc[0] == "${hydra:runtime.output_dir}"
     assert runs["eval.models"].iloc[0] == '["base", "tuned", "amateur"]'
@@ -39,11 +39,11 @@ def test_aggregate_averages_seeds_per_setting(fake_sweep):  # noqa: F811
     table = report.aggregate(runs, report.varying_keys(runs))
     assert len(table) == 4
     grid = [[0.0, 0.1], [0.0, 0.2], [0.4, 0.1], [0.4, 0.2]]
-    assert table[["sampling.beta", "sampling.alpha"]].values.tolist() == grid
+    assert table[["selection.beta", "selection.alpha"]].values.tolist() == grid
     assert table["seeds"].tolist() == [2, 2, 2, 2]
     assert table["not_finished"].tolist() == [1, 0, 0, 1]
     for _, row in table.iterrows():
-        gain = GAIN_PP[(row["sampling.beta"], row["sampling.alpha"])]
+        gain = GAIN_PP[(row["selection.beta"], row["selection.alpha"])]
         assert row["acc/base/demo"] == pytest.approx(41.0)  # (40 + 42) / 2
         assert row["acc_lo/base/demo"] == pytest.approx(40.0) and row["acc_hi/base/demo"] == pytest.approx(42.0)
         assert row["acc/tuned/demo"] == pytest.approx(41.0 + gain)
@@ -51,13 +51,13 @@ def test_aggregate_averages_seeds_per_setting(fake_sweep):  # noqa: F811
         assert (row["gain_lo/demo"], row["gain_hi/demo"]) == pytest.approx((gain - 1, gain + 1))
         assert row["gain/svamp"] == pytest.approx(0.0)
         assert row["acc/amateur/demo"] == pytest.approx(20.0)
-        assert row["kept_pct"] == pytest.approx(100.0 if row["sampling.beta"] == 0.0 else 37.5)
-        assert row["tuned_tokens"] == pytest.approx(10000 if row["sampling.beta"] == 0.0 else 4500)
+        assert row["kept_pct"] == pytest.approx(100.0 if row["selection.beta"] == 0.0 else 37.5)
+        assert row["tuned_tokens"] == pytest.approx(10000 if row["selection.beta"] == 0.0 else 4500)
         assert row["wall_s"] == pytest.approx(20.5)
     shown = report.format_table(table)
     assert shown.loc[3, "demo gain pp"] == "+3.0 (+2.0..+4.0)"
     assert shown.loc[0, "demo base %"] == "41.0 (40.0..42.0)"
-    assert list(shown.columns[:4]) == ["sampling.beta", "sampling.alpha", "seeds", "not finished"]
+    assert list(shown.columns[:4]) == ["selection.beta", "selection.alpha", "seeds", "not finished"]
 
 
 def test_write_report_writes_table_runs_plots_and_failures(fake_sweep):  # noqa: F811
@@ -75,11 +75,11 @@ def test_write_report_writes_table_runs_plots_and_failures(fake_sweep):  # noqa:
     assert "## Failed or unfinished runs" in md
     failures = md.split("## Failed or unfinished runs")[1]
     assert "| 8 " in failures and "| 9 " in failures and FAILED["error"] in failures and "unfinished" in failures
-    assert "min..max" in md and "`sampling.beta`, `sampling.alpha`" in md
+    assert "min..max" in md and "`selection.beta`, `selection.alpha`" in md
     header, rule = [line for line in md.splitlines() if line.startswith("|")][:2]
     assert "demo gain pp" in header and set(rule) <= set("|:-")
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
-    assert "gain_vs_sampling.beta.png" in pngs and "kept_vs_sampling.beta.png" in pngs
+    assert "gain_vs_selection.beta.png" in pngs and "kept_vs_selection.beta.png" in pngs
     assert all((out_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert all(f"({p})" in md for p in pngs)
 
@@ -87,7 +87,7 @@ def test_write_report_writes_table_runs_plots_and_failures(fake_sweep):  # noqa:
 def test_cli_prints_the_table_and_writes_to_out(fake_sweep, tmp_path, capsys):  # noqa: F811
     assert report.main([str(fake_sweep), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("10 runs (8 finished, 1 failed, 1 unfinished); varying: sampling.beta, sampling.alpha")
+    assert out.startswith("10 runs (8 finished, 1 failed, 1 unfinished); varying: selection.beta, selection.alpha")
     assert "+3.0 (+2.0..+4.0)" in out and "Failed or unfinished runs" in out
     assert (tmp_path / "rep" / "report.md").is_file()
 
@@ -165,19 +165,19 @@ def test_single_run_and_sample_only_runs(tmp_path):
 
 def test_unreadable_runs_are_listed_not_compared(tmp_path):
     for job, beta in enumerate((0.0, 0.4)):
-        write_run(tmp_path / "sweep" / str(job), composed_config(beta, 0.2, 0, job), [f"sampling.beta={beta}"],
+        write_run(tmp_path / "sweep" / str(job), composed_config(beta, 0.2, 0, job), [f"selection.beta={beta}"],
                   summary(beta, 0.2, 0))
     (tmp_path / "sweep" / "1" / "summary.json").write_text('{"status": "fini')  # truncated copy
-    write_run(tmp_path / "sweep" / "2", {}, ["sampling.beta=0.8"], None)
+    write_run(tmp_path / "sweep" / "2", {}, ["selection.beta=0.8"], None)
     (tmp_path / "sweep" / "2" / ".hydra" / "config.yaml").write_text("sampling: [beta: 0.8\n")
     out = report.write_report(tmp_path / "sweep")
     runs = out["runs"]
     assert runs["status"].tolist() == ["finished", "unreadable", "unreadable"]
     assert runs["error"].iloc[1].startswith("summary.json: JSONDecodeError")
     assert runs["error"].iloc[2].startswith(".hydra: ")
-    assert out["keys"] == ["sampling.beta"]  # the run without a config does not make every key vary
+    assert out["keys"] == ["selection.beta"]  # the run without a config does not make every key vary
     md = (tmp_path / "sweep" / "report" / "report.md").read_text().split("## Failed or unfinished runs")[1]
-    assert "| 1 " in md and "| 2 " in md and "sampling.beta=0.8" in md
+    assert "| 1 " in md and "| 2 " in md and "selection.beta=0.8" in md
 
 
 def _eval_rows(run_dir, model, bench, verdicts, engine="vllm", outputs=None):
@@ -235,3 +235,17 @@ def test_head_to_head_pools_benchmarks_and_compares_any_two_models(tmp_path, cap
     assert report.main(["--head-to-head", str(run), str(run), "--models", "base", "amateur"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no benchmark evaluated for model 'base' in the first and 'amateur' in the second" in err[0]
+
+
+def test_the_report_reads_the_effective_selection_a_run_used():
+    """Issue 30: a run's beta/alpha columns are the values its selection used (summary.json), under
+    ``selection.*`` even for runs made when they were ``sampling.*`` keys: an old
+    ``method=no_selection`` run configured at 0.4 ran at 0 and is plotted there."""
+    from lightreasoner.report import effective_selection
+
+    old = {"sampling.beta": 0.4, "sampling.alpha": 0.2, "method.name": "no_selection"}
+    got = effective_selection(old, {"beta": 0.0, "alpha": 0.2, "selection": {"beta": 0.0, "alpha": 0.2}})
+    assert got == {"selection.beta": 0.0, "selection.alpha": 0.2, "method.name": "no_selection"}
+    new = {"selection.beta": 0.4, "selection.alpha": 0}
+    assert effective_selection(new, {"selection": {"beta": 0.4, "alpha": 0.01}})["selection.alpha"] == 0.01
+    assert effective_selection(new, None) == new  # an unfinished run: its config as it is

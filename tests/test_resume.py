@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from lightreasoner.config import run_dir_name
 
 REPO = Path(__file__).resolve().parents[1]
-DRILL = [*SHRUNKEN_DEMO, "sampling.beta=0.005", "trainer.max_steps=60", "distill.steps_per_batch=4", "peft.dropout=0.1", "logger=none",
+DRILL = [*SHRUNKEN_DEMO, "selection.beta=0.005", "trainer.max_steps=60", "distill.steps_per_batch=4", "peft.dropout=0.1", "logger=none",
          "eval.batch_size=2", "trainer.enable_progress_bar=false"]
 
 
@@ -97,9 +97,9 @@ def test_kill_during_evaluation_keeps_finished_problems_and_the_report(drills):
 
 
 def test_rerunning_a_name_with_other_training_settings_is_one_clear_error(drills):
-    proc = subprocess.run(_cmd(drills, "run_name=full", "sampling.beta=0.9"), capture_output=True, text=True, cwd=drills, timeout=300)
+    proc = subprocess.run(_cmd(drills, "run_name=full", "selection.beta=0.9"), capture_output=True, text=True, cwd=drills, timeout=300)
     assert proc.returncode == 2
-    assert "run_name:" in proc.stderr and "sampling.beta" in proc.stderr and "Traceback" not in proc.stderr
+    assert "run_name:" in proc.stderr and "selection.beta" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_run_carried_in_a_bundle_resumes_in_a_fresh_session(tmp_path, monkeypatch):
@@ -220,3 +220,33 @@ def test_training_identity_does_not_depend_on_how_a_path_is_spelled(tmp_path):
     assert StageRecord(tmp_path, plain).done("distill") == {"x": 1}
     with pytest.raises(ValueError, match=r"was trained with other settings \(changed: dataset\.files\.train\)"):
         StageRecord(tmp_path, cfg("/work/other/data/train.jsonl"))
+
+
+def test_a_run_recorded_before_selection_had_one_home_still_resumes(tmp_path):
+    """Issue 30 moved beta/alpha/first_step to the selection group and the ablations to its
+    presets; a stages.json written before (the legacy identity) still matches the same settings,
+    and a real change is named by its key now."""
+    from hydra import compose, initialize_config_dir
+
+    from lightreasoner.resume import StageRecord, legacy_identity, training_identity
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(conf, version_base="1.3"):
+        cfgs = {o: compose("train", overrides=[o] if o else []) for o in ("", "method=no_selection", "method=no_tail")}
+        moved = compose("train", overrides=["selection.beta=0.9"])
+    for name, cfg in cfgs.items():
+        sha, settings = legacy_identity(cfg)
+        assert settings["sampling"]["beta"] == 0.4 and "selection" not in settings
+        run = tmp_path / (name or "default")
+        run.mkdir()
+        (run / "stages.json").write_text(json.dumps({"training_sha": sha, "training_settings": settings, "stages": {}}))
+        StageRecord(run, cfg)  # accepted: the same settings, recorded in the old layout
+        assert training_identity(cfg)[0] != sha  # new records hash the selection group where it lives
+    with pytest.raises(ValueError, match=r"changed: sampling\.beta"):
+        StageRecord(tmp_path / "default", moved)  # an old record: the change named in its layout
+    new = tmp_path / "new"
+    new.mkdir()
+    sha, settings = training_identity(cfgs[""])
+    (new / "stages.json").write_text(json.dumps({"training_sha": sha, "training_settings": settings, "stages": {}}))
+    with pytest.raises(ValueError, match=r"changed: selection\.beta"):
+        StageRecord(new, moved)

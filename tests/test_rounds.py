@@ -31,7 +31,7 @@ def _cfg(tmp_path: Path, tiny_pair_dirs, *extra):
         f"model_pair.amateur.name_or_path={tiny_pair_dirs['amateur']}", "model_pair.amateur.gguf_file=null",
         "model_pair.expert.device=cpu", "model_pair.amateur.device=cpu",
         f"dataset.files.train={data / 'train.jsonl'}", f"dataset.files.test={data / 'test.jsonl'}",
-        "dataset.max_problems=4", "sampling.batch_size=4", "sampling.max_new_tokens=8", "sampling.beta=0.0",
+        "dataset.max_problems=4", "sampling.batch_size=4", "sampling.max_new_tokens=8", "selection.beta=0.0",
         "trainer.max_steps=3", "trainer.enable_checkpointing=false", "distill.steps_per_batch=8", "optimizer.lr=0.5",
         "eval.max_problems=3", "eval.max_new_tokens=8", "eval.batch_size=3",
         f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}", *extra,

@@ -86,10 +86,10 @@ def test_smaller_alpha_widens_tail_and_first_step_zero(recs):
 @pytest.mark.parametrize(
     "kw,msg",
     [
-        (dict(beta=-0.1, alpha=0.2), "sampling.beta"),
-        (dict(beta=0.4, alpha=0.0), "sampling.alpha"),
-        (dict(beta=0.4, alpha=1.01), "sampling.alpha"),
-        (dict(beta=0.4, alpha=0.2, first_step=-1), "sampling.first_step"),
+        (dict(beta=-0.1, alpha=0.2), "selection.beta"),
+        (dict(beta=0.4, alpha=-0.1), "selection.alpha"),  # (0 means no tail filter: the cache's alpha_min)
+        (dict(beta=0.4, alpha=1.01), "selection.alpha"),
+        (dict(beta=0.4, alpha=0.2, first_step=-1), "selection.first_step"),
         (dict(beta=0.4, alpha=0.05, alpha_min=0.1), r"below alpha_min=0.1 .*Re-score with sampling.alpha_min <= 0.05"),
     ],
 )

@@ -129,10 +129,12 @@ def test_verified_only_reads_only_the_verified_traces_under_any_rule(recs):
         run(recs, 0.3, verified_only=True)
 
 
-def test_random_steps_draw_each_rules_count(recs):
-    for rule in (dict(rule="top_fraction", fraction=0.5), dict(rule="expert_entropy", entropy_min=0.8)):
-        ref = select(recs, 0.4, 0.2, alpha_min=0.1, selector=SelectorSettings(**rule))
-        rnd = select(recs, 0.4, 0.2, alpha_min=0.1, steps="random", seed=3, selector=SelectorSettings(**rule))
+def test_the_random_rule_draws_the_kl_rules_count_per_trace(recs):
+    """``selection.rule=random`` (the random-steps ablation is now a rule of the registry): per
+    trace as many steps as ``kl`` keeps at beta, at seeded random eligible positions."""
+    for beta in (0.3, 0.4):
+        ref = select(recs, beta, 0.2, alpha_min=0.1)
+        rnd = select(recs, beta, 0.2, alpha_min=0.1, selector=SelectorSettings(rule="random"), seed=3)
         assert [s.num_steps for s in rnd] == [s.num_steps for s in ref]
 
 
@@ -194,7 +196,7 @@ def test_selector_by_objective_multirun_on_the_shrunken_demo(tmp_path):
     args = [sys.executable, str(REPO / "train.py"), "-m", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
             *SHRUNKEN_DEMO, "dataset.max_problems=12", "eval.max_problems=4", "eval.max_new_tokens=8", "eval.models=[tuned]",
             "trainer.max_steps=1",
-            "sampling.beta=0.005", "selection.match_count=true", "optimizer.lr=0.05",
+            "selection.beta=0.005", "selection.match_count=true", "optimizer.lr=0.05",
             "drift.enabled=true", "drift.problems=3", "drift.val_problems=2", "drift.val_max_new_tokens=8", "drift.keep_best=false",
             "drift.max_kl=0.0",
             "selection.rule=top_fraction,expert_entropy", "distill.loss=reverse_kl,jsd", "distill.jsd_beta=0.3"]
@@ -220,3 +222,27 @@ def test_selector_by_objective_multirun_on_the_shrunken_demo(tmp_path):
         settings.add((sel["rule"], loss))
     assert settings == {(r, loss) for r in ("top_fraction", "expert_entropy") for loss in ("reverse_kl", "jsd")}
     assert proc.stdout.count("BEYOND LIMIT") == 4
+
+
+def test_gamma_zero_is_no_contrast_and_gamma_one_is_the_method(recs):
+    """Issue 31's contrast-strength knob: selection.gamma scales the amateur's term; 0 gives the
+    no_contrast labels exactly, 1 the published ones, 2 extrapolates away from the amateur."""
+    no_contrast = select(recs, 0.0, 0.2, alpha_min=0.1, selector=SelectorSettings(target="expert"))
+    gamma0 = select(recs, 0.0, 0.2, alpha_min=0.1, selector=SelectorSettings(gamma=0.0))
+    method = select(recs, 0.0, 0.2, alpha_min=0.1)
+    gamma1 = select(recs, 0.0, 0.2, alpha_min=0.1, selector=SelectorSettings(gamma=1.0))
+    gamma2 = select(recs, 0.0, 0.2, alpha_min=0.1, selector=SelectorSettings(gamma=2.0))
+    for a, b in ((gamma0, no_contrast), (gamma1, method)):
+        for x, y in zip(a, b):
+            for wx, wy, ix, iy in zip(x.target_w, y.target_w, x.target_ids, y.target_ids):
+                assert torch.equal(ix, iy) and torch.allclose(wx, wy, atol=0, rtol=0)
+    # by hand: weights proportional to pE / pA**gamma over the plausible set (pE >= alpha * max pE)
+    from lightreasoner import contrast
+
+    pe, pa = torch.tensor([0.5, 0.3, 0.05]), torch.tensor([0.4, 0.1, 0.3])
+    w = contrast.soft_label(pe.log(), pa.log(), pe.log().max(), 0.2, gamma=2.0)
+    want = torch.tensor([0.5 / 0.16, 0.3 / 0.01, 0.0])
+    assert torch.allclose(w, want / want.sum(), atol=1e-6)
+    assert not torch.equal(gamma2[0].target_w[0], gamma1[0].target_w[0]) or gamma2[0].target_w[0].numel() == 1
+    with pytest.raises(ValueError, match=r"^selection\.gamma: expected a number >= 0"):
+        SelectorSettings(gamma=-1.0).validate()

@@ -41,9 +41,9 @@ def test_sweep_notebook_runs(fake_sweep, found_by, monkeypatch, capsys):  # noqa
         plt.close("all")
     out = capsys.readouterr().out
     assert f"{fake_sweep}: 10 runs" in out
-    assert "varying: ['sampling.beta', 'sampling.alpha']" in out
+    assert "varying: ['selection.beta', 'selection.alpha']" in out
     assert "+3.0 (+2.0..+4.0)" in out and "min..max" in out  # the table and its note
     assert "2 failed or unfinished runs" in out and "CUDA out of memory" in out
-    assert "mean gain (pp) on demo, rows sampling.beta, columns sampling.alpha" in out
-    assert "plots: gain_vs_sampling.beta, kept_vs_sampling.beta, gain_vs_sampling.alpha" in out
+    assert "mean gain (pp) on demo, rows selection.beta, columns selection.alpha" in out
+    assert "plots: gain_vs_selection.beta, kept_vs_selection.beta, gain_vs_selection.alpha" in out
     assert len(scope["table"]) == 4 and len(scope["per_seed"]) == 8

@@ -31,7 +31,7 @@ def _multirun(tmp_path: Path, sweep_dir: Path, *overrides: str) -> subprocess.Co
 def grid(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grid")
     sweep = tmp / "multirun"
-    proc = _multirun(tmp, sweep, "logger=wandb", "sampling.beta=0.0,0.005", "sampling.alpha=0.1,0.2")
+    proc = _multirun(tmp, sweep, "logger=wandb", "selection.beta=0.0,0.005", "selection.alpha=0.1,0.2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp, sweep
 
@@ -47,8 +47,8 @@ def test_every_job_is_its_own_wandb_run_with_its_own_config_and_summary(grid):
         summary = json.loads((job / "summary.json").read_text())
         assert summary["status"] == "finished"
         cfg = run["config"]
-        assert (cfg["sampling.beta"], cfg["sampling.alpha"]) == (summary["beta"], summary["alpha"])
-        settings.add((cfg["sampling.beta"], cfg["sampling.alpha"]))
+        assert (cfg["selection.beta"], cfg["selection.alpha"]) == (summary["beta"], summary["alpha"])
+        settings.add((cfg["selection.beta"], cfg["selection.alpha"]))
         assert run["run"]["exit_code"] == 0 and run["run"]["job_type"] == "all"
         assert run["run"]["name"] == job.name and run["run"]["group"] == runs[0]["run"]["group"]
         s = run["summary"]
@@ -66,10 +66,10 @@ def test_job_directories_stay_short_and_name_the_swept_keys(grid):
     _, sweep = grid
     names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert names == [
-        "0_sampling.alpha=0.1,sampling.beta=0.0", "1_sampling.alpha=0.2,sampling.beta=0.0",
-        "2_sampling.alpha=0.1,sampling.beta=0.005", "3_sampling.alpha=0.2,sampling.beta=0.005",
+        "0_selection.alpha=0.1,selection.beta=0.0", "1_selection.alpha=0.2,selection.beta=0.0",
+        "2_selection.alpha=0.1,selection.beta=0.005", "3_selection.alpha=0.2,selection.beta=0.005",
     ]
-    overrides = (sweep / "0_sampling.alpha=0.1,sampling.beta=0.0" / ".hydra" / "overrides.yaml").read_text()
+    overrides = (sweep / "0_selection.alpha=0.1,selection.beta=0.0" / ".hydra" / "overrides.yaml").read_text()
     assert "demo.task.train_size=120" in overrides  # the full list stays with the job
 
 
@@ -80,8 +80,8 @@ def test_the_report_has_a_row_per_setting_with_csv_markdown_and_plots(grid):
     out = sweep / "report"
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 4
-    assert {(float(r["sampling.beta"]), float(r["sampling.alpha"])) for r in rows} == {(b, a) for b in (0.0, 0.005) for a in (0.1, 0.2)}
-    assert "sampling.beta" in (out / "report.md").read_text()
+    assert {(float(r["selection.beta"]), float(r["selection.alpha"])) for r in rows} == {(b, a) for b in (0.0, 0.005) for a in (0.1, 0.2)}
+    assert "selection.beta" in (out / "report.md").read_text()
     assert list(out.glob("*.png"))
 
 
@@ -89,25 +89,25 @@ def test_a_failed_job_is_recorded_and_listed_while_the_others_finish(grid):
     tmp, _ = grid
     sweep = tmp / "failing"
     # beta=50 keeps no step: that job fails with a clear error, the other one finishes
-    proc = _multirun(tmp, sweep, "sampling.beta=0.0,50.0")
+    proc = _multirun(tmp, sweep, "selection.beta=0.0,50.0")
     assert proc.returncode != 0
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
     assert {s["status"] for s in summaries.values()} == {"finished", "failed"}
     (failed,) = [s for s in summaries.values() if s["status"] == "failed"]
-    assert "sampling.beta" in failed["error"]
+    assert "selection.beta" in failed["error"]
     proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(sweep)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (sweep / "report" / "report.md").read_text()
-    assert "Failed or unfinished runs" in md and "sampling.beta=50.0" in md
+    assert "Failed or unfinished runs" in md and "selection.beta=50.0" in md
 
 
 def test_short_names_and_swept_keys():
-    assert short_name("sampling.beta=0.4") == "sampling.beta=0.4"
+    assert short_name("selection.beta=0.4") == "selection.beta=0.4"
     long = ",".join(f"k{i}=v{i}" for i in range(40))
     assert len(short_name(long)) == 11 and short_name(long) == short_name(long)
     assert short_name("dataset.files.train=/tmp/x.jsonl").startswith("h")
-    argv = ["sampling.beta=0.2,0.4", "eval.benchmarks=[gsm8k,svamp]", "seed=range(3)", "+x=choice(a,b)", "lr=1e-3", "-m"]
-    assert swept_keys(argv) == {"sampling.beta", "seed", "x"}
+    argv = ["selection.beta=0.2,0.4", "eval.benchmarks=[gsm8k,svamp]", "seed=range(3)", "+x=choice(a,b)", "lr=1e-3", "-m"]
+    assert swept_keys(argv) == {"selection.beta", "seed", "x"}
     assert swept_keys([], {"optimizer.lr": "1e-3,1e-4"}) == {"optimizer.lr"}
 
 
@@ -117,14 +117,14 @@ def test_optuna_preset_searches_on_validation_and_returns_the_objective(grid):
 
     tmp, _ = grid
     sweep = tmp / "optuna"
-    space = '{optimizer.lr:"tag(log, interval(1e-4, 1e-2))",sampling.beta:"interval(0.0, 0.005)",sampling.alpha:"interval(0.05, 0.5)"}'
+    space = '{optimizer.lr:"tag(log, interval(1e-4, 1e-2))",selection.beta:"interval(0.0, 0.005)",selection.alpha:"interval(0.05, 0.5)"}'
     proc = _multirun(tmp, sweep, "+sweep=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.params={space}", "eval.max_problems=20")
     assert proc.returncode == 0, proc.stderr[-4000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert len(summaries) == 2 and all(s["status"] == "finished" for s in summaries)
     assert best["best_value"] == pytest.approx(max(s["objective"] for s in summaries))
-    assert 0.0 <= best["best_params"]["sampling.beta"] <= 0.005
+    assert 0.0 <= best["best_params"]["selection.beta"] <= 0.005
     for settings in sweep.glob("*/eval/*/demo.settings.json"):  # the objective never touches test
         assert json.loads(settings.read_text())["split"] == "validation"
 
@@ -143,5 +143,5 @@ def test_the_sweep_notebook_runs_on_the_real_grid(grid, monkeypatch, capsys):
     finally:
         plt.close("all")
     out = capsys.readouterr().out
-    assert f"{sweep}: 4 runs" in out and "varying: ['sampling.beta', 'sampling.alpha']" in out
+    assert f"{sweep}: 4 runs" in out and "varying: ['selection.beta', 'selection.alpha']" in out
     assert len(scope["table"]) == 4

@@ -23,7 +23,7 @@ def _compose(overrides):
         return compose("train", overrides=overrides)
 
 
-GROUPS = ["model_pair", "dataset", "sampling", "generation", "method", "distill", "peft", "optimizer", "scheduler", "trainer", "logger", "eval", "experiment"]
+GROUPS = ["model_pair", "dataset", "sampling", "selection", "generation", "method", "distill", "peft", "optimizer", "scheduler", "trainer", "logger", "eval", "experiment"]
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -38,7 +38,7 @@ def test_every_config_group_option_composes(group):
         # everything resolves; only the demo pair's directories are filled in at run time
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         assert container["model_pair"]["expert"]["name_or_path"], (group, opt)
-        assert container["sampling"]["beta"] >= 0
+        assert container["selection"]["beta"] >= 0
         if group == "experiment":  # only the demo experiment builds the demo world
             assert (cfg.get("demo") is not None) == (opt == "demo"), opt
 
@@ -64,7 +64,7 @@ def _train(tmp_path: Path, tiny_pair_dirs, *extra, run="run"):
         "model_pair.expert.device=cpu", "model_pair.amateur.device=cpu",
         f"dataset.files.train={data / 'train.jsonl'}", f"dataset.files.test={data / 'test.jsonl'}",
         "dataset.max_problems=6", "sampling.batch_size=4", "sampling.max_new_tokens=10",
-        "sampling.beta=0.0", "trainer.max_steps=2", "distill.steps_per_batch=4",
+        "selection.beta=0.0", "trainer.max_steps=2", "distill.steps_per_batch=4",
         "eval.max_problems=4", "eval.max_new_tokens=12", "eval.batch_size=4",
         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run}",
         *extra,
@@ -87,7 +87,7 @@ def test_train_py_end_to_end_then_cache_reuse(tmp_path, tiny_pair_dirs):
     shards_before = sorted(p.name for p in traces[0].rglob("*") if p.is_file())
 
     # a different beta reuses the scored traces: same single cache entry, no new shard
-    proc2 = _train(tmp_path, tiny_pair_dirs, "sampling.beta=0.05", "stage=sample", run="run2")
+    proc2 = _train(tmp_path, tiny_pair_dirs, "selection.beta=0.05", "stage=sample", run="run2")
     assert proc2.returncode == 0, proc2.stderr[-4000:]
     assert len(list((tmp_path / "cache" / "traces").iterdir())) == 1
     shards_after = sorted(p.name for p in traces[0].rglob("*") if p.is_file() and not p.name.endswith(".lock"))
@@ -101,7 +101,7 @@ def test_train_py_end_to_end_then_cache_reuse(tmp_path, tiny_pair_dirs):
     "override, field",
     [
         # through the command line (the other keys' messages: tests/test_bad_input.py, in-process)
-        ("sampling.beta=-0.1", "sampling.beta"),
+        ("selection.beta=-0.1", "selection.beta"),
         ("model_pair.expert.name_or_path=/nonexistent/model", "name_or_path"),
     ],
 )
@@ -118,7 +118,7 @@ def test_shrunken_default_demo_runs_end_to_end(tmp_path):
     """`python train.py` (experiment=demo) with the demo world shrunk through overrides."""
     args = [
         sys.executable, str(REPO / "train.py"),
-        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *SHRUNKEN_DEMO, "sampling.beta=0.0",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *SHRUNKEN_DEMO, "selection.beta=0.0",
     ]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -8,7 +8,7 @@ also list it in ``eval.models`` (``eval.models=[base,contrastive_decoding]``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from lightreasoner.models import pair_specs
 
@@ -19,9 +19,9 @@ EVAL_NAME = "contrastive_decoding"
 
 def contrastive_ref(cfg: Any, alpha: float | None = None) -> dict:
     """The ``eval.models`` entry of the run's pair decoding contrastively at ``alpha``
-    (default ``sampling.alpha``)."""
+    (default ``selection.alpha``)."""
     expert, amateur = pair_specs(cfg)
-    a = float(cfg.sampling.alpha if alpha is None else alpha)
+    a = float(cfg.selection.alpha if alpha is None else alpha)
     return {"name": EVAL_NAME, "ref": {EVAL_NAME: {"expert": expert.to_dict(), "amateur": amateur.to_dict(), "alpha": a}}}
 
 
@@ -29,14 +29,17 @@ def contrastive_ref(cfg: Any, alpha: float | None = None) -> dict:
 class ContrastiveDecoding(Method):
     """The ``contrastive_decoding`` method."""
 
+    trains: ClassVar[bool] = False
+
     name: str = EVAL_NAME
-    trains: bool = False
     alpha: float | None = None
-    """Plausibility threshold (null: ``sampling.alpha``)."""
+    """Plausibility threshold (null: ``selection.alpha``)."""
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and 0 < self.alpha <= 1):
             raise ValueError(f"method.alpha: expected 0 < alpha <= 1 or null, got {self.alpha!r}")
 
-    def eval_model(self, cfg: Any) -> dict:
-        return contrastive_ref(cfg, self.alpha)
+    def eval_models(self, cfg: Any) -> dict[str, dict]:
+        """Evaluated in place of ``tuned``, and under its own name."""
+        ref = contrastive_ref(cfg, self.alpha)
+        return {"tuned": ref, EVAL_NAME: ref}

@@ -27,15 +27,14 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from lightreasoner.answers import extract_answer, is_equivalent
-from lightreasoner.benchmarks import dataset_identity, load_problems
 from lightreasoner.generation import GenerationSettings, build_engine, engine_key
-from lightreasoner.models import ModelSpec, load_model, load_tokenizer, pair_specs
+from lightreasoner.models import ModelSpec, load_model, load_tokenizer
 from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
 from lightreasoner.records import Problem, TraceSample
 from lightreasoner.sampling import batch_seed, question_sha
 from lightreasoner.trace_cache import FORMAT_VERSION, TraceCache, canonical_json, tokenizer_fingerprint, trace_key
 
-from .base import Method
+from .base import Method, MethodInputs, TrainingData
 
 log = logging.getLogger("lightreasoner")
 
@@ -90,14 +89,16 @@ class RejectionSFT(Method):
             "seed": int(self.seed),
         }
 
-    def training_samples(self, cfg: Any, state: Any) -> None:
-        ds = cfg.dataset
-        expert, _ = pair_specs(cfg)
-        problems = load_problems(ds, split=ds.split, max_problems=ds.max_problems, shuffle=ds.shuffle, seed=cfg.seed)
-        max_new = int(self.max_new_tokens or ds.get("max_new_tokens") or 512)
+    def check(self, cfg: Any) -> None:
+        if str(cfg.distill.get("loss")) == "reverse_kl":
+            raise ValueError("distill.loss: reverse_kl gives the sft method's one-hot targets zero loss; use forward_kl or jsd")
+
+    def prepare(self, inputs: MethodInputs) -> TrainingData:
+        problems = inputs.problems
+        max_new = int(self.max_new_tokens or inputs.max_new_tokens or 512)
         cache = sample_solutions(
-            self, expert, problems, dataset_identity(ds, ds.split), Path(cfg.paths.cache_dir), max_new,
-            batch_size=int(self.batch_size or cfg.sampling.batch_size), generation=cfg.get("generation"),
+            self, inputs.expert, problems, inputs.dataset_identity, inputs.cache_dir, max_new,
+            batch_size=int(self.batch_size or inputs.sampling["batch_size"]), generation=inputs.generation,
         )
         records = cache.read([p.id for p in problems])
         samples = solution_samples(records, dedupe=self.dedupe)
@@ -108,11 +109,8 @@ class RejectionSFT(Method):
                 f"method.samples_per_problem: none of the {drawn} sampled solutions was correct; raise "
                 "method.samples_per_problem or method.temperature, or sample more problems"
             )
-        state.samples, state.sample_key = samples, cache.key
-        state.training_problems = len(problems)
-        state.sampling_cost = {**cache.recorded_cost(), "cached": not cache.sampled_now}
         steps = sum(s.num_steps for s in samples)
-        state.selection = {
+        statistics = {
             "sft_cache": str(cache.path),
             "problems": len(problems),
             "solutions_sampled": drawn,
@@ -124,7 +122,9 @@ class RejectionSFT(Method):
             "steps": sum(int(sum(x.numel() for x in r["solutions"])) for r in records),
             "mean_solution_tokens": steps / len(samples),
         }
-        log.info("sft selection: %s", json.dumps(state.selection))
+        log.info("sft selection: %s", json.dumps(statistics))
+        return TrainingData(samples=samples, sample_key=cache.key, statistics=statistics,
+                            cost={**cache.recorded_cost(), "cached": not cache.sampled_now}, training_problems=len(problems))
 
 
 def solution_samples(records: Sequence[Mapping], dedupe: bool = True) -> list[TraceSample]:
