@@ -54,6 +54,8 @@ NOT_RUN_HERE = {
 }
 
 PLACEHOLDER = re.compile(r"<[^>]+>")
+DIAGNOSE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*python -m lightreasoner\.diagnose\b")
+"""``[VAR=value ...] python -m lightreasoner.diagnose ...``: the pair diagnostic."""
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -93,6 +95,8 @@ def _kind(command: str) -> str:
         return "bench"
     if command.startswith("bash sweeps/"):
         return "sweep_script"
+    if DIAGNOSE.match(command):
+        return "diagnose"
     return "unknown"
 
 
@@ -199,6 +203,19 @@ def test_documented_bench_command_uses_real_options(command):
     script = shlex.split(command)[1]
     assert (REPO / script).is_file(), command
     _check_flags_and_paths(command, _help(script), 2)
+
+
+@pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "diagnose"}))
+def test_documented_diagnose_command_composes_and_validates(command):
+    """The diagnostic's own keys are read and checked, then every job composed and validated as
+    ``train.py`` checks its jobs (the diagnostic composes the same groups)."""
+    from lightreasoner.diagnose import split_diagnose_args
+
+    args = shlex.split(command)
+    args = args[args.index("lightreasoner.diagnose") + 1 :]
+    assert not PLACEHOLDER.search(command), command
+    rest, _ = split_diagnose_args(args)
+    assert check_jobs(rest)
 
 
 @pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "sweep_script"}))
