@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -105,6 +106,10 @@ def prepare(cfg: DictConfig) -> None:
 def distill_stage(cfg: DictConfig, state: RunState) -> None:
     """LoRA distillation at the kept steps; saves the adapter (and a merged model)."""
     settings = DistillSettings.from_cfg(cfg.distill)
+    method = state.method
+    if method is not None and method.objective and method.objective != settings.loss:  # a method that brings its own objective
+        settings = dataclasses.replace(settings, loss=method.objective)
+        settings.validate()
     expert, _ = pair_specs(cfg)
     tokenizer = load_tokenizer(expert, "model_pair.expert")
     samples = state.samples
