@@ -19,7 +19,7 @@ in the sampler's prompt, by the sampler's own scoring code path
 place of generation). The result is one scored trace per reference, so everything downstream is
 the run's code: at every position ``KL(pE||pA)``, the plausible set at ``selection.alpha``, the
 expert's pick (argmax pE over the stored candidates, i.e. over the shared ids) and the contrast's
-pick (argmax of ``selection.target``'s label, ``tau``/``top_k`` as configured); the kept
+pick (argmax of ``selection.target``'s label, ``gamma``/``tau``/``top_k`` as configured); the kept
 positions are :func:`lightreasoner.selection.select`'s (any registered rule).
 
 Reported over all scored positions and over the kept ones (:func:`position_stats`): kept
@@ -232,7 +232,7 @@ def reference_positions(records: Sequence[Mapping], sel, tokenizer, seed: int = 
         pid = str(rec["problem_id"])
         for t in range(int(rec["kl"].numel())):
             a, b = int(off[t]), int(off[t + 1])
-            label_ids, w = _label(rec, t, sel.alpha, sel.target, sel.tau, sel.top_k) if b > a else ([], [])
+            label_ids, w = _label(rec, t, sel.alpha, sel.target, sel.tau, sel.top_k, getattr(sel, "gamma", 1.0)) if b > a else ([], [])
             if len(w) == 0:
                 out.unscored += 1
                 continue
@@ -581,7 +581,7 @@ def summary_lines(report: Mapping) -> list[str]:
     lines = [
         f"pair {report['pair']} ({report['expert']} / {report['amateur']}), {report['references']} {report['dataset']} "
         f"{report['split']} references, {report['reference_tokens']} tokens; selection rule={sel['rule']} beta={sel['beta']} "
-        f"alpha={sel['alpha']} target={sel['target']} tau={sel['tau']}",
+        f"alpha={sel['alpha']} target={sel['target']} tau={sel['tau']} gamma={sel.get('gamma', 1.0)}",
         f"kept fraction {_pct(report['kept_fraction'])} ({report['kept_positions']} of {report['scored_positions']} scored positions"
         + (f"; {report['unscored_positions']} unscored" if report["unscored_positions"] else "") + ")",
     ]

@@ -89,6 +89,13 @@ def test_hand_built_picks_and_counts():
     assert pos_e.contrast == pos_e.expert
 
 
+def test_gamma_zero_is_the_expert_pick():
+    """selection.gamma=0 (no contrast): the label's argmax is the expert's pick, no flips."""
+    rec = scored_reference("demo/train/0", REFERENCE, PE, PA)
+    pos = reference_positions([rec], SelectionSettings(beta=0.4, alpha=0.2, gamma=0.0).resolved(), StubTokenizer())
+    assert pos.contrast == pos.expert == [1, 3, 5]
+
+
 def test_the_plausible_set_bounds_the_contrast_pick():
     """At alpha=0.9 only the expert's argmax is plausible: the contrast cannot flip it."""
     rec = scored_reference("demo/train/0", REFERENCE, PE, PA)
