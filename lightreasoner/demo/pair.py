@@ -44,7 +44,14 @@ from typing import Any
 import torch
 
 from lightreasoner import prompts
-from lightreasoner.demo.task import DemoProblem, TaskConfig, build_demo_tokenizer, generate_splits, write_splits
+from lightreasoner.demo.task import (
+    DemoProblem,
+    TaskConfig,
+    build_demo_tokenizer,
+    generate_splits,
+    heuristic_solutions,
+    write_splits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +167,9 @@ class DemoConfig:
             raise ValueError("demo.task: train_size must be >= 1, validation_size and test_size >= 0")
         if t.max_value < 10 or t.max_operand < 2 or t.max_factor < 2:
             raise ValueError("demo.task: need max_value >= 10, max_operand >= 2, max_factor >= 2")
+        for k in ("shared_error_rate", "amateur_error_rate"):
+            if not 0.0 <= getattr(t, k) <= 1.0:
+                raise ValueError(f"demo.task.{k}: expected a share in [0, 1], got {getattr(t, k)!r}")
         for name in ("expert", "amateur"):
             m = getattr(self, name)
             if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
@@ -189,8 +199,16 @@ class DemoConfig:
             d.pop("expert_checkpoints")
         else:
             d["expert_checkpoints"] = sorted(d["expert_checkpoints"])
+        if not self.heuristic_on:  # the positive control off: the demo keeps the key it always had
+            d["task"].pop("shared_error_rate")
+            d["task"].pop("amateur_error_rate")
         d["format_version"] = FORMAT_VERSION
         return d
+
+    @property
+    def heuristic_on(self) -> bool:
+        """The positive control's heuristic is in some member's training text (issue 31 §3)."""
+        return bool(self.task.shared_error_rate or self.task.amateur_error_rate)
 
     def key(self) -> str:
         blob = json.dumps(self.key_dict(), sort_keys=True).encode()
@@ -388,7 +406,15 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
     tokenizer = build_demo_tokenizer()
     rows = [(p.question, p.solution) for p in splits["train"]]
     examples = encode_traces(tokenizer, rows, TRAIN_SYSTEMS)
-    max_len = max(len(e["input_ids"]) for e in examples)
+    member_examples = {"expert": examples, "amateur": examples}
+    heuristic: dict[str, dict] = {}
+    if cfg.heuristic_on:  # the positive control: each member's own training text (the splits stay correct)
+        for name, rate in (("expert", cfg.task.shared_error_rate), ("amateur", cfg.task.amateur_error_rate)):
+            sols, heuristic[name] = heuristic_solutions(splits["train"], rate, cfg.task.seed, name)
+            if rate:
+                rows_m = [(p.question, s) for p, s in zip(splits["train"], sols)]
+                member_examples[name] = encode_traces(tokenizer, rows_m, TRAIN_SYSTEMS)
+    max_len = max(len(e["input_ids"]) for ex in member_examples.values() for e in ex)
     max_positions = max(256, 2 * (max_len + cfg.max_new_tokens))
     val = splits["validation"][: cfg.eval_problems]
     members: dict[str, dict] = {}
@@ -396,7 +422,7 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
         m: MemberConfig = getattr(cfg, name)
         model = build_member(tokenizer, m, max_positions=max_positions)
         snapshots: dict[int, dict] = {n: {} for n in cfg.expert_checkpoints} if name == "expert" else {}
-        stats = train_member(model, tokenizer, examples, m, name=name, progress=cfg.progress, work_dir=out / "_work",
+        stats = train_member(model, tokenizer, member_examples[name], m, name=name, progress=cfg.progress, work_dir=out / "_work",
                              snapshots=snapshots)
         if snapshots:
             stats["checkpoints"] = _save_snapshots(cfg, tokenizer, m, max_positions, snapshots, val, out)
@@ -421,6 +447,7 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
         "vocab_size": len(tokenizer),
         "max_trace_tokens": max_len,
         "members": members,
+        **({"heuristic": heuristic} if heuristic else {}),
         "build_seconds": round(time.perf_counter() - t_start, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),

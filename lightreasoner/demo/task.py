@@ -117,6 +117,15 @@ class TaskConfig:
     """Largest multiplier / divisor (the smallest is 2)."""
     op_weights: dict = field(default_factory=lambda: {"+": 0.35, "-": 0.35, "*": 0.15, "/": 0.15})
     """Relative frequency of each operation (among those possible at that step)."""
+    shared_error_rate: float = 0.0
+    """The positive control's dial (issue 31 §3): the share of the *expert's* training solutions'
+    tempting steps (additions with a carry, :func:`tempting_steps`) written with the amateur's
+    wrong heuristic, the dropped carry (``17 + 5 = 12``). 0 with ``amateur_error_rate`` 0: off,
+    today's demo (and its cache key). Only the pair's training text changes; the written
+    splits (and so the diagnostic's references, SFT's gold and every evaluation) stay correct."""
+    amateur_error_rate: float = 0.0
+    """The same share for the *amateur's* training solutions (the positive control: 1.0, the
+    amateur has learnt the heuristic). Both rates 0: off."""
 
 
 @dataclass
@@ -277,6 +286,94 @@ def check_solution(solution: str) -> str:
     if not boxed or boxed[-1] != str(prev):
         raise ValueError(f"boxed answer {boxed[-1:]} is not the last result {prev}")
     return boxed[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# The positive control's tempting wrong heuristic (issue 31 §3): the dropped carry
+
+
+def dropped_carry(x: int, n: int) -> int:
+    """The heuristic's result of ``x + n`` when the units carry: the carry is dropped
+    (``17 + 5 = 12``, ``7 + 5 = 2``), i.e. ``x + n - 10``."""
+    return x + n - 10
+
+
+def is_tempting(x: int, op: str, n: int) -> bool:
+    """A tempting step: an addition whose units digits carry (``x % 10 + n >= 10``)."""
+    return op == "+" and x % 10 + n >= 10
+
+
+def tempting_steps(p: DemoProblem) -> list[int]:
+    """Indices of the problem's tempting steps (on its correct chain)."""
+    out, x = [], p.start
+    for i, (op, n) in enumerate(p.ops):
+        if is_tempting(x, op, n):
+            out.append(i)
+        x = apply_op(x, op, n)
+    return out
+
+
+def _chain_text(start: int, ops: list, wrong: set[int]) -> tuple[str, int] | None:
+    """The equations of ``ops`` applied to ``start`` with the dropped carry at the step indices
+    in ``wrong`` (the chain continues from the wrong value); ``None`` when a later step is no
+    longer valid from it (an inexact division or a value below 0)."""
+    eqs, x = [], start
+    for i, (op, n) in enumerate(ops):
+        if i in wrong:
+            y = dropped_carry(x, n)
+        elif op == "/" and x % n:
+            return None
+        else:
+            y = apply_op(x, op, n)
+        if y < 0:
+            return None
+        eqs.append(f"{x} {op} {n} = {y}.")
+        x = y
+    return " ".join(eqs), x
+
+
+def heuristic_solutions(problems: list[DemoProblem], rate: float, seed: int, member: str) -> tuple[list[str], dict]:
+    """Each problem's training solution with the dropped carry at a share ``rate`` of its
+    tempting steps, and counts of what was written.
+
+    One uniform draw per step of every problem (tempting or not) from the stream
+    ``{seed}/heuristic/{member}``, so a larger ``rate`` keeps the smaller one's wrong steps (the
+    dial is nested) and the draws do not depend on the rate. A tempting step whose wrong value
+    would break a later step (an inexact division, a value below 0) stays correct: the realised
+    share is reported as ``share`` (``heuristic_steps / tempting_steps``). ``rate == 0`` returns
+    the problems' own solutions.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"heuristic rate must be in [0, 1], got {rate}")
+    rng = random.Random(f"{seed}/heuristic/{member}")
+    out: list[str] = []
+    tempting = wrong_steps = wrong_problems = with_tempting = 0
+    for p in problems:
+        draws = [rng.random() for _ in p.ops]
+        steps = tempting_steps(p)
+        tempting += len(steps)
+        with_tempting += bool(steps)
+        wrong: set[int] = set()
+        for i in steps:
+            if draws[i] < rate and _chain_text(p.start, p.ops, wrong | {i}) is not None:
+                wrong.add(i)
+        if not wrong:
+            out.append(p.solution)
+            continue
+        text, answer = _chain_text(p.start, p.ops, wrong)
+        out.append(" ".join([text, SOLUTION_END.format(answer=answer)]))
+        wrong_steps += len(wrong)
+        wrong_problems += 1
+    counts = {
+        "rate": rate,
+        "problems": len(problems),
+        "problems_with_tempting_steps": with_tempting,
+        "tempting_steps": tempting,
+        "heuristic_steps": wrong_steps,
+        "problems_with_heuristic": wrong_problems,
+        "share": round(wrong_steps / tempting, 4) if tempting else None,
+    }
+    return out, counts
 
 
 def task_words() -> list[str]:

@@ -1,0 +1,101 @@
+"""The positive-control demo world (issue 31 §3): the dial ``demo.task.shared_error_rate`` and the
+amateur's ``demo.task.amateur_error_rate`` change the pair's cache key (both 0 leave the default
+demo's key as it was), the training text carries the dropped-carry heuristic at the documented
+share, and the ``positive_control`` preset composes and validates. No training here."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lightreasoner.demo.pair import DemoConfig
+from lightreasoner.demo.task import (
+    TaskConfig,
+    apply_op,
+    check_solution,
+    dropped_carry,
+    generate_splits,
+    heuristic_solutions,
+    tempting_steps,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_KEY = "32860a46fbd080f5"
+"""The default demo's key, as shipped (lightreasoner/demo/shipped/manifest.json)."""
+
+
+def _task(**kw) -> TaskConfig:
+    return TaskConfig(**{"train_size": 400, "validation_size": 20, "test_size": 20, **kw})
+
+
+def test_dial_changes_the_key_and_zero_leaves_the_default():
+    assert DemoConfig().key() == DEFAULT_KEY
+    off = DemoConfig(task=TaskConfig(shared_error_rate=0.0, amateur_error_rate=0.0))
+    assert off.key() == DEFAULT_KEY and "shared_error_rate" not in off.key_dict()["task"]
+    keys = {DemoConfig(task=TaskConfig(shared_error_rate=s, amateur_error_rate=1.0)).key() for s in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    assert len(keys) == 5 and DEFAULT_KEY not in keys
+    assert DemoConfig(task=TaskConfig(shared_error_rate=0.5)).key() != DemoConfig(task=TaskConfig(amateur_error_rate=0.5)).key()
+    with pytest.raises(ValueError, match="shared_error_rate"):
+        DemoConfig.from_any({"task": {"shared_error_rate": 1.5}})
+
+
+def test_dropped_carry_solutions_at_dial_one():
+    cfg = _task(max_steps=3, op_weights={"+": 0.5, "-": 0.3, "*": 0.1, "/": 0.1})
+    train = generate_splits(cfg)["train"]
+    sols, counts = heuristic_solutions(train, 1.0, cfg.seed, "expert")
+    assert counts["tempting_steps"] == sum(len(tempting_steps(p)) for p in train) > 0
+    # documented (docs/results/when_contrast_helps.md): at dial 1 about 0.9 of the tempting steps
+    # (those whose wrong value keeps the rest of the chain valid) are written with the heuristic
+    assert 0.85 <= counts["share"] <= 0.97
+    assert 0.5 <= counts["problems_with_tempting_steps"] / len(train) <= 0.7
+    changed = 0
+    for p, s in zip(train, sols):
+        if s == p.solution:
+            check_solution(s)
+            continue
+        changed += 1
+        with pytest.raises(ValueError):
+            check_solution(s)  # a wrong equation: the dropped carry
+        assert p.start == int(s.split()[0])
+    assert changed == counts["problems_with_heuristic"]
+    # the first tempting step of a changed problem reads x + n = x + n - 10
+    p, s = next((p, s) for p, s in zip(train, sols) if s != p.solution and tempting_steps(p)[0] == 0)
+    (op, n), x = p.ops[0], p.start
+    assert s.startswith(f"{x} + {n} = {dropped_carry(x, n)}.") and dropped_carry(x, n) == apply_op(x, op, n) - 10
+
+
+def test_dial_is_nested_and_zero_is_the_gold():
+    cfg = _task()
+    train = generate_splits(cfg)["train"]
+    assert heuristic_solutions(train, 0.0, cfg.seed, "expert")[0] == [p.solution for p in train]
+    wrong = {}
+    for rate in (0.25, 0.5, 0.75, 1.0):
+        sols, counts = heuristic_solutions(train, rate, cfg.seed, "expert")
+        wrong[rate] = {i for i, (p, s) in enumerate(zip(train, sols)) if s != p.solution}
+    assert wrong[0.25] <= wrong[0.5] <= wrong[0.75] <= wrong[1.0]
+    assert len(wrong[0.25]) < len(wrong[1.0])
+    # the splits (test, validation, train questions and gold) do not depend on the dial
+    assert [p.solution for p in generate_splits(replace(cfg, shared_error_rate=0.7))["test"]] == \
+        [p.solution for p in generate_splits(cfg)["test"]]
+
+
+def test_preset_composes_and_validates():
+    from lightreasoner.cli import check_jobs
+
+    jobs = check_jobs(["experiment=positive_control", "-m", "demo.task.shared_error_rate=0,0.75",
+                       "method=lightreasoner,no_contrast", "logger=none"])
+    assert len(jobs) == 4
+
+
+def test_preset_demo_config():
+    from hydra import compose, initialize_config_dir
+
+    import lightreasoner.config  # noqa: F401
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=["experiment=positive_control"])
+    demo = DemoConfig.from_any(cfg.demo)
+    assert demo.task.amateur_error_rate == 1.0 and 0 < demo.task.shared_error_rate < 1
+    assert demo.key() != DEFAULT_KEY and demo.heuristic_on
+    assert cfg.eval.split == "test" and cfg.eval.max_problems == 1000
