@@ -39,8 +39,8 @@ def test_every_config_group_option_composes(group):
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         assert container["model_pair"]["expert"]["name_or_path"], (group, opt)
         assert container["selection"]["beta"] >= 0
-        if group == "experiment":  # only the demo experiment builds the demo world
-            assert (cfg.get("demo") is not None) == (opt == "demo"), opt
+        if group == "experiment":  # only the demo experiments build the demo world
+            assert (cfg.get("demo") is not None) == (opt in ("demo", "positive_control")), opt
 
 
 def _write_gsm8k_like(path: Path, n: int) -> None:
