@@ -121,18 +121,22 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lr_sweep_subdir", sweep_subdir_name)
 
 
-def settings_from_cfg(cls: type, cfg: Any, group: str):
-    """A settings dataclass from a config group's mapping: unknown keys are one error naming the
-    group and the keys it knows; the instance validates itself (``validate()``)."""
+def settings_of(cls: type, cfg: Any, group: str):
+    """A settings dataclass from a config group's mapping (an instance passes through), not yet
+    validated: unknown keys are one error naming the group and the keys it knows."""
     if isinstance(cfg, cls):
-        cfg.validate()
         return cfg
     d = dict(to_plain(cfg) or {})
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"{group}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-    settings = cls(**d)
+    return cls(**d)
+
+
+def settings_from_cfg(cls: type, cfg: Any, group: str):
+    """:func:`settings_of`, then the instance validates itself (``validate()``)."""
+    settings = settings_of(cls, cfg, group)
     settings.validate()
     return settings
 

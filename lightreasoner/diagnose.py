@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import re
@@ -52,7 +51,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("lightreasoner.diagnose")
 
@@ -619,17 +617,13 @@ def markdown(report: Mapping) -> str:
 
 def print_report(report: Mapping) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from lightreasoner.eval.tables import rich_table
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     scope, classes = table_rows(report)
     for title, header, rows in ((f"pair diagnostic: {report['pair']}", SCOPE_HEADER, scope), ("by the reference token's class", CLASS_HEADER, classes)):
-        table = Table(title=title)
-        for h in header:
-            table.add_column(h)
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
+        console.print(rich_table(title, header, rows))
     for line in summary_lines(report):
         console.print(line, highlight=False)
     console.print(f"written: {report['out_dir']}/diagnose.json, diagnose.md", highlight=False)

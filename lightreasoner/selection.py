@@ -34,7 +34,7 @@ import torch
 
 from . import contrast
 from .answers import extract_answer, is_equivalent
-from .config import to_plain
+from .config import settings_of
 from .files import atomic_write_bytes
 from .prompts import SAMPLING_SYSTEM, chat_prompt
 from .records import Problem, TraceSample
@@ -99,16 +99,7 @@ class SelectionSettings:
     def from_cfg(cls, cfg: Mapping | Any | None, alpha_min: float | None = None) -> "SelectionSettings":
         """From a ``selection`` mapping, validated (against the cached traces' ``alpha_min`` when
         given); ``alpha = 0`` becomes ``alpha_min``. One ``ValueError`` naming the first bad key."""
-        if isinstance(cfg, SelectionSettings):
-            settings = cfg
-        else:
-            d = dict(to_plain(cfg) or {})
-            known = set(cls.__dataclass_fields__)
-            unknown = sorted(set(d) - known)
-            if unknown:
-                raise ValueError(f"selection: unknown field(s) {unknown}; expected some of {sorted(known)}")
-            settings = cls(**d)
-        return settings.resolved(alpha_min)
+        return settings_of(cls, cfg, "selection").resolved(alpha_min)
 
     def resolved(self, alpha_min: float | None = None) -> "SelectionSettings":
         """Validated, with ``alpha = 0`` (no tail filter) resolved to ``alpha_min``."""

@@ -91,20 +91,25 @@ def write_report(report: dict, out_dir: Path) -> None:
 def print_report(report: dict) -> None:
     """Print the results (and comparisons) as tables (rich; plain text when not a terminal)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough that no column is truncated
         console = Console(width=160)
     for title, (cols, rows) in (("evaluation", results_table(report)), ("paired comparisons", comparisons_table(report))):
-        if not rows:
-            continue
-        table = Table(title=title)
-        for c in cols:
-            table.add_column(c)
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
+        if rows:
+            console.print(rich_table(title, cols, rows))
+
+
+def rich_table(title: str, header, rows):
+    """A rich ``Table`` with ``header`` columns and ``rows`` of cell strings."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in header:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*r)
+    return table
 
 
 def log_report(report: dict, logger) -> None:
