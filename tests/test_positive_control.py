@@ -37,17 +37,42 @@ def test_dial_changes_the_key_and_zero_leaves_the_default():
     keys = {DemoConfig(task=TaskConfig(shared_error_rate=s, amateur_error_rate=1.0)).key() for s in (0.0, 0.25, 0.5, 0.75, 1.0)}
     assert len(keys) == 5 and DEFAULT_KEY not in keys
     assert DemoConfig(task=TaskConfig(shared_error_rate=0.5)).key() != DemoConfig(task=TaskConfig(amateur_error_rate=0.5)).key()
+    assert DemoConfig(task=TaskConfig(shared_error_rate=0.5)).key() != \
+        DemoConfig(task=TaskConfig(shared_error_rate=0.5, heuristic="dropped_carry")).key()
+    with pytest.raises(ValueError, match="heuristic"):
+        DemoConfig.from_any({"task": {"heuristic": "guess"}})
     with pytest.raises(ValueError, match="shared_error_rate"):
         DemoConfig.from_any({"task": {"shared_error_rate": 1.5}})
 
 
-def test_dropped_carry_solutions_at_dial_one():
-    cfg = _task(max_steps=3, op_weights={"+": 0.5, "-": 0.3, "*": 0.1, "/": 0.1})
+PRESET_TASK = {"max_steps": 2, "op_weights": {"+": 0.25, "-": 0.25, "*": 0.4, "/": 0.1}}
+"""conf/experiment/positive_control.yaml's task (the sizes aside)."""
+
+
+def test_add_for_multiply_at_dial_one():
+    cfg = _task(**PRESET_TASK)
     train = generate_splits(cfg)["train"]
     sols, counts = heuristic_solutions(train, 1.0, cfg.seed, "expert")
+    assert counts["heuristic"] == cfg.heuristic == "add_for_multiply"
     assert counts["tempting_steps"] == sum(len(tempting_steps(p)) for p in train) > 0
-    # documented (docs/results/when_contrast_helps.md): at dial 1 about 0.9 of the tempting steps
-    # (those whose wrong value keeps the rest of the chain valid) are written with the heuristic
+    # documented (the preset and docs/results/when_contrast_helps.md): about half the problems
+    # have a multiplication; at dial 1 about 0.94 of them (those whose wrong value keeps the rest
+    # of the chain valid) are written as an addition
+    assert 0.4 <= counts["problems_with_tempting_steps"] / len(train) <= 0.65
+    assert 0.88 <= counts["share"] <= 0.99
+    for p, s in zip(train, sols):
+        if s != p.solution:
+            x, n = p.start, p.ops[0][1]
+            if p.ops[0][0] == "*":
+                assert s.startswith(f"{x} * {n} = {x + n}.")
+            break
+
+
+def test_dropped_carry_solutions_at_dial_one():
+    cfg = _task(max_steps=3, op_weights={"+": 0.5, "-": 0.3, "*": 0.1, "/": 0.1}, heuristic="dropped_carry")
+    train = generate_splits(cfg)["train"]
+    sols, counts = heuristic_solutions(train, 1.0, cfg.seed, "expert", "dropped_carry")
+    assert counts["tempting_steps"] == sum(len(tempting_steps(p, "dropped_carry")) for p in train) > 0
     assert 0.85 <= counts["share"] <= 0.97
     assert 0.5 <= counts["problems_with_tempting_steps"] / len(train) <= 0.7
     changed = 0
@@ -61,7 +86,7 @@ def test_dropped_carry_solutions_at_dial_one():
         assert p.start == int(s.split()[0])
     assert changed == counts["problems_with_heuristic"]
     # the first tempting step of a changed problem reads x + n = x + n - 10
-    p, s = next((p, s) for p, s in zip(train, sols) if s != p.solution and tempting_steps(p)[0] == 0)
+    p, s = next((p, s) for p, s in zip(train, sols) if s != p.solution and tempting_steps(p, "dropped_carry")[0] == 0)
     (op, n), x = p.ops[0], p.start
     assert s.startswith(f"{x} + {n} = {dropped_carry(x, n)}.") and dropped_carry(x, n) == apply_op(x, op, n) - 10
 
@@ -99,3 +124,15 @@ def test_preset_demo_config():
     assert demo.task.amateur_error_rate == 1.0 and 0 < demo.task.shared_error_rate < 1
     assert demo.key() != DEFAULT_KEY and demo.heuristic_on
     assert cfg.eval.split == "test" and cfg.eval.max_problems == 1000
+
+
+def test_amateur_init_key_and_shape():
+    assert DemoConfig(amateur_init="scratch").key() == DEFAULT_KEY
+    assert "amateur_init" not in DemoConfig().key_dict()
+    expert_shaped = DemoConfig(amateur_init="expert", amateur=replace(DemoConfig().expert, seed=1, train_steps=150))
+    expert_shaped.validate()
+    assert expert_shaped.key() != replace(expert_shaped, amateur_init="scratch").key()
+    with pytest.raises(ValueError, match="amateur_init"):
+        DemoConfig(amateur_init="expert").validate()  # the default amateur is smaller than the expert
+    with pytest.raises(ValueError, match="amateur_init"):
+        DemoConfig(amateur_init="teacher").validate()

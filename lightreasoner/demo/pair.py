@@ -113,6 +113,12 @@ class DemoConfig:
     """Problems per generation batch when scoring."""
     max_new_tokens: int = 64
     """Generation limit when scoring (the longest solution is under 50 tokens)."""
+    amateur_init: str = "scratch"
+    """Where the amateur starts: ``scratch`` (random init, the demo) or ``expert`` (the trained
+    expert's weights, then ``demo.amateur.train_steps`` more steps on the amateur's own training
+    text: the positive control's amateur is the expert plus the heuristic, so the two disagree
+    where the heuristic is and hardly anywhere else). ``expert`` needs the amateur's shape to be
+    the expert's. Part of the cache key only when not ``scratch``."""
     expert_checkpoints: list[int] = field(default_factory=list)
     """Also keep the expert as it was after these training steps (``expert_step{N}/``, scored
     on validation like the pair): earlier checkpoints of the expert, for
@@ -170,6 +176,10 @@ class DemoConfig:
         for k in ("shared_error_rate", "amateur_error_rate"):
             if not 0.0 <= getattr(t, k) <= 1.0:
                 raise ValueError(f"demo.task.{k}: expected a share in [0, 1], got {getattr(t, k)!r}")
+        from lightreasoner.demo.task import HEURISTICS
+
+        if t.heuristic not in HEURISTICS:
+            raise ValueError(f"demo.task.heuristic: expected one of {sorted(HEURISTICS)}, got {t.heuristic!r}")
         for name in ("expert", "amateur"):
             m = getattr(self, name)
             if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
@@ -178,6 +188,11 @@ class DemoConfig:
                 raise ValueError(f"demo.{name}: train_steps, batch_size and lr must be positive")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"demo.num_threads: expected null or >= 1, got {self.num_threads}")
+        if self.amateur_init not in ("scratch", "expert"):
+            raise ValueError(f"demo.amateur_init: expected scratch or expert, got {self.amateur_init!r}")
+        shape = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        if self.amateur_init == "expert" and any(getattr(self.amateur, k) != getattr(self.expert, k) for k in shape):
+            raise ValueError(f"demo.amateur_init=expert: the amateur's {', '.join(shape)} must be the expert's")
         if self.max_new_tokens < 1 or self.eval_batch_size < 1:
             raise ValueError("demo: max_new_tokens and eval_batch_size must be >= 1")
         steps = self.expert_checkpoints
@@ -199,9 +214,12 @@ class DemoConfig:
             d.pop("expert_checkpoints")
         else:
             d["expert_checkpoints"] = sorted(d["expert_checkpoints"])
+        if d["amateur_init"] == "scratch":  # the demo keeps the key it always had
+            d.pop("amateur_init")
         if not self.heuristic_on:  # the positive control off: the demo keeps the key it always had
             d["task"].pop("shared_error_rate")
             d["task"].pop("amateur_error_rate")
+            d["task"].pop("heuristic")
         d["format_version"] = FORMAT_VERSION
         return d
 
@@ -410,7 +428,7 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
     heuristic: dict[str, dict] = {}
     if cfg.heuristic_on:  # the positive control: each member's own training text (the splits stay correct)
         for name, rate in (("expert", cfg.task.shared_error_rate), ("amateur", cfg.task.amateur_error_rate)):
-            sols, heuristic[name] = heuristic_solutions(splits["train"], rate, cfg.task.seed, name)
+            sols, heuristic[name] = heuristic_solutions(splits["train"], rate, cfg.task.seed, name, cfg.task.heuristic)
             if rate:
                 rows_m = [(p.question, s) for p, s in zip(splits["train"], sols)]
                 member_examples[name] = encode_traces(tokenizer, rows_m, TRAIN_SYSTEMS)
@@ -421,6 +439,8 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
     for name in ("expert", "amateur"):
         m: MemberConfig = getattr(cfg, name)
         model = build_member(tokenizer, m, max_positions=max_positions)
+        if name == "amateur" and cfg.amateur_init == "expert":  # the expert, trained on further
+            model.load_state_dict(expert_state)
         snapshots: dict[int, dict] = {n: {} for n in cfg.expert_checkpoints} if name == "expert" else {}
         stats = train_member(model, tokenizer, member_examples[name], m, name=name, progress=cfg.progress, work_dir=out / "_work",
                              snapshots=snapshots)
@@ -431,6 +451,8 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
         stats["validation_eval_seconds"] = round(time.perf_counter() - t0, 2)
         stats["validation"] = val_stats
         save_pair_member(model, tokenizer, out / name)
+        if name == "expert":
+            expert_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         members[name] = stats
         if cfg.progress and val_stats["accuracy"] is not None:
             print(

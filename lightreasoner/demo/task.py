@@ -126,6 +126,11 @@ class TaskConfig:
     amateur_error_rate: float = 0.0
     """The same share for the *amateur's* training solutions (the positive control: 1.0, the
     amateur has learnt the heuristic). Both rates 0: off."""
+    heuristic: str = "add_for_multiply"
+    """The tempting wrong heuristic (:data:`HEURISTICS`): ``add_for_multiply`` (a multiplication
+    written as an addition, ``6 * 3 = 9``; the tempting steps are the multiplications, marked in
+    the equation by ``*``) or ``dropped_carry`` (an addition whose units carry, written without
+    the carry, ``17 + 5 = 12``; not marked: the model must compute whether it carries)."""
 
 
 @dataclass
@@ -298,29 +303,43 @@ def dropped_carry(x: int, n: int) -> int:
     return x + n - 10
 
 
-def is_tempting(x: int, op: str, n: int) -> bool:
-    """A tempting step: an addition whose units digits carry (``x % 10 + n >= 10``)."""
-    return op == "+" and x % 10 + n >= 10
+HEURISTICS = {
+    # name: (is the step (x, op, n) tempting?, the heuristic's wrong result)
+    "add_for_multiply": (lambda x, op, n: op == "*" and x * n != x + n, lambda x, n: x + n),
+    "dropped_carry": (lambda x, op, n: op == "+" and x % 10 + n >= 10, dropped_carry),
+}
+"""The positive control's tempting wrong heuristics (``demo.task.heuristic``)."""
 
 
-def tempting_steps(p: DemoProblem) -> list[int]:
+def _heuristic(name: str):
+    if name not in HEURISTICS:
+        raise ValueError(f"demo.task.heuristic: expected one of {sorted(HEURISTICS)}, got {name!r}")
+    return HEURISTICS[name]
+
+
+def is_tempting(x: int, op: str, n: int, heuristic: str = "add_for_multiply") -> bool:
+    """A tempting step of ``heuristic``: one where the heuristic's result is wrong."""
+    return _heuristic(heuristic)[0](x, op, n)
+
+
+def tempting_steps(p: DemoProblem, heuristic: str = "add_for_multiply") -> list[int]:
     """Indices of the problem's tempting steps (on its correct chain)."""
     out, x = [], p.start
     for i, (op, n) in enumerate(p.ops):
-        if is_tempting(x, op, n):
+        if is_tempting(x, op, n, heuristic):
             out.append(i)
         x = apply_op(x, op, n)
     return out
 
 
-def _chain_text(start: int, ops: list, wrong: set[int]) -> tuple[str, int] | None:
-    """The equations of ``ops`` applied to ``start`` with the dropped carry at the step indices
+def _chain_text(start: int, ops: list, wrong: set[int], heuristic: str = "add_for_multiply") -> tuple[str, int] | None:
+    """The equations of ``ops`` applied to ``start`` with the heuristic at the step indices
     in ``wrong`` (the chain continues from the wrong value); ``None`` when a later step is no
     longer valid from it (an inexact division or a value below 0)."""
     eqs, x = [], start
     for i, (op, n) in enumerate(ops):
         if i in wrong:
-            y = dropped_carry(x, n)
+            y = _heuristic(heuristic)[1](x, n)
         elif op == "/" and x % n:
             return None
         else:
@@ -332,8 +351,9 @@ def _chain_text(start: int, ops: list, wrong: set[int]) -> tuple[str, int] | Non
     return " ".join(eqs), x
 
 
-def heuristic_solutions(problems: list[DemoProblem], rate: float, seed: int, member: str) -> tuple[list[str], dict]:
-    """Each problem's training solution with the dropped carry at a share ``rate`` of its
+def heuristic_solutions(problems: list[DemoProblem], rate: float, seed: int, member: str,
+                        heuristic: str = "add_for_multiply") -> tuple[list[str], dict]:
+    """Each problem's training solution with ``heuristic`` at a share ``rate`` of its
     tempting steps, and counts of what was written.
 
     One uniform draw per step of every problem (tempting or not) from the stream
@@ -350,21 +370,22 @@ def heuristic_solutions(problems: list[DemoProblem], rate: float, seed: int, mem
     tempting = wrong_steps = wrong_problems = with_tempting = 0
     for p in problems:
         draws = [rng.random() for _ in p.ops]
-        steps = tempting_steps(p)
+        steps = tempting_steps(p, heuristic)
         tempting += len(steps)
         with_tempting += bool(steps)
         wrong: set[int] = set()
         for i in steps:
-            if draws[i] < rate and _chain_text(p.start, p.ops, wrong | {i}) is not None:
+            if draws[i] < rate and _chain_text(p.start, p.ops, wrong | {i}, heuristic) is not None:
                 wrong.add(i)
         if not wrong:
             out.append(p.solution)
             continue
-        text, answer = _chain_text(p.start, p.ops, wrong)
+        text, answer = _chain_text(p.start, p.ops, wrong, heuristic)
         out.append(" ".join([text, SOLUTION_END.format(answer=answer)]))
         wrong_steps += len(wrong)
         wrong_problems += 1
     counts = {
+        "heuristic": heuristic,
         "rate": rate,
         "problems": len(problems),
         "problems_with_tempting_steps": with_tempting,
