@@ -15,7 +15,7 @@ for ax, key, label in ((axes[0], "advantage", "contrast advantage at kept refere
         ax.annotate(f"dial {p['dial']}", (p[key], p["gain"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     rho, pv = spearmanr(xs, ys)
     ax.set_title(f"Spearman rho {rho:.2f} (n={len(pts)}, p {pv:.2g})", fontsize=9)
-    ax.set_xlabel(label, fontsize=8); ax.set_ylabel("LightReasoner gain on test (pp)", fontsize=8)
+    ax.set_xlabel(label, fontsize=8); ax.set_ylabel("LightReasoner gain on test, pp (mean; bars: seed range)", fontsize=8)
     ax.axhline(0, color="grey", lw=0.5); ax.axvline(0, color="grey", lw=0.5)
     print(key, "rho", rho, "p", pv)
 fig.suptitle("Positive control: the diagnostic before fine-tuning vs the measured gain", fontsize=10)
