@@ -353,7 +353,7 @@ def to_number(s: str, units: bool = True) -> tuple[float, bool] | None:
     num = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
     patterns = [
         (rf"^\\frac\{{({num})\}}\{{({num})\}}", "frac"),
-        (rf"^\\frac(\d)(\d)", "frac"),
+        (r"^\\frac(\d)(\d)", "frac"),
         (rf"^({num})\s*/\s*({num})", "frac"),
         (rf"^({num})", "num"),
     ]

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightreasoner.config import PROJECT_ROOT, unknown_group_option
+from lightreasoner.config import MOVED_KEYS, PROJECT_ROOT, unknown_group_option
 
 PLACEHOLDER_OUTPUT = "/nonexistent/lightreasoner-preflight"
 """``paths.output_dir`` while checking (Hydra fills it when the job starts; nothing is written there)."""
@@ -34,15 +34,6 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "--config-
 """Hydra command-line flags followed by a value (``--cfg job``); ``--info`` takes an optional one."""
 
 INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-
-
-MOVED_KEYS = {
-    "sampling.beta": "selection.beta", "sampling.alpha": "selection.alpha", "sampling.first_step": "selection.first_step",
-    "method.beta": "selection.beta", "method.alpha": "selection.alpha", "method.steps": "selection.rule",
-    "method.target": "selection.target", "drift.junk_pe": "selection.junk_pe", "distill.rounds": "rounds",
-}
-"""Keys that moved to one home, by their old spelling: ``sampling.beta=0.6`` is one line naming
-``selection.beta`` (``method=no_selection`` and the other ablation names still work)."""
 
 
 class PreflightError(ValueError):

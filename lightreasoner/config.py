@@ -96,15 +96,28 @@ RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-
 """A run name: letters, digits, ``.``, ``_``, ``-``; ``/`` separates sub-folders (no ``..``)."""
 
 
+def check_run_name(run_name: Any) -> None:
+    """``run_name``: a relative name under ``outputs/`` (:data:`RUN_NAME_RE`: never ``..``, never absolute)."""
+    if run_name is not None and run_name != "" and not RUN_NAME_RE.match(str(run_name)):
+        raise ValueError(f"run_name: expected letters, digits, '.', '_' or '-' (and '/' between parts, no '..'), got {str(run_name)!r}")
+
+
 def run_dir_name(run_name: Any, fallback: str) -> str:
     """``${lr_run_dir:${run_name},<timestamp>}``: the run's directory name under ``outputs/``
     (``multirun/``): ``run_name`` when given (a fixed, resumable place), else ``fallback``."""
     if run_name is None or run_name == "":
         return str(fallback)
-    name = str(run_name)
-    if not RUN_NAME_RE.match(name):
-        raise ValueError(f"run_name: expected letters, digits, '.', '_' or '-' (and '/' between parts), got {name!r}")
-    return name
+    check_run_name(run_name)
+    return str(run_name)
+
+
+MOVED_KEYS = {
+    "sampling.beta": "selection.beta", "sampling.alpha": "selection.alpha", "sampling.first_step": "selection.first_step",
+    "method.beta": "selection.beta", "method.alpha": "selection.alpha", "method.steps": "selection.rule",
+    "method.target": "selection.target", "distill.rounds": "rounds",
+}
+"""Keys that moved to one home (issue 30), by their old spelling -> their key now: the command
+line (:mod:`lightreasoner.cli`) and validation name the new key for an old one."""
 
 
 def register_resolvers() -> None:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import alignment as align
 from . import contrast
+from .config import MOVED_KEYS
 from .generation import Engine, GenerationSettings, build_engine, engine_key
 from .generation.hf import left_pad
 from .models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
@@ -45,8 +46,8 @@ from .trace_cache import TraceCache, trace_key, trace_key_fields
 
 log = logging.getLogger(__name__)
 
-MOVED_TO_SELECTION = ("beta", "alpha", "first_step")
-"""Keys the ``sampling`` group held before step selection had one home (``selection.*``)."""
+MOVED_TO_SELECTION = tuple(k.split(".", 1)[1] for k in MOVED_KEYS if k.startswith("sampling."))
+"""Keys the ``sampling`` group held before step selection had one home (``selection.*``; :data:`~lightreasoner.config.MOVED_KEYS`)."""
 
 
 @dataclass

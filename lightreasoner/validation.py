@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightreasoner.config import PROJECT_ROOT, to_plain
+from lightreasoner.config import MOVED_KEYS, PROJECT_ROOT, check_run_name, to_plain
 
 STAGES = ("sample", "distill", "evaluate", "all")
 
@@ -53,15 +53,12 @@ def validate(cfg: DictConfig):
     from lightreasoner.methods import build_method
     from lightreasoner.models import pair_specs
     from lightreasoner.pairs import validate_pair
-    from lightreasoner.sampling import MOVED_TO_SELECTION, SamplingSettings
+    from lightreasoner.sampling import SamplingSettings
 
     if cfg.get("demo") is not None:
         from lightreasoner.demo.pair import DemoConfig
 
         DemoConfig.from_any(cfg.demo)
-    moved = [k for k in MOVED_TO_SELECTION if k in (cfg.sampling or {})]
-    if moved:
-        raise ValueError(f"sampling.{moved[0]}: moved to selection.{moved[0]} (step selection has one home: the selection group)")
     SamplingSettings.from_cfg(to_plain(cfg.sampling))
     distill = DistillSettings.from_cfg(cfg.distill)
     DriftSettings.from_cfg(cfg.get("drift"))
@@ -161,6 +158,7 @@ def validate_light(cfg: DictConfig) -> None:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed: expected an integer, got {cfg.seed!r}")
     check_key_kinds(cfg)
+    check_moved_keys(cfg)
     check_run_name(cfg.get("run_name"))
     check_cache_dir(cfg)
     check_demo_world(cfg)
@@ -248,15 +246,11 @@ def demo_expert_dir(cfg: DictConfig) -> Path:
 # --------------------------------------------------------------------------- cross-group checks
 
 
-def check_run_name(run_name: Any) -> None:
-    """``run_name``: a relative name under ``outputs/`` (never ``..``, never absolute)."""
-    from lightreasoner.config import RUN_NAME_RE
-
-    if run_name is None or run_name == "":
-        return
-    name = str(run_name)
-    if not RUN_NAME_RE.match(name) or ".." in name.split("/"):
-        raise ValueError(f"run_name: expected letters, digits, '.', '_' or '-' (and '/' between parts, no '..'), got {name!r}")
+def check_moved_keys(cfg: DictConfig) -> None:
+    """An old spelling added to the config (``+sampling.beta=0.6``) is one line naming the key's home now."""
+    for old, new in MOVED_KEYS.items():
+        if OmegaConf.select(cfg, old, default="<absent>", throw_on_missing=False) != "<absent>":
+            raise ValueError(f"{old}: moved to {new}")
 
 
 def check_cache_dir(cfg: DictConfig) -> None:

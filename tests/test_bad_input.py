@@ -122,6 +122,7 @@ CONFIG_CASES = [
     (["+trainer.bogus=1"], (), ValueError, r"^trainer: unknown field\(s\) \['bogus'\]"),
     # method (built from its _target_, validated in __post_init__)
     (["+method.bogus=1"], (), ValueError, r"^method: unknown field\(s\) \['bogus'\]; expected some of"),
+    (["+sampling.beta=0.6"], (), ValueError, r"^sampling\.beta: moved to selection\.beta$"),
     (["selection.target=nope"], (), ValueError, r"^selection\.target: expected one of \['contrast', 'expert'\], got 'nope'$"),
     (["selection.rule=nope"], (), ValueError, r"^selection\.rule: expected one of \['answer_span', 'expert_entropy', 'kl', 'random', 'top_fraction'\], got 'nope'$"),
     (["selection.junk_pe=1"], (), ValueError, r"^selection\.junk_pe: expected 0 < junk_pe < 1, got 1$"),

@@ -436,6 +436,7 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
     max_positions = max(256, 2 * (max_len + cfg.max_new_tokens))
     val = splits["validation"][: cfg.eval_problems]
     members: dict[str, dict] = {}
+    expert_state: dict | None = None  # the trained expert's weights (amateur_init=expert starts from them)
     for name in ("expert", "amateur"):
         m: MemberConfig = getattr(cfg, name)
         model = build_member(tokenizer, m, max_positions=max_positions)
