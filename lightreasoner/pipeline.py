@@ -400,6 +400,7 @@ def write_summary(cfg: DictConfig, state: RunState, error: BaseException | None 
         "status": "failed" if error is not None else "finished",
         "error": None if error is None else f"{type(error).__name__}: {error}".splitlines()[0][:500],
         "stage": cfg.stage,
+        "about": cfg.get("about"),
         "method": _evaluated_method(cfg) or (state.method.name if state.method is not None else _method_name(cfg)),
         "seed": int(cfg.seed),
         "model_pair": cfg.model_pair.name,
@@ -514,4 +515,7 @@ def print_summary(summary: dict) -> None:
         rows.append(("objective (mean accuracy: tuned, else the first model)", f"{summary['objective']:.4f}"))
     for k, v in rows:
         table.add_row(k, str(v))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if summary.get("about"):  # what world the run is in (the demo presets label theirs)
+        console.print(f"[bold]about this run:[/bold] {summary['about']}", highlight=False)

@@ -100,7 +100,7 @@ KEY_KINDS: dict[str, str] = {
     "logger._target_": "str|null", "logger.save_dir": "str|null", "logger.name": "str|null", "logger.project": "str|null",
     "eval.benchmarks": "list", "eval.models": "list", "eval.baseline": "str|null", "eval.system_prompt": "str|null",
     "eval.prompt_template": "str|null", "generation.dtype": "str|null", "dataset.hub": "mapping|null",
-    "model_pair.name": "str", "tuned": "str|null",
+    "model_pair.name": "str", "tuned": "str|null", "about": "str|null",
 }
 """The kinds: ``str``, ``bool``, ``int`` (never a bool), ``number``, ``list``, ``mapping``,
 ``pair`` (two numbers), ``null``; ``a|b`` either."""

@@ -176,3 +176,21 @@ def test_tiny_positive_control_build(tmp_path, monkeypatch):
         assert (seen["amateur"]["start"][k] == v).all(), k
     for row in (json.loads(line) for line in open(Path(dirs["data_dir"]) / "train.jsonl")):
         check_solution(row["solution"])
+
+
+def test_the_demo_presets_label_their_world(capsys):
+    """issue 31 §5: a run says which world it is in: the natural demo names its null and the
+    positive control; the positive control says it is one; another preset says nothing."""
+    from hydra import compose, initialize_config_dir
+
+    import lightreasoner.config  # noqa: F401
+    from lightreasoner.pipeline import print_summary
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        about = {e: compose("train", overrides=[f"experiment={e}"]).about for e in ("demo", "positive_control", "coder_cpu")}
+        assert compose("train", overrides=["experiment=positive_control", "about=mine"]).about == "mine"
+    assert "null" in about["demo"] and "experiment=positive_control" in about["demo"]
+    assert about["positive_control"].startswith("POSITIVE CONTROL") and "python train.py" in about["positive_control"]
+    assert about["coder_cpu"] is None
+    print_summary({"model_pair": "p", "dataset": "d", "beta": 0.4, "alpha": 0.2, "wall_s": {}, "about": about["positive_control"]})
+    assert "about this run: POSITIVE CONTROL" in " ".join(capsys.readouterr().out.split())
