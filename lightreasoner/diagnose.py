@@ -34,6 +34,12 @@ on-policy flip rate of this config's trace cache when one exists (``label_argmax
 the expert against contrastive decoding at the same alpha on the same N problems, paired
 (:func:`lightreasoner.eval.stats.paired_stats`).
 
+Written per pair: ``diagnose.json`` (the report) and ``diagnose.md`` in the output directory;
+with ``logger=wandb`` one W&B run (job_type ``diagnose``) whose summary holds the flat
+``diagnose/...`` keys of :func:`diagnose_metrics` (:func:`log_report`; ``logger=csv``: the same
+keys as one row of ``logs/version_*/metrics.csv``). ``python -m lightreasoner.report`` finds the
+``diagnose.json`` files under its paths and adds their "Pair diagnostic" table to the report.
+
 Reference tokens are one valid continuation among several: the advantage is a proxy, not a
 verdict on what fine-tuning will gain.
 """
@@ -529,8 +535,120 @@ def run(cfg, settings: DiagnoseSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "diagnose.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "diagnose.md").write_text(markdown(report))
+    log_report(cfg, report, out, settings)
     report["out_dir"] = str(out)
     return report
+
+
+# ----------------------------------------------------------------------------- logger (W&B summary)
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _interval(out: dict, key: str, ci) -> None:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(v) for v in ci):
+        out[f"{key}_lo"], out[f"{key}_hi"] = float(ci[0]), float(ci[1])
+
+
+SCOPE_METRICS = ("positions", "flips", "flip_rate", "contrast_right", "expert_right", "expert_is_reference",
+                 "contrast_is_reference", "advantage", "sign_test_p", "kl_mean")
+"""The fields of a scope block (:func:`_block`) logged as ``diagnose/<scope>/<field>``."""
+
+
+def diagnose_metrics(report: Mapping) -> dict:
+    """The report's figures as flat ``diagnose/...`` keys (a W&B run summary): numbers only, and
+    a figure the report does not hold (no flips, no trace cache, no answer level) is left out.
+
+    - ``diagnose/references``, ``reference_tokens``, ``scored_positions``, ``unscored_positions``,
+      ``kept_positions``, ``kept_fraction``;
+    - per scope (``all``: every scored position, ``kept``: the selected ones)
+      ``diagnose/<scope>/`` + :data:`SCOPE_METRICS` (``flip_rate`` = flips / positions, the flip
+      share), ``ci95_lo``/``ci95_hi`` (the advantage's Wilson interval),
+      ``ci95_bootstrap_by_reference_lo``/``_hi`` (its bootstrap over references) and
+      ``kl_p10``, ``kl_p25``, ``kl_p50``, ``kl_p75``, ``kl_p90``;
+    - ``diagnose/on_policy/label_argmax_differs`` (the on-policy flip rate), ``.../traces``,
+      ``.../kept_steps``, when the trace cache exists;
+    - ``diagnose/answer_level/n``, ``expert_accuracy``, ``contrastive_decoding_accuracy``,
+      ``diff`` (contrastive decoding - expert), ``diff_ci95_lo``/``_hi`` (paired bootstrap),
+      ``mcnemar_p``, when the answer level ran;
+    - ``diagnose/wall_s/total`` and ``diagnose/wall_s/<stage>`` (prepare, load,
+      teacher_forcing, statistics, answer_level)."""
+    if not isinstance(report, Mapping) or not isinstance(report.get("kept"), Mapping):
+        raise TypeError("diagnose_metrics: expected a pair diagnostic report (diagnose.json: a mapping with 'kept' and 'all')")
+    out: dict = {}
+    for key in ("references", "reference_tokens", "scored_positions", "unscored_positions", "kept_positions", "kept_fraction"):
+        if _number(report.get(key)):
+            out[f"diagnose/{key}"] = report[key]
+    for scope in ("all", "kept"):
+        b = report.get(scope) or {}
+        for key in SCOPE_METRICS:
+            if _number(b.get(key)):
+                out[f"diagnose/{scope}/{key}"] = b[key]
+        _interval(out, f"diagnose/{scope}/ci95", b.get("ci95"))
+        _interval(out, f"diagnose/{scope}/ci95_bootstrap_by_reference", b.get("ci95_bootstrap_by_reference"))
+        for q, v in (b.get("kl_quantiles") or {}).items():
+            if _number(v):
+                out[f"diagnose/{scope}/kl_p{round(100 * float(q)):02d}"] = v
+    op = report.get("on_policy") or {}
+    if op.get("found"):
+        for key in ("label_argmax_differs", "traces", "kept_steps"):
+            if _number(op.get(key)):
+                out[f"diagnose/on_policy/{key}"] = op[key]
+    a = report.get("answer_level") or {}
+    if "paired" in a:
+        p = a["paired"]
+        out["diagnose/answer_level/n"] = a["n"]
+        for name in ("expert", "contrastive_decoding"):
+            out[f"diagnose/answer_level/{name}_accuracy"] = a[name]["accuracy"]
+        out["diagnose/answer_level/diff"] = p["diff"]
+        _interval(out, "diagnose/answer_level/diff_ci95", p.get("ci95"))
+        out["diagnose/answer_level/mcnemar_p"] = p["mcnemar_p"]
+    for key, v in (report.get("timing") or {}).items():
+        if _number(v):
+            out["diagnose/wall_s/total" if key == "wall_s" else f"diagnose/wall_s/{key.removesuffix('_s')}"] = v
+    return out
+
+
+def log_report(cfg, report: Mapping, out_dir: str | Path, settings: DiagnoseSettings | None = None) -> dict | None:
+    """Log the report into the configured ``logger`` (built by :func:`lightreasoner.loggers.build_logger`
+    with its files under ``out_dir``).
+
+    W&B: one run per pair, job_type ``diagnose``, group the pair's name (:func:`pair_label`) and
+    name the output directory's unless ``logger.job_type`` / ``group`` / ``name`` are set; its
+    config is the flat run config plus ``diagnose.*``, its summary :func:`diagnose_metrics`.
+    CSV: the same metrics as one row of ``out_dir/logs/version_*/metrics.csv``. ``none``:
+    nothing. Returns the metrics logged (None without a logger)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    from lightreasoner.loggers import build_logger, finish_logger, is_wandb
+
+    if cfg.get("logger") is None or cfg.logger.get("_target_") is None:
+        return None
+    metrics = diagnose_metrics(report)
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps its output_dir and logger keys
+    with read_write(cfg), open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        if "WandbLogger" in str(cfg.logger._target_):
+            defaults = {"job_type": "diagnose", "group": str(report.get("pair") or pair_label(cfg)), "name": Path(out_dir).name}
+            for key, value in defaults.items():
+                if cfg.logger.get(key) is None:
+                    cfg.logger[key] = value
+    logger = build_logger(cfg)
+    try:
+        if is_wandb(logger):
+            if settings is not None:
+                logger.log_hyperparams({f"diagnose.{k}": v for k, v in dataclasses.asdict(settings).items()})
+            logger.experiment.summary.update(metrics)
+            log.info("diagnose: W&B run %s (summary: %d diagnose/ keys)", logger.experiment.dir, len(metrics))
+        else:
+            logger.log_metrics(metrics, step=0)
+    except BaseException:
+        finish_logger(logger, None, failed=True)
+        raise
+    finish_logger(logger, None)
+    return metrics
 
 
 # ----------------------------------------------------------------------------- tables

@@ -10,6 +10,9 @@ Reads only what a run leaves on disk, so it works on a directory copied back fro
 ``.hydra/config.yaml`` (the composed config, interpolations left unresolved),
 ``.hydra/overrides.yaml`` and, once the run ended, ``summary.json``. Any directory holding
 ``.hydra/config.yaml`` below the given paths is a run; job directory names are never parsed.
+Pair diagnostics (``diagnose.json`` of ``python -m lightreasoner.diagnose``, one directory per
+pair) below the paths add a "Pair diagnostic" table (``diagnose.csv``); a directory of
+diagnostics alone gives a report of that table.
 
 The config keys whose values differ between runs (bookkeeping such as ``hydra.*``, ``paths.*``
 and output directories aside) define the settings; the seeds of one setting are aggregated
@@ -17,8 +20,9 @@ into one row. Written to the output directory: ``report.md``, ``report.csv`` (on
 setting), ``runs.csv`` (one row per run, failed and unfinished ones included) and PNG plots.
 
 Notebook API: :func:`load_runs`, :func:`varying_keys`, :func:`aggregate`, :func:`format_table`,
-the ``plot_*`` functions and :func:`make_plots` (matplotlib Figures), :func:`write_report`.
-No torch: the report runs on any laptop with pandas and matplotlib.
+the ``plot_*`` functions and :func:`make_plots` (matplotlib Figures), :func:`write_report`;
+for pair diagnostics :func:`find_diagnostics`, :func:`load_diagnostics`, :func:`diagnose_table`
+and :func:`format_diagnose_table`. No torch: the report runs on any laptop with pandas and matplotlib.
 """
 
 from __future__ import annotations
@@ -73,8 +77,12 @@ FORMAT_NOTE = (
 )
 
 
+DIAGNOSE_FILE = "diagnose.json"
+"""The report of one pair diagnostic (``python -m lightreasoner.diagnose``), one per directory."""
+
+
 class ReportInputError(ValueError):
-    """A path given to the report does not exist or holds no Hydra run."""
+    """A path given to the report does not exist, holds no Hydra run (or pair diagnostic), or a file is unreadable."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,9 +91,22 @@ class ReportInputError(ValueError):
 
 def find_runs(path: str | Path) -> list[Path]:
     """Run directories (those holding ``.hydra/config.yaml``) at or below ``path``, in job order."""
+    found = _run_dirs(path)
+    if not found:
+        raise ReportInputError(f"no Hydra run (.hydra/config.yaml) under {path}")
+    return found
+
+
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ReportInputError(f"no such path: {path}")
+    return path
+
+
+def _run_dirs(path: str | Path) -> list[Path]:
+    """:func:`find_runs` without the error when there is none (``[]``)."""
+    path = _existing(path)
     found = []
     for root, dirs, _ in os.walk(path):
         if os.path.isfile(os.path.join(root, ".hydra", "config.yaml")):
@@ -93,8 +114,20 @@ def find_runs(path: str | Path) -> list[Path]:
             dirs[:] = []  # a run's own sub-directories (checkpoints, logs) hold no runs
         else:
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-    if not found:
-        raise ReportInputError(f"no Hydra run (.hydra/config.yaml) under {path}")
+    return sorted(found, key=_natural_key)
+
+
+def find_diagnostics(path: str | Path) -> list[Path]:
+    """The pair diagnostics' ``diagnose.json`` files (``python -m lightreasoner.diagnose``) at or
+    below ``path`` (hidden directories skipped), in natural order; ``[]`` when there is none."""
+    path = _existing(path)
+    if path.is_file():
+        return [path] if path.name == DIAGNOSE_FILE else []
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if DIAGNOSE_FILE in files:
+            found.append(Path(root) / DIAGNOSE_FILE)
     return sorted(found, key=_natural_key)
 
 
@@ -674,16 +707,34 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path | None = None) -> dict:
-    """Load the runs under ``paths``, write report.md, report.csv, runs.csv and the plots.
+    """Load the runs under ``paths``, write report.md, report.csv, runs.csv and the plots; with
+    pair diagnostics (``diagnose.json``) under ``paths`` too, their table as a "Pair diagnostic"
+    section of report.md and ``diagnose.csv`` (:func:`diagnose_table`). Paths that hold only
+    diagnostics give a report of that table alone; a path holding neither is an error.
 
     ``out_dir`` defaults to ``<common parent of paths>/report`` (``<multirun dir>/report``).
-    Returns ``{"out_dir", "files": {name: Path}, "runs", "keys", "table", "display"}``:
+    Returns ``{"out_dir", "files": {name: Path}, "runs", "keys", "table", "display", "diagnostics"}``:
     the :func:`load_runs` frame, the varying keys, the :func:`aggregate` table and its
-    :func:`format_table` strings."""
+    :func:`format_table` strings (``None``, ``[]``, ``None``, ``None`` without a training run),
+    and the :func:`diagnose_table` (``None`` without a diagnostic)."""
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    runs = load_runs(paths)
+    if not paths:
+        raise ReportInputError("no path given")
+    run_paths, diagnostics = [], []
+    for path in paths:
+        has_runs, found = bool(_run_dirs(path)), find_diagnostics(path)
+        if not has_runs and not found:
+            raise ReportInputError(f"no Hydra run (.hydra/config.yaml) or pair diagnostic ({DIAGNOSE_FILE}) under {path}")
+        run_paths += [path] if has_runs else []
+        diagnostics += [f for f in found if f.resolve() not in {d.resolve() for d in diagnostics}]
     root = Path(os.path.commonpath([p.absolute() for p in paths]))
+    if root.is_file():
+        root = root.parent
     out_dir = Path(out_dir) if out_dir is not None else root / "report"
+    diag = diagnose_table(load_diagnostics(diagnostics, root)) if diagnostics else None
+    if not run_paths:
+        return _write_diagnostics_only(diag, root, out_dir)
+    runs = load_runs(run_paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(runs)
     table = aggregate(runs, keys)
@@ -720,9 +771,153 @@ def write_report(paths: str | Path | Iterable[str | Path], out_dir: str | Path |
         _markdown(failed.fillna("")) if len(failed) else "None.",
         "",
     ]
+    if diag is not None:
+        md += _diagnostics_section(diag, files, out_dir)
     files["report.md"] = out_dir / "report.md"
     atomic_write_text(files["report.md"], "\n".join(md))
-    return {"out_dir": out_dir, "files": files, "runs": runs, "keys": keys, "table": table, "display": display}
+    return {"out_dir": out_dir, "files": files, "runs": runs, "keys": keys, "table": table, "display": display,
+            "diagnostics": diag}
+
+
+def _diagnostics_section(diag: pd.DataFrame, files: dict, out_dir: Path) -> list[str]:
+    """Write ``diagnose.csv`` (the :func:`diagnose_table`) and return the markdown section."""
+    files["diagnose.csv"] = out_dir / "diagnose.csv"
+    atomic_write_text(files["diagnose.csv"], diag.to_csv(index=False, float_format="%.10g"))
+    return ["## Pair diagnostic", "", DIAGNOSE_NOTE, "", _markdown(format_diagnose_table(diag)), ""]
+
+
+def _write_diagnostics_only(diag: pd.DataFrame, root: Path, out_dir: Path) -> dict:
+    """The report of paths that hold pair diagnostics and no training run: their table only."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    md = ["# Sweep report", "", f"{len(diag)} pair diagnostic{'s' if len(diag) != 1 else ''} and no training run under `{root}`.", ""]
+    md += _diagnostics_section(diag, files, out_dir)
+    files["report.md"] = out_dir / "report.md"
+    atomic_write_text(files["report.md"], "\n".join(md))
+    return {"out_dir": out_dir, "files": files, "runs": None, "keys": [], "table": None, "display": None,
+            "diagnostics": diag}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair diagnostics (python -m lightreasoner.diagnose)
+
+
+DIAGNOSE_NOTE = (
+    "One row per `diagnose.json` (python -m lightreasoner.diagnose): reference solutions of the training split "
+    "teacher-forced through both models. kept % = share of the scored reference positions the selection keeps; "
+    "at the kept positions, flips = positions where the contrast's pick differs from the expert's (share of the kept "
+    "positions), contrast / expert right = flips where that pick is the reference token; advantage = (contrast right - "
+    "expert right) / flips in points, with its Wilson 95% interval (decisive flips, positions independent) and a "
+    "bootstrap over references. on-policy flip % = `label_argmax_differs` of the config's trace cache (`-`: none); "
+    "answer-level diff = greedy contrastive decoding - expert accuracy on the same problems, paired bootstrap 95%. "
+    "The reference-token advantage is a proxy, not a verdict on what fine-tuning gains."
+)
+
+DIAGNOSE_SELECTION_KEYS = ("rule", "beta", "alpha", "target", "tau", "top_k", "gamma", "first_step")
+"""Selection settings shown as ``selection.<key>`` columns when they differ between the diagnostics."""
+
+
+def load_diagnostics(files: Iterable[str | Path], root: str | Path | None = None) -> list[dict]:
+    """The reports of ``diagnose.json`` files, each with ``out_dir`` (its directory, relative to
+    ``root`` when below it). A file that is not a pair diagnostic's report is one
+    :class:`ReportInputError` naming it."""
+    reports = []
+    for path in map(Path, files):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ReportInputError(_one_line(str(path), exc)) from None
+        missing = [k for k in ("pair", "references", "kept_fraction", "kept") if not isinstance(report, dict) or k not in report]
+        if missing or not isinstance(report["kept"], dict):
+            raise ReportInputError(f"{path}: not a pair diagnostic's report (missing {', '.join(missing) or 'kept'})")
+        directory = str(path.parent)
+        report["out_dir"] = _relative(directory, Path(root).absolute()) if root is not None else directory
+        reports.append(report)
+    return reports
+
+
+def _pair(ci) -> tuple[float, float]:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, numbers.Number) for v in ci):
+        return float(ci[0]), float(ci[1])
+    return np.nan, np.nan
+
+
+def _number_or_nan(value) -> float:
+    return float(value) if isinstance(value, numbers.Number) and not isinstance(value, bool) else np.nan
+
+
+def diagnose_table(reports: Iterable[dict]) -> pd.DataFrame:
+    """One row per pair diagnostic report (the dict of ``diagnose.json``), numbers as they are.
+
+    Columns: ``pair``, ``dir`` (the report's ``out_dir``, else empty), ``expert``, ``amateur``,
+    ``dataset``, ``references``, then ``selection.<key>`` for the :data:`DIAGNOSE_SELECTION_KEYS`
+    whose values differ between the reports, then ``kept_fraction`` and, over the kept positions,
+    ``kept_positions``, ``kept_flips``, ``kept_flip_share`` (flips / kept positions),
+    ``kept_contrast_right``, ``kept_expert_right``, ``kept_advantage`` with ``kept_ci95_lo``/``_hi``
+    (Wilson) and ``kept_bootstrap_lo``/``_hi`` (by reference); ``on_policy_flip_rate`` (NaN
+    without a trace cache); ``answer_expert_accuracy``, ``answer_cd_accuracy``, ``answer_diff``
+    with ``answer_diff_lo``/``_hi`` (NaN when the answer level did not run). Fractions, not %."""
+    reports = list(reports)
+    selections = [r.get("selection") or {} for r in reports]
+    varying = [k for k in DIAGNOSE_SELECTION_KEYS if len({_canonical(s.get(k)) for s in selections}) > 1]
+    rows = []
+    for r, sel in zip(reports, selections):
+        kept = r["kept"]
+        op = r.get("on_policy") or {}
+        a = r.get("answer_level") or {}
+        paired = a.get("paired") or {}
+        row = {"pair": r["pair"], "dir": r.get("out_dir", ""), "expert": r.get("expert"), "amateur": r.get("amateur"),
+               "dataset": r.get("dataset"), "references": r["references"]}
+        row.update({f"selection.{k}": sel.get(k) for k in varying})
+        row["kept_fraction"] = _number_or_nan(r["kept_fraction"])
+        for key in ("positions", "flips", "contrast_right", "expert_right", "advantage"):
+            row[f"kept_{key}"] = _number_or_nan(kept.get(key))
+        row["kept_flip_share"] = _number_or_nan(kept.get("flip_rate"))
+        row["kept_ci95_lo"], row["kept_ci95_hi"] = _pair(kept.get("ci95"))
+        row["kept_bootstrap_lo"], row["kept_bootstrap_hi"] = _pair(kept.get("ci95_bootstrap_by_reference"))
+        row["on_policy_flip_rate"] = _number_or_nan(op.get("label_argmax_differs")) if op.get("found") else np.nan
+        row["answer_expert_accuracy"] = _number_or_nan((a.get("expert") or {}).get("accuracy"))
+        row["answer_cd_accuracy"] = _number_or_nan((a.get("contrastive_decoding") or {}).get("accuracy"))
+        row["answer_diff"] = _number_or_nan(paired.get("diff"))
+        row["answer_diff_lo"], row["answer_diff_hi"] = _pair(paired.get("ci95"))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for col in ("kept_positions", "kept_flips", "kept_contrast_right", "kept_expert_right"):
+        if col in table:
+            table[col] = table[col].astype("Int64")
+    return table
+
+
+def _pp_interval(value: float, lo: float, hi: float) -> str:
+    if not np.isfinite(value):
+        return "-"
+    return f"{100 * value:+.1f}" + (f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if np.isfinite(lo) and np.isfinite(hi) else "")
+
+
+def format_diagnose_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`diagnose_table` as display strings: pair, dir, the varying selection keys,
+    references, kept %, kept flips (share %), contrast / expert right, advantage pp [Wilson 95%],
+    bootstrap 95% (by reference), on-policy flip %, answer-level diff pp [95%]. Missing: ``-``."""
+    out = pd.DataFrame({"pair": table["pair"].astype(str), "dir": table["dir"].astype(str)})
+    for col in [c for c in table.columns if c.startswith("selection.")]:
+        out[col] = table[col].map(_display_value)
+    out["references"] = table["references"].astype(str)
+    out["kept %"] = table["kept_fraction"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
+    out["kept flips (share)"] = [
+        "-" if pd.isna(f) else f"{int(f)} ({100 * s:.1f}%)" if pd.notna(s) else str(int(f))
+        for f, s in zip(table["kept_flips"], table["kept_flip_share"])]
+    out["contrast / expert right"] = [
+        "-" if pd.isna(c) or pd.isna(e) else f"{int(c)} / {int(e)}"
+        for c, e in zip(table["kept_contrast_right"], table["kept_expert_right"])]
+    out["advantage pp [Wilson 95%]"] = [
+        _pp_interval(v, lo, hi) for v, lo, hi in zip(table["kept_advantage"], table["kept_ci95_lo"], table["kept_ci95_hi"])]
+    out["bootstrap 95% (by reference)"] = [
+        "-" if pd.isna(lo) or pd.isna(hi) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        for lo, hi in zip(table["kept_bootstrap_lo"], table["kept_bootstrap_hi"])]
+    out["on-policy flip %"] = table["on_policy_flip_rate"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
+    out["answer-level diff pp [95%]"] = [
+        _pp_interval(v, lo, hi) for v, lo, hi in zip(table["answer_diff"], table["answer_diff_lo"], table["answer_diff_hi"])]
+    return out
 
 
 def _counts(runs: pd.DataFrame) -> str:
@@ -988,7 +1183,8 @@ def _audit_gain_row(label: dict, a, b, fa, fb) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write the report files; bad input -> ``error: ...``, exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m lightreasoner.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="a Hydra multirun directory, run directories, or a parent of them")
+    parser.add_argument("paths", nargs="+", help="a Hydra multirun directory, run directories, or a parent of them "
+                                                  "(pair diagnostics' diagnose.json below them are read too)")
     parser.add_argument("--out", help="output directory (default: <multirun dir>/report)")
     parser.add_argument("--efficiency", action="store_true",
                         help="print the paper's efficiency table of the given runs (e.g. a LightReasoner run and an SFT run)")
@@ -1039,12 +1235,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     runs, keys = report["runs"], report["keys"]
-    print(f"{_counts(runs)}; varying: {', '.join(keys) if keys else 'nothing'} (seeds aggregated)")
-    print(_markdown(report["display"]))
-    failed = not_finished(runs)
-    if len(failed):
-        print("\nFailed or unfinished runs:")
-        print(_markdown(failed.fillna("")))
+    if runs is not None:
+        print(f"{_counts(runs)}; varying: {', '.join(keys) if keys else 'nothing'} (seeds aggregated)")
+        print(_markdown(report["display"]))
+        failed = not_finished(runs)
+        if len(failed):
+            print("\nFailed or unfinished runs:")
+            print(_markdown(failed.fillna("")))
+    if report["diagnostics"] is not None:
+        print(("" if runs is None else "\n") + f"Pair diagnostic ({len(report['diagnostics'])} diagnose.json):")
+        print(_markdown(format_diagnose_table(report["diagnostics"])))
     print(f"\nwrote {', '.join(report['files'])} to {report['out_dir']}")
     return 0
 

@@ -4,6 +4,7 @@ the tiny pair."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -148,7 +149,7 @@ def test_command_line_on_the_tiny_pair(tmp_path, tiny_pair_dirs, capsys):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "diag"
     argv = [
-        "experiment=coder_cpu", "logger=none", "trainer=cpu",
+        "experiment=coder_cpu", "logger=csv", "trainer=cpu",
         f"model_pair.expert.name_or_path={tiny_pair_dirs['expert']}", "model_pair.expert.gguf_file=null", "model_pair.expert.device=cpu",
         f"model_pair.amateur.name_or_path={tiny_pair_dirs['amateur']}", "model_pair.amateur.gguf_file=null", "model_pair.amateur.device=cpu",
         f"dataset.files.train={tmp_path / 'train.jsonl'}", "dataset.hub=null", "dataset.max_problems=4", "eval.max_new_tokens=6",
@@ -170,6 +171,10 @@ def test_command_line_on_the_tiny_pair(tmp_path, tiny_pair_dirs, capsys):
     a = report["answer_level"]
     assert a["n"] == 3 and a["paired"]["n"] == 3 and a["max_new_tokens"] == 6
     assert report["timing"]["wall_s"] > 0 and report["machine"]["cpu"]
+    # logger=csv: run() logs the flat diagnose/ metrics once, beside the report
+    (metrics,) = out.glob("logs/version_*/metrics.csv")
+    row = next(csv.DictReader(metrics.open()))
+    assert int(row["diagnose/references"]) == 3 and float(row["diagnose/kept_fraction"]) == pytest.approx(report["kept_fraction"])
     assert "pair diagnostic" in capsys.readouterr().out
     assert main(["diagnose.bogus=1"]) == 2
     assert "error: diagnose.bogus: no such key" in capsys.readouterr().err
