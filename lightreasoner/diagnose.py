@@ -79,7 +79,9 @@ class DiagnoseSettings:
     """Also decode the same N problems greedily with the expert and with contrastive decoding
     (at ``selection.alpha``) and compare their accuracy, paired. Costs two generations per problem."""
     out: str | None = None
-    """Output directory (null: ``outputs/diagnose/<run_name or pair name>``)."""
+    """Output directory (null: ``outputs/diagnose/<run_name or pair name>``). With ``-m``, the
+    parent of one directory per job (``<pair>/``, and ``<pair>/<swept overrides>/`` where several
+    jobs share a pair)."""
 
     def validate(self) -> None:
         for name in ("problems", "batch_size"):
@@ -748,6 +750,27 @@ def print_report(report: Mapping) -> None:
 
 
 # ----------------------------------------------------------------------------- command line
+def job_settings_of(jobs: Sequence[Sequence[str]], cfgs: Sequence, settings: DiagnoseSettings) -> list[DiagnoseSettings]:
+    """One output directory per job. A single job keeps ``diagnose.out`` (or the default); the
+    jobs of a sweep go under ``diagnose.out`` (default ``outputs/diagnose``) in a directory named
+    for the job's pair (or run_name), and where several jobs share one, a sub-directory named for
+    the overrides that differ between them (``selection.gamma=2.0``), so no job overwrites another."""
+    if len(cfgs) <= 1:
+        return [settings] * len(cfgs)
+    base = Path(settings.out) if settings.out else Path("outputs") / "diagnose"
+    labels = [str(cfg.get("run_name") or pair_label(cfg)) for cfg in cfgs]
+    swept = [o for o in dict.fromkeys(o for job in jobs for o in job) if sum(o in job for job in jobs) < len(jobs)]
+    out = []
+    for job, label in zip(jobs, labels):
+        where = base / label
+        if labels.count(label) > 1:
+            where = where / (re.sub(r"[^\w.=,-]+", "_", ",".join(o for o in job if o in swept)) or "job")
+        out.append(dataclasses.replace(settings, out=str(where)))
+    if len({s.out for s in out}) < len(out):
+        raise ValueError("diagnose: two jobs of this sweep would write one directory; give each a run_name")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lightreasoner.diagnose [-m] [hydra overrides] [diagnose.<field>=<value>]``.
     Returns the exit code (2: bad input, one ``error:`` line)."""
@@ -781,10 +804,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfgs.append(cfg)
         finally:
             composer.close()
-        if len(cfgs) > 1 and settings.out:
-            raise PreflightError("diagnose.out: one directory for several jobs; leave it null (one directory per pair)")
-        for cfg in cfgs:
-            print_report(run(cfg, settings))
+        for cfg, job_settings in zip(cfgs, job_settings_of(jobs, cfgs, settings)):
+            print_report(run(cfg, job_settings))
     except (ValueError, OSError, ImportError) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2

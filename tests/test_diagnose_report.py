@@ -207,3 +207,23 @@ def test_a_bad_diagnose_json_is_one_error_line(tmp_path, capsys):
     assert sweep_report.main([str(tmp_path / "e")]) == 2
     assert "no Hydra run (.hydra/config.yaml) or pair diagnostic (diagnose.json) under" in capsys.readouterr().err
     assert os.listdir(tmp_path / "e") == ["0"]  # no report directory left behind
+
+
+def test_a_sweep_over_one_pair_writes_one_directory_per_job(tmp_path):
+    """-m selection.gamma=1,2 on one pair: two directories, named for the swept value; a sweep
+    over pairs: one directory per pair; a single job keeps diagnose.out."""
+    from pathlib import Path
+
+    from lightreasoner.diagnose import DiagnoseSettings, job_settings_of
+
+    class C(dict):
+        def __init__(self, name):
+            super().__init__(model_pair={"name": name, "amateur": {}}, run_name=None)
+            self.model_pair = self["model_pair"]
+
+    jobs = [["model_pair=demo", "selection.gamma=1.0"], ["model_pair=demo", "selection.gamma=2.0"]]
+    outs = [s.out for s in job_settings_of(jobs, [C("demo-tiny"), C("demo-tiny")], DiagnoseSettings(out=str(tmp_path)))]
+    assert outs == [str(tmp_path / "demo-tiny" / "selection.gamma=1.0"), str(tmp_path / "demo-tiny" / "selection.gamma=2.0")]
+    outs = [s.out for s in job_settings_of([["model_pair=a"], ["model_pair=b"]], [C("a"), C("b")], DiagnoseSettings())]
+    assert outs == [str(Path("outputs/diagnose/a")), str(Path("outputs/diagnose/b"))]
+    assert job_settings_of([["x=1"]], [C("a")], DiagnoseSettings(out="here"))[0].out == "here"
