@@ -44,7 +44,7 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from omegaconf import OmegaConf
 
-from lightreasoner.eval.results import read_rows
+from lightreasoner.eval.results import read_rows, record_benchmarks, record_path
 from lightreasoner.eval.scoring import answer_type_of, has_flexible, rescore_rows
 from lightreasoner.eval.stats import COMPARABLE_SETTINGS, paired_flexible_stats, paired_stats, paired_verdicts, wilson_interval
 from lightreasoner.files import atomic_write_bytes, atomic_write_text
@@ -985,7 +985,7 @@ def _eval_run(run_dir: Path, model: str, bench: str, force: bool = False, publis
     Rows written before the flexible score existed are re-scored from their stored text
     (:func:`lightreasoner.eval.scoring.rescore_rows`; ``force``: every row, under
     ``published_tolerance`` or not), so their strict verdicts use the current numeric rule too."""
-    rows_path = run_dir / "eval" / model / f"{bench}.jsonl"
+    rows_path = record_path(run_dir / "eval" / model, bench)  # {bench}.jsonl, or .jsonl.gz (committed records)
     settings_path = run_dir / "eval" / model / f"{bench}.settings.json"
     if not rows_path.is_file() or not settings_path.is_file():
         return None
@@ -1013,8 +1013,8 @@ def head_to_head(run_a: str | Path, run_b: str | Path, model_a: str = TUNED, mod
     for d in dirs:
         if not (d / "eval").is_dir():
             raise ReportInputError(f"{d}: no eval/ directory (expected a run directory that ran stage evaluate)")
-    benches = sorted(p.stem for p in (dirs[0] / "eval" / model_a).glob("*.jsonl")
-                     if (dirs[1] / "eval" / model_b / p.name).is_file())
+    benches = [b for b in record_benchmarks(dirs[0] / "eval" / model_a)
+               if record_path(dirs[1] / "eval" / model_b, b).is_file()]
     if not benches:
         raise ReportInputError(f"{run_a} and {run_b}: no benchmark evaluated for model '{model_a}' in the first "
                                f"and '{model_b}' in the second")
@@ -1082,7 +1082,7 @@ def _audit_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _audit_models(run_dir: Path) -> list[str]:
-    models = sorted(d.name for d in (run_dir / "eval").iterdir() if d.is_dir() and any(d.glob("*.jsonl")))
+    models = sorted(d.name for d in (run_dir / "eval").iterdir() if d.is_dir() and record_benchmarks(d))
     order = {BASE: 0, TUNED: 1}
     return sorted(models, key=lambda m: (order.get(m, 2), m))
 
@@ -1114,8 +1114,8 @@ def format_audit(paths: str | Path | Iterable[str | Path], baseline: str = BASE,
     for run_dir in dirs:
         runs: dict[tuple[str, str], dict] = {}
         for model in _audit_models(run_dir):
-            for rows_path in sorted((run_dir / "eval" / model).glob("*.jsonl")):
-                bench = rows_path.stem
+            for bench in record_benchmarks(run_dir / "eval" / model):
+                rows_path = record_path(run_dir / "eval" / model, bench)
                 run = _eval_run(run_dir, model, bench, force=True, published_tolerance=published_tolerance)
                 if run is None:
                     continue

@@ -260,3 +260,24 @@ def test_read_rows_tolerates_only_a_truncated_last_line(tmp_path):
     f.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')
     with pytest.raises(ValueError, match=r"b\.jsonl:2: malformed JSON"):
         results.read_rows(f)
+
+
+def test_a_gzipped_record_file_reads_as_the_plain_one(tmp_path):
+    """Committed records are ``{benchmark}.jsonl.gz``: read through gzip, row for row the plain
+    file's; a truncated last line is dropped without touching the compressed file."""
+    import gzip
+
+    rows = [{"id": f"gsm8k/test/{i}", "generated": f"out {i} \u00e9", "correct": i % 2 == 0} for i in range(5)]
+    plain = tmp_path / "gsm8k.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    packed = tmp_path / "gsm8k.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert results.read_rows(packed) == results.read_rows(plain) and len(results.read_rows(packed)) == 5
+    assert results.record_path(tmp_path, "gsm8k") == plain  # the plain file first (a run still writing it)
+    assert results.record_benchmarks(tmp_path) == ["gsm8k"]
+    plain.unlink()
+    assert results.record_path(tmp_path, "gsm8k") == packed and results.record_benchmarks(tmp_path) == ["gsm8k"]
+    assert results.record_path(tmp_path, "svamp") == tmp_path / "svamp.jsonl"  # neither: the plain name
+    cut = gzip.compress(b'{"id": "a"}\n{"id": "b", "gen')
+    packed.write_bytes(cut)
+    assert list(results.read_rows(packed)) == ["a"] and packed.read_bytes() == cut

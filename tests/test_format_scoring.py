@@ -218,3 +218,27 @@ def test_format_audit_rescores_records_and_reports_the_format_share(tmp_path, ca
     assert "format share pp" in capsys.readouterr().out
     assert report.main(["--format-audit", str(tmp_path / "nope")]) == 2
     assert "no eval/ directory" in capsys.readouterr().err
+
+
+def test_the_report_reads_gzipped_records_as_the_plain_ones(tmp_path):
+    """Records committed as ``{benchmark}.jsonl.gz`` (docs/results/*_records/) give the same
+    audit and head-to-head tables as the plain files they were compressed from."""
+    import gzip
+    import shutil
+
+    plain, packed = tmp_path / "plain" / "lightreasoner", tmp_path / "packed" / "lightreasoner"
+    golds = ["18", "7", "5"]
+    _write_eval(plain, "base", "gsm8k", ["\\boxed{18}", "so \\boxed{L - 7}", "\\boxed{4}"], golds)
+    _write_eval(plain, "tuned", "gsm8k", ["\\boxed{18}", "\\boxed{7}", "\\boxed{5}"], golds)
+    _write_eval(plain, "base", "svamp", ["\\boxed{3}", "2"], ["3", "2"])
+    _write_eval(plain, "tuned", "svamp", ["\\boxed{3}", "\\boxed{1}"], ["3", "2"])
+    shutil.copytree(plain, packed)
+    for f in packed.rglob("*.jsonl"):
+        f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    assert sorted(p.name for p in (packed / "eval" / "base").iterdir()) == [
+        "gsm8k.jsonl.gz", "gsm8k.settings.json", "svamp.jsonl.gz", "svamp.settings.json"]
+    for a, b in zip(report.format_audit([plain]), report.format_audit([packed])):
+        assert len(a) and a.equals(b)
+    a, b = (report.head_to_head(run, run, "base", "tuned") for run in (plain, packed))
+    assert a["benchmark"].tolist() == ["gsm8k", "svamp", "all (pooled)"] and a.equals(b)

@@ -1,7 +1,10 @@
 """Per-problem result files of the evaluation stage: ``{out_dir}/{model}/{benchmark}.jsonl``,
 one JSON line per problem, appended batch by batch (a rerun resumes: problems already there are
 not regenerated), beside a ``{benchmark}.settings.json`` that refuses a resume under other
-settings.
+settings. Records committed as evidence (``docs/results/*_records/``) are kept gzip-compressed,
+``{benchmark}.jsonl.gz``: :func:`read_rows` reads them as it reads the plain file, and
+:func:`record_path` / :func:`record_benchmarks` find either (the evaluation itself writes and
+resumes the plain file only).
 
 :class:`SharedResults` is the cross-run store (``eval.cache``): rows of an evaluation whose
 settings are identical but for the model's display name (same model files, benchmark, split,
@@ -11,6 +14,7 @@ a sweep evaluates the untuned expert once, and a second run reuses the first one
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -24,12 +28,37 @@ from lightreasoner.files import atomic_write_json, canonical_json
 log = logging.getLogger(__name__)
 
 
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz")
+"""A benchmark's per-problem records: ``{benchmark}.jsonl``, or gzip-compressed ``{benchmark}.jsonl.gz``."""
+
+
+def record_path(directory: Path, benchmark: str) -> Path:
+    """``{directory}/{benchmark}.jsonl``, or its compressed copy ``{benchmark}.jsonl.gz`` when
+    only that one exists."""
+    plain = Path(directory) / f"{benchmark}{RECORD_SUFFIXES[0]}"
+    packed = Path(directory) / f"{benchmark}{RECORD_SUFFIXES[1]}"
+    return packed if not plain.is_file() and packed.is_file() else plain
+
+
+def record_benchmarks(directory: Path) -> list[str]:
+    """The benchmarks with per-problem records in ``directory`` (plain or compressed), sorted."""
+    names = {p.name[: -len(s)] for p in Path(directory).glob("*.jsonl*") for s in RECORD_SUFFIXES if p.name.endswith(s)}
+    return sorted(names)
+
+
 def read_rows(path: Path) -> dict[str, dict]:
-    """Rows already written to ``path`` by id. A truncated last line (an interrupted write)
-    is cut from the file; a malformed line elsewhere is an error naming the line."""
+    """Rows already written to ``path`` by id (a name ending in ``.gz`` is read through gzip).
+    A truncated last line (an interrupted write) is cut from a plain file (dropped, with a
+    warning, from a compressed one); a malformed line elsewhere is an error naming the line."""
+    path = Path(path)
     if not path.exists():
         return {}
-    data = path.read_bytes()
+    packed = path.name.endswith(".gz")
+    if packed:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    else:
+        data = path.read_bytes()
     rows: dict[str, dict] = {}
     offset = 0
     lines = data.split(b"\n")
@@ -38,15 +67,16 @@ def read_rows(path: Path) -> dict[str, dict]:
         if line.strip():
             try:
                 row = json.loads(line)
-                if last:  # complete JSON but no newline yet: finish the line
+                if last and not packed:  # complete JSON but no newline yet: finish the line
                     with open(path, "ab") as f:
                         f.write(b"\n")
             except json.JSONDecodeError:
                 if not last:
                     raise ValueError(f"{path}:{i + 1}: malformed JSON line in evaluation results") from None
                 log.warning("%s: dropping a truncated last line (an interrupted write)", path)
-                with open(path, "r+b") as f:
-                    f.truncate(offset)
+                if not packed:
+                    with open(path, "r+b") as f:
+                        f.truncate(offset)
                 break
             rows[row["id"]] = row
         offset += len(line) + 1
