@@ -930,6 +930,20 @@ def _counts(runs: pd.DataFrame) -> str:
 # The paper's efficiency table
 
 
+def _summary_runs(path: str | Path) -> list[Path]:
+    """The runs of a table read from summaries alone: :func:`find_runs`, or, where there is no
+    Hydra run, every directory at or below ``path`` holding a ``summary.json`` (a run kept as its
+    summary only, as the committed records of docs/results keep some)."""
+    found = _run_dirs(path)
+    if not found:
+        root = Path(path)
+        found = sorted({p.parent for p in root.rglob("summary.json")
+                        if not any(part.startswith(".") for part in p.relative_to(root).parts)}, key=_natural_key)
+    if not found:
+        raise ReportInputError(f"no Hydra run (.hydra/config.yaml) or summary.json under {path}")
+    return found
+
+
 def efficiency_table(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """The paper's efficiency comparison of finished runs (e.g. LightReasoner vs SFT): one row
     per run with its method, sampled problems, tokens generated while sampling, tuned tokens,
@@ -937,7 +951,7 @@ def efficiency_table(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     fine-tune time, total time and the accuracy gain of the tuned model over the base per
     benchmark (points, with the paired-bootstrap interval)."""
     rows = []
-    for run_dir in (r for p in ([paths] if isinstance(paths, (str, Path)) else paths) for r in find_runs(p)):
+    for run_dir in (r for p in ([paths] if isinstance(paths, (str, Path)) else paths) for r in _summary_runs(p)):
         summary_path = Path(run_dir) / "summary.json"
         if not summary_path.is_file():
             continue

@@ -237,6 +237,24 @@ def test_head_to_head_pools_benchmarks_and_compares_any_two_models(tmp_path, cap
     assert len(err) == 1 and "no benchmark evaluated for model 'base' in the first and 'amateur' in the second" in err[0]
 
 
+def test_the_efficiency_table_reads_runs_kept_as_their_summary_alone(tmp_path, capsys):
+    """Committed records keep some runs as their ``summary.json`` only (no ``.hydra/``): the
+    efficiency table reads them as it reads Hydra runs."""
+    for name, method, tuned in (("lr_finetune40", "lightreasoner", 962), ("sft_sample32", "sft", None)):
+        d = tmp_path / "efficiency" / name
+        d.mkdir(parents=True)
+        eff = {"problems_sampled": 32, "tokens_generated": 4096, "tuned_tokens": tuned,
+               "sampling": {"wall_s": 221.7, "cached": False}, "stages": {"distill": {"wall_s": 155.4}} if tuned else {}}
+        (d / "summary.json").write_text(json.dumps({"status": "finished", "method": method, "seed": 0, "efficiency": eff}))
+    table = report.efficiency_table(tmp_path / "efficiency")
+    assert table["run"].tolist() == ["lr_finetune40", "sft_sample32"]
+    assert table["tuned tokens"].tolist()[0] == 962 and table["sampling + fine-tune s"].tolist()[0] == 377.1
+    assert report.main(["--efficiency", str(tmp_path / "efficiency")]) == 0
+    assert "lr_finetune40" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert report.main(["--efficiency", str(tmp_path / "empty")]) == 2
+    assert "no Hydra run (.hydra/config.yaml) or summary.json under" in capsys.readouterr().err
+
 def test_the_report_reads_the_effective_selection_a_run_used():
     """Issue 30: a run's beta/alpha columns are the values its selection used (summary.json), under
     ``selection.*`` even for runs made when they were ``sampling.*`` keys: an old
