@@ -6,7 +6,7 @@
     python train.py -m sampling.beta=0.2,0.4 --jobs  # list a multirun's jobs (each checked), run nothing
 
 Every job is composed and checked before anything heavy is imported and before Hydra makes a
-run directory (:mod:`lightreasoner.cli`): a bad input is one ``error:`` line and exit code 2.
+run directory (:mod:`lightreasoner.run.cli`): a bad input is one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import lightreasoner.config  # noqa: F401  (importing it registers the config resolvers)
+import lightreasoner.core.config  # noqa: F401  (importing it registers the config resolvers)
 
 if __name__ == "__main__":
-    from lightreasoner.cli import preflight
+    from lightreasoner.run.cli import preflight
 
     if (code := preflight(sys.argv[1:])) is not None:
         sys.exit(code)
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from lightreasoner.pipeline import run  # torch and Lightning: imported once the job is checked
+    from lightreasoner.run.pipeline import run  # torch and Lightning: imported once the job is checked
 
     try:
         return run(cfg).objective

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from lightreasoner.benchmarks import dataset_config, load_problems
-from lightreasoner.models import ModelSpec, load_model, load_tokenizer
+from lightreasoner.data.benchmarks import dataset_config, load_problems
+from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
 
 MODELS = Path(os.environ.get("LIGHTREASONER_MODELS", Path.home() / ".cache" / "lightreasoner" / "models"))
 EXPERT_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -37,7 +37,7 @@ def coder_specs() -> tuple[ModelSpec, ModelSpec]:
 
 def tiny_pair(root: Path) -> tuple[ModelSpec, ModelSpec]:
     """A small random pair on disk (smoke runs of the benchmark scripts)."""
-    from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+    from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
 
     tok = build_char_tokenizer()
     e = save_pair_member(build_tiny_model(tok, seed=1, hidden_size=64, num_layers=2), tok, root / "expert")

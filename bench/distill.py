@@ -23,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, coder_specs, gsm8k_train, sync, tiny_pair  # noqa: E402
 
-from lightreasoner.benchmarks import dataset_config, dataset_identity  # noqa: E402
-from lightreasoner.datamodule import DistillDataModule  # noqa: E402
-from lightreasoner.distill import DistillModule  # noqa: E402
-from lightreasoner.models import load_tokenizer  # noqa: E402
-from lightreasoner.selection import select  # noqa: E402
-from lightreasoner.sampling import run_sampling  # noqa: E402
+from lightreasoner.data.benchmarks import dataset_config, dataset_identity  # noqa: E402
+from lightreasoner.training.datamodule import DistillDataModule  # noqa: E402
+from lightreasoner.training.distill import DistillModule  # noqa: E402
+from lightreasoner.models.spec import load_tokenizer  # noqa: E402
+from lightreasoner.selection.select import select  # noqa: E402
+from lightreasoner.sampling.sampler import run_sampling  # noqa: E402
 
 
 def time_arm(module: DistillModule, dm: DistillDataModule, micro_batches: int) -> dict:

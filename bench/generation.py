@@ -28,16 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ENGINES, EXPERT_GGUF, MODELS, PeakRSS, tiny_pair  # noqa: E402
 
-from lightreasoner.files import atomic_write_json  # noqa: E402
+from lightreasoner.core.files import atomic_write_json  # noqa: E402
 
 
 def run_one(engine_name: str, spec_dict: dict, n: int, max_new: int, batch_size: int, out: Path) -> None:
     """Runs in its own process: build the engine, generate, score, write JSON."""
-    from lightreasoner.answers import extract_answer, is_equivalent
-    from lightreasoner.benchmarks import dataset_config, load_problems
+    from lightreasoner.data.answers import extract_answer, is_equivalent
+    from lightreasoner.data.benchmarks import dataset_config, load_problems
     from lightreasoner.generation import GenerationSettings, build_engine
-    from lightreasoner.models import ModelSpec, load_model, load_tokenizer
-    from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts
+    from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
+    from lightreasoner.data.prompts import EVAL_SYSTEM, encode_prompts
 
     spec = ModelSpec.from_any(spec_dict)
     problems = load_problems(dataset_config("gsm8k"), split="test", max_problems=n)

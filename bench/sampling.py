@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ENGINES, PeakRSS, coder_specs, gsm8k_train, load_pair, sync, tiny_pair  # noqa: E402
 
-from lightreasoner import contrast  # noqa: E402
+from lightreasoner.core import contrast  # noqa: E402
 from lightreasoner.generation import GenerationSettings, HFEngine  # noqa: E402
-from lightreasoner.prompts import SAMPLING_SYSTEM, encode_prompts  # noqa: E402
-from lightreasoner.sampling import ContrastiveSampler, SamplingSettings, make_batch, question_sha  # noqa: E402
+from lightreasoner.data.prompts import SAMPLING_SYSTEM, encode_prompts  # noqa: E402
+from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings, make_batch, question_sha  # noqa: E402
 
 
 @torch.no_grad()

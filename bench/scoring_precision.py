@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import coder_specs, gsm8k_train, load_pair, tiny_pair  # noqa: E402
 
-from lightreasoner import contrast  # noqa: E402
+from lightreasoner.core import contrast  # noqa: E402
 from lightreasoner.generation import GenerationSettings, HFEngine  # noqa: E402
-from lightreasoner.prompts import SAMPLING_SYSTEM, encode_prompts  # noqa: E402
+from lightreasoner.data.prompts import SAMPLING_SYSTEM, encode_prompts  # noqa: E402
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import coder_specs  # noqa: E402
 
-from lightreasoner.distill import lora_config  # noqa: E402
-from lightreasoner.models import load_model  # noqa: E402
+from lightreasoner.training.distill import lora_config  # noqa: E402
+from lightreasoner.models.spec import load_model  # noqa: E402
 
 
 def time_arm(model, ids: torch.Tensor, positions: torch.Tensor, autocast: bool, repeats: int) -> float:

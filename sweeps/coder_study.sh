@@ -21,7 +21,7 @@ OUT=docs/results/coder_study
 MATH="stage=evaluate eval.benchmarks=[math500] eval.max_problems=100 eval.max_new_tokens=1024"
 
 # print a report table into FILE atomically (a killed report leaves the old file, not half a new one)
-table() { local file=$1; shift; $PY -m lightreasoner.report "$@" > "$file.tmp" && mv "$file.tmp" "$file" && cat "$file"; }
+table() { local file=$1; shift; $PY -m lightreasoner.analysis.report "$@" > "$file.tmp" && mv "$file.tmp" "$file" && cat "$file"; }
 COMMON="experiment=coder_study logger=csv"
 
 for step in $STEPS; do
@@ -57,7 +57,7 @@ for step in $STEPS; do
       $PY train.py $COMMON $FT method=sft method.samples_per_problem=4 run_name=coder_study/efficiency/sft_finetune40 ;;
     report)   # 5. accuracy, paired gains (tuned vs base on the same problems), SFT-tuned vs
               #    LightReasoner-tuned per problem, and the efficiency table
-      $PY -m lightreasoner.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out $OUT
+      $PY -m lightreasoner.analysis.report outputs/coder_study/lightreasoner outputs/coder_study/sft --out $OUT
       table $OUT/head_to_head.md --head-to-head outputs/coder_study/lightreasoner outputs/coder_study/sft
       table $OUT/efficiency.md --efficiency outputs/coder_study/lightreasoner outputs/coder_study/sft
       for r in lightreasoner sft; do   # tuned vs base per benchmark and pooled over both
@@ -70,7 +70,7 @@ for step in $STEPS; do
       table docs/results/format_or_reasoning/coder_study_audit.md --format-audit $audit docs/results/coder_study_records/untuned
       if [ -d outputs/coder_study/efficiency ]; then table $OUT/efficiency_side_by_side.md --efficiency outputs/coder_study/efficiency; fi
       if [ -f outputs/coder_study/math500_sft/summary.json ]; then
-        $PY -m lightreasoner.report outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft --out $OUT/math500
+        $PY -m lightreasoner.analysis.report outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft --out $OUT/math500
         table $OUT/math500/head_to_head.md --head-to-head outputs/coder_study/math500_lightreasoner outputs/coder_study/math500_sft
         for r in lightreasoner sft; do
           table $OUT/math500/tuned_vs_base_$r.md --head-to-head outputs/coder_study/math500_$r outputs/coder_study/math500_$r --models base tuned
@@ -79,9 +79,9 @@ for step in $STEPS; do
     bundle)   # carry the finished runs and the caches they read (traces, SFT solutions, shared
               # evaluation rows; no checkpoints or merged weights) into the repository
       runs=$(for r in lightreasoner sft math500_lightreasoner math500_sft; do if [ -d outputs/coder_study/$r/.hydra ]; then echo outputs/coder_study/$r; fi; done)
-      $PY -m lightreasoner.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
+      $PY -m lightreasoner.run.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
     restore)  # in a fresh session: put the committed bundle back, then rerun any step to resume from it
-      $PY -m lightreasoner.cache_bundle import docs/results/coder_study_records/bundle ;;
+      $PY -m lightreasoner.run.cache_bundle import docs/results/coder_study_records/bundle ;;
     *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft math500 efficiency report bundle restore)" >&2; exit 2 ;;
   esac
 done

@@ -18,8 +18,8 @@ $PY train.py -m model_pair=demo_checkpoint model_pair.amateur.name_or_path=exper
 #    its two ablations (random_steps, no_contrast) for the widest- and the narrowest-gap amateur.
 $PY - "$CKPTS" "$VAL" <<'PYEOF'
 import subprocess, sys
-from lightreasoner.gap import GAP, best_per_amateur, gap_table
-from lightreasoner.report import load_runs
+from lightreasoner.analysis.gap import GAP, best_per_amateur, gap_table
+from lightreasoner.analysis.report import load_runs
 ckpts, val = sys.argv[1], sys.argv[2]
 runs = load_runs(["multirun/gap/screen_trained", "multirun/gap/screen_ckpt"])
 best = best_per_amateur(gap_table(runs[runs.status == "finished"], ["selection.beta", "selection.alpha"]), [])
@@ -35,4 +35,4 @@ for _, row in best.iterrows():
 PYEOF
 
 # 3. The study's tables and plots (the notebook reads the runs the steps above wrote).
-$PY -m lightreasoner.report multirun/gap --out docs/results/expertise_gap
+$PY -m lightreasoner.analysis.report multirun/gap --out docs/results/expertise_gap

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightreasoner.records import TraceSample
+from lightreasoner.data.records import TraceSample
 
 
 def random_trace_samples(n, seed, vocab, min_len, max_len, max_steps, max_cands, prompt, ids=None, weight_scale=1.0):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from lightreasoner import contrast, tiny
-from lightreasoner.models import eos_token_ids
-from lightreasoner.records import Problem
+from lightreasoner.core import contrast
+
+from lightreasoner.models import tiny
+from lightreasoner.models.spec import eos_token_ids
+from lightreasoner.data.records import Problem
 
 # tiny models: one intra-op thread is ~100x faster than two on a shared, loaded 2-core box
 torch.set_num_threads(1)

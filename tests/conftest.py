@@ -31,7 +31,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_pair_dirs(tmp_path_factory):
     """A tiny expert / amateur pair on disk (char tokenizer; amateur with 5 extra logit ids)."""
-    from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+    from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
 
     root = tmp_path_factory.mktemp("tiny_pair")
     tok = build_char_tokenizer()

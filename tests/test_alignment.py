@@ -10,14 +10,15 @@ import math
 import pytest
 import torch
 
-from lightreasoner import alignment as align
-from lightreasoner import contrast, tiny
+from lightreasoner.core import alignment as align
+from lightreasoner.core import contrast
+from lightreasoner.models import tiny
 from lightreasoner.generation.base import Engine, GeneratedBatch
-from lightreasoner.models import ModelSpec, check_pair_tokenizers
-from lightreasoner.pairs import PairSettings
-from lightreasoner.prompts import encode_prompts
-from lightreasoner.sampling import ContrastiveSampler, make_batch, question_sha
-from lightreasoner.selection import select
+from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers
+from lightreasoner.models.pairs import PairSettings
+from lightreasoner.data.prompts import encode_prompts
+from lightreasoner.sampling.sampler import ContrastiveSampler, make_batch, question_sha
+from lightreasoner.selection.select import select
 
 from _tiny_pair import QUESTIONS, build_pair
 
@@ -276,8 +277,8 @@ def test_shared_alignment_still_refuses_different_tokenizers(cross_pair):
 
 
 def _run(cross_pair, tmp_path, monkeypatch, pair):
-    from lightreasoner import sampling as sampling_mod
-    from lightreasoner.records import Problem
+    from lightreasoner.sampling import sampler as sampling_mod
+    from lightreasoner.data.records import Problem
 
     tok_e, tok_a, expert, amateur, traces = cross_pair
     monkeypatch.setattr(sampling_mod, "build_engine", lambda cfg, model, tok, spec=None: FixedEngine(model, tok, traces))
@@ -297,7 +298,7 @@ def test_manifest_reports_coverage_and_the_floor_fails_with_one_line(cross_pair,
     assert cov["steps_scored_fraction"] == pytest.approx(6 / 8)
     # kept steps at the manifest's fixed reference selection (beta 0.4 from step 1), never a job's own
     assert cache.manifest["coverage_selection"] == {"beta": 0.4, "first_step": 1}
-    from lightreasoner import alignment
+    from lightreasoner.core import alignment
 
     assert cov == alignment.coverage(cache.read_all(), 0.4, 1) and 0 < cov["aligned_mass_kept"] <= 1
     assert cache.fields["pair"] == {"alignment": "string"}

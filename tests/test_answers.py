@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from lightreasoner import answers
-from lightreasoner.answers import boxed_contents, extract_answer, is_equivalent
+from lightreasoner.data import answers
+from lightreasoner.data.answers import boxed_contents, extract_answer, is_equivalent
 
 # (model output, answer_type, gold, expected extracted answer, expected verdict)
 CASES = [

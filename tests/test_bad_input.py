@@ -26,12 +26,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-import lightreasoner.config  # noqa: F401  (registers the resolvers)
-from lightreasoner import files
-from lightreasoner.benchmarks import load_problems
-from lightreasoner.config import unknown_group_option
-from lightreasoner.models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
-from lightreasoner.pipeline import run, validate
+import lightreasoner.core.config  # noqa: F401  (registers the resolvers)
+from lightreasoner.core import files
+from lightreasoner.data.benchmarks import load_problems
+from lightreasoner.core.config import unknown_group_option
+from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
+from lightreasoner.run.pipeline import run, validate
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -285,7 +285,7 @@ def test_model_paths(tmp_path, tiny_pair_dirs):
 
 
 def test_tokenizer_mismatched_pair(tiny_pair_dirs):
-    from lightreasoner import tiny
+    from lightreasoner.models import tiny
 
     tok = load_tokenizer(ModelSpec(tiny_pair_dirs["expert"]))
     other = tiny.build_char_tokenizer()
@@ -399,7 +399,7 @@ def _cli(tmp_path, *overrides):
 def test_command_line_prints_one_error_line_exits_2_and_writes_nothing_half_done(tmp_path):
     """Bad inputs through ``python train.py`` at once: an unknown option, a mistyped key, a real
     pair under the default demo experiment and an unusable cache directory. Each is checked before
-    Hydra starts the job (lightreasoner.cli): one line, exit 2, and no run directory at all."""
+    Hydra starts the job (lightreasoner.run.cli): one line, exit 2, and no run directory at all."""
     (tmp_path / "not-a-dir").write_text("a file where the cache directory should be")
     cases = {
         "group": (["model_pair=nope"], r"^error: model_pair=nope: no such option \(conf/model_pair/nope\.yaml\); expected one of \["),

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lightreasoner.answers import is_equivalent
-from lightreasoner.benchmarks import dataset_config, dataset_identity, load_problems
+from lightreasoner.data.answers import is_equivalent
+from lightreasoner.data.benchmarks import dataset_config, dataset_identity, load_problems
 
 COUNTS = [
     ("gsm8k", "train", 7473),

@@ -16,11 +16,11 @@ import zipfile
 import pytest
 import torch
 
-from lightreasoner import files
-from lightreasoner import sampling as sampling_mod
-from lightreasoner import trace_cache as tc
-from lightreasoner.models import ModelSpec
-from lightreasoner.selection import select
+from lightreasoner.core import files
+from lightreasoner.sampling import sampler as sampling_mod
+from lightreasoner.sampling import trace_cache as tc
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.selection.select import select
 
 from _tiny_pair import build_pair, problems
 
@@ -140,7 +140,7 @@ def test_damaged_shard_is_resampled_alone(pair, clean, cache_copy, monkeypatch, 
     lost = shard_ids(victim)
     damage(kind, victim)
     sampled = Sampled(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.trace_cache"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.sampling.trace_cache"):
         cache = run(pair, cache_dir)
     assert sampled.ids == lost  # only the damaged shard's problems ran through the models again
     assert any("damaged shard" in r.getMessage() and victim.name in r.getMessage() for r in caplog.records)
@@ -198,7 +198,7 @@ def test_listed_shard_missing_is_resampled_with_a_warning(pair, clean, cache_cop
     lost = shard_ids(shards[2])
     shards[2].unlink()
     sampled = Sampled(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.trace_cache"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.sampling.trace_cache"):
         cache = run(pair, cache_dir)
     assert sampled.ids == lost
     assert any("listed in manifest.json are missing" in r.getMessage() and shards[2].name in r.getMessage() for r in caplog.records)

@@ -1,4 +1,4 @@
-"""The command line before Hydra runs a job (lightreasoner.cli, issue 29): every job composed and
+"""The command line before Hydra runs a job (lightreasoner.run.cli, issue 29): every job composed and
 checked in-process, a typo answered with the key it meant, a multirun previewed, ``tuned=``
 checked against the pair's expert, and what is named is what runs."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lightreasoner.cli import Composer, PreflightError, check_jobs, preflight, split_argv, suggest
-from lightreasoner.pipeline import _evaluated_method
-from lightreasoner.validation import validate
+from lightreasoner.run.cli import Composer, PreflightError, check_jobs, preflight, split_argv, suggest
+from lightreasoner.run.pipeline import _evaluated_method
+from lightreasoner.run.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 

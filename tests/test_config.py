@@ -12,14 +12,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf, open_dict
 
-import lightreasoner.config  # noqa: F401  (registers the resolvers)
-from lightreasoner.distill import DistillSettings, build_optimizer, lora_config
+import lightreasoner.core.config  # noqa: F401  (registers the resolvers)
+from lightreasoner.training.distill import DistillSettings, build_optimizer, lora_config
 from lightreasoner.eval.evaluate import EvalSettings
 from lightreasoner.generation import Engine, build_engine
-from lightreasoner.models import ModelSpec, load_model, load_tokenizer, pair_specs
-from lightreasoner.pipeline import validate
-from lightreasoner.sampling import SamplingSettings
-from lightreasoner.selection import SelectionSettings
+from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer, pair_specs
+from lightreasoner.run.pipeline import validate
+from lightreasoner.sampling.sampler import SamplingSettings
+from lightreasoner.selection.select import SelectionSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightreasoner import contrast
+from lightreasoner.core import contrast
 
 
 def logp(*p):

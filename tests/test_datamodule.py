@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from lightreasoner.datamodule import DistillDataModule, collate_examples, group_traces
-from lightreasoner.records import TraceSample
+from lightreasoner.training.datamodule import DistillDataModule, collate_examples, group_traces
+from lightreasoner.data.records import TraceSample
 
 from _samples import random_trace_samples
 
@@ -241,7 +241,7 @@ def test_setup_takes_rank_and_world_from_the_trainer(caplog):
     with pytest.raises(ValueError, match="use_distributed_sampler=False"):
         dm.setup("fit")
     dm.trainer = _FakeTrainer(1, 2, 2)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.training.datamodule"):
         dm.setup("fit")
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]  # logged on rank 0 only
     assert dm.num_micro_batches_per_epoch == planned // 2 and dm.num_dropped_micro_batches == planned % 2
@@ -254,7 +254,7 @@ def test_setup_takes_rank_and_world_from_the_trainer(caplog):
     # rank 0 logs the drop once
     dm0 = DistillDataModule(samples, steps_per_batch=3, accumulate_grad_batches=2, seed=3)
     dm0.trainer = _FakeTrainer(0, 2, 2)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.training.datamodule"):
         dm0.setup("fit")
         dm0.train_dataloader()
     drops = [r for r in caplog.records if "dropped" in r.getMessage()]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import models
-from lightreasoner.datamodule import DistillDataModule
-from lightreasoner.distill import DistillModule
-from lightreasoner.models import ModelSpec
-from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+from lightreasoner.models import spec as models
+from lightreasoner.training.datamodule import DistillDataModule
+from lightreasoner.training.distill import DistillModule
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
 from test_distill import LORA, make_samples
 
 pl = pytest.importorskip("lightning.pytorch")

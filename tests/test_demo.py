@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lightreasoner import prompts
+from lightreasoner.data import prompts
 from lightreasoner.demo import task as T
 from lightreasoner.demo.pair import DemoConfig, demo_root, load_manifest, prepare_demo
 
@@ -79,8 +79,8 @@ def test_check_solution_catches_errors():
 
 
 def test_write_and_load_with_the_dataset_config(splits, tmp_path):
-    from lightreasoner.answers import extract_answer, is_equivalent
-    from lightreasoner.benchmarks import load_problems
+    from lightreasoner.data.answers import extract_answer, is_equivalent
+    from lightreasoner.data.benchmarks import load_problems
 
     paths = T.write_splits(splits, tmp_path)
     assert sorted(p.name for p in paths.values()) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
@@ -167,7 +167,7 @@ def test_default_config_file_is_complete():
 
 
 def test_prepare_demo_builds_caches_and_loads(tmp_path):
-    from lightreasoner.models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
+    from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
     from lightreasoner.demo.pair import greedy_generate
 
     cfg = _tiny_demo_cfg()

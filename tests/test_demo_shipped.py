@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import lightreasoner.config  # noqa: F401  (registers the resolvers)
+import lightreasoner.core.config  # noqa: F401  (registers the resolvers)
 import lightreasoner.demo.pair as P
 from lightreasoner.demo import ship
 from lightreasoner.demo.pair import DemoConfig, MemberConfig, prepare_demo

@@ -1,4 +1,4 @@
-"""The pair diagnostic (lightreasoner/diagnose.py): counts on hand-built logits with known picks,
+"""The pair diagnostic (lightreasoner/run/diagnose.py): counts on hand-built logits with known picks,
 the advantage and its intervals, the reference texts, and one run through the command line on
 the tiny pair."""
 
@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from lightreasoner import contrast
-from lightreasoner.diagnose import (
+from lightreasoner.core import contrast
+from lightreasoner.run.diagnose import (
     DiagnoseSettings,
     advantage,
     bootstrap_advantage,
@@ -23,8 +23,8 @@ from lightreasoner.diagnose import (
     split_diagnose_args,
 )
 from lightreasoner.eval.stats import mcnemar_exact_p, wilson_interval
-from lightreasoner.records import Problem
-from lightreasoner.selection import SelectionSettings
+from lightreasoner.data.records import Problem
+from lightreasoner.selection.select import SelectionSettings
 
 TOKENS = {0: "x", 1: "5", 2: "7", 3: "+", 4: "-", 5: " the", 6: "<eos>"}
 

@@ -1,7 +1,7 @@
 """The pair diagnostic's outputs beyond its own files: the flat ``diagnose/...`` W&B summary keys
-(:func:`lightreasoner.diagnose.diagnose_metrics`, :func:`~lightreasoner.diagnose.log_report` into an
+(:func:`lightreasoner.run.diagnose.diagnose_metrics`, :func:`~lightreasoner.run.diagnose.log_report` into an
 offline W&B run and into the CSV logger) and the "Pair diagnostic" table of the sweep report
-(:func:`lightreasoner.report.diagnose_table`, ``write_report`` on diagnose.json files). No model runs."""
+(:func:`lightreasoner.analysis.report.diagnose_table`, ``write_report`` on diagnose.json files). No model runs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from _fake_sweep import composed_config, summary, write_run
 from _wandb_offline import read_offline_run
 
-from lightreasoner import report as sweep_report
-from lightreasoner.diagnose import DiagnoseSettings, diagnose_metrics, log_report
+from lightreasoner.analysis import report as sweep_report
+from lightreasoner.run.diagnose import DiagnoseSettings, diagnose_metrics, log_report
 
 
 def _block(positions, flips, c, e, advantage, ci, boot):
@@ -84,7 +84,7 @@ def test_diagnose_metrics_are_flat_numbers_named_after_the_report():
 
 
 def _compose(*overrides):
-    from lightreasoner.cli import Composer
+    from lightreasoner.run.cli import Composer
 
     composer = Composer()
     try:
@@ -214,7 +214,7 @@ def test_a_sweep_over_one_pair_writes_one_directory_per_job(tmp_path):
     over pairs: one directory per pair; a single job keeps diagnose.out."""
     from pathlib import Path
 
-    from lightreasoner.diagnose import DiagnoseSettings, job_settings_of
+    from lightreasoner.run.diagnose import DiagnoseSettings, job_settings_of
 
     class C(dict):
         def __init__(self, name):

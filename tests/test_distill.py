@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import models
-from lightreasoner.contrast import distill_loss
-from lightreasoner.datamodule import DistillDataModule, collate_examples
-from lightreasoner.checkpoints import load_adapted_model, merge_adapter, save_adapter
-from lightreasoner.distill import DistillModule, build_optimizer, schedule_lambda
-from lightreasoner.models import ModelSpec
-from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+from lightreasoner.models import spec as models
+from lightreasoner.core.contrast import distill_loss
+from lightreasoner.training.datamodule import DistillDataModule, collate_examples
+from lightreasoner.training.checkpoints import load_adapted_model, merge_adapter, save_adapter
+from lightreasoner.training.distill import DistillModule, build_optimizer, schedule_lambda
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
 
 from _samples import random_trace_samples
 
@@ -214,7 +214,7 @@ def test_short_fit_lowers_the_loss_logs_and_warns_about_repeats(tiny_dir, vocab,
     dm = DistillDataModule(samples, steps_per_batch=4, accumulate_grad_batches=2)
     before = _mean_loss(module, samples)
     trainer = _trainer(tmp_path, max_steps=12, log_every_n_steps=1)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.distill"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.training.distill"):
         trainer.fit(module, datamodule=dm)
     after = _mean_loss(module, samples)
     assert trainer.global_step == 12

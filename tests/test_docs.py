@@ -2,10 +2,10 @@
 sweeps/README.md and docs/ is checked here, or named in :data:`NOT_RUN_HERE` with the reason.
 
 - ``python train.py ...``: every job composed and validated as ``train.py`` does before Hydra
-  starts it (:func:`lightreasoner.cli.check_jobs`); for a single run, the prepare step is then
+  starts it (:func:`lightreasoner.run.cli.check_jobs`); for a single run, the prepare step is then
   applied (with a stand-in demo build) and the run's pair, dataset and benchmarks must be the
   ones the command names (a named ``model_pair``, ``dataset`` or ``experiment`` is what runs).
-- ``python -m lightreasoner.report`` / ``python bench/*.py``: every ``--flag`` is one the
+- ``python -m lightreasoner.analysis.report`` / ``python bench/*.py``: every ``--flag`` is one the
   command's ``--help`` lists, and every path that is not a placeholder exists.
 - ``bash sweeps/X.sh step``: the script exists and has that step.
 - set-up lines (pip, pytest, apt-get, export, wandb, the offline-models tool): their kind is listed
@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from lightreasoner.cli import Composer, check_jobs, split_argv
+from lightreasoner.run.cli import Composer, check_jobs, split_argv
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "sweeps" / "README.md",
@@ -55,7 +55,7 @@ NOT_RUN_HERE = {
 
 PLACEHOLDER = re.compile(r"<[^>]+>")
 DIAGNOSE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*python -m lightreasoner\.diagnose\b")
-"""``[VAR=value ...] python -m lightreasoner.diagnose ...``: the pair diagnostic."""
+"""``[VAR=value ...] python -m lightreasoner.run.diagnose ...``: the pair diagnostic."""
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -89,7 +89,7 @@ def _kind(command: str) -> str:
         return "setup"
     if command.startswith("python train.py"):
         return "train"
-    if command.startswith("python -m lightreasoner.report"):
+    if command.startswith("python -m lightreasoner.analysis.report"):
         return "report"
     if command.startswith("python bench/"):
         return "bench"
@@ -137,7 +137,7 @@ def test_documented_train_command_composes_validates_and_runs_what_it_names(comm
     if flags.get("multirun"):
         assert len(jobs) >= 1
         return
-    from lightreasoner import pipeline
+    from lightreasoner.run import pipeline
 
     composer = Composer()
     try:
@@ -192,7 +192,7 @@ def _check_flags_and_paths(command: str, help_text: str, skip: int) -> None:
 
 @pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "report"}))
 def test_documented_report_command_uses_real_options_and_paths(command):
-    _check_flags_and_paths(command, _help("-m", "lightreasoner.report"), 3)
+    _check_flags_and_paths(command, _help("-m", "lightreasoner.analysis.report"), 3)
     for arg in shlex.split(command)[3:]:
         if not arg.startswith("-") and not PLACEHOLDER.search(arg) and "/" in arg and arg.startswith("docs/") and "--out" not in command.split(arg)[0][-6:]:
             assert (REPO / arg).exists(), f"{command}: {arg} does not exist"
@@ -209,10 +209,10 @@ def test_documented_bench_command_uses_real_options(command):
 def test_documented_diagnose_command_composes_and_validates(command):
     """The diagnostic's own keys are read and checked, then every job composed and validated as
     ``train.py`` checks its jobs (the diagnostic composes the same groups)."""
-    from lightreasoner.diagnose import split_diagnose_args
+    from lightreasoner.run.diagnose import split_diagnose_args
 
     args = shlex.split(command)
-    args = args[args.index("lightreasoner.diagnose") + 1 :]
+    args = args[args.index("lightreasoner.run.diagnose") + 1 :]
     assert not PLACEHOLDER.search(command), command
     rest, _ = split_diagnose_args(args)
     assert check_jobs(rest)

@@ -16,10 +16,10 @@ import torch
 from _samples import random_trace_samples
 from omegaconf import OmegaConf
 
-import lightreasoner.drift as drift
-from lightreasoner.datamodule import DistillDataModule
-from lightreasoner.distill import DistillModule
-from lightreasoner.drift import (
+import lightreasoner.eval.drift as drift
+from lightreasoner.training.datamodule import DistillDataModule
+from lightreasoner.training.distill import DistillModule
+from lightreasoner.eval.drift import (
     DriftGuard,
     DriftSettings,
     HeldOut,
@@ -28,9 +28,9 @@ from lightreasoner.drift import (
     solution_perplexity,
     trace_drift,
 )
-from lightreasoner.pipeline import print_summary
-from lightreasoner.records import Problem
-from lightreasoner.tiny import build_char_tokenizer, build_tiny_model
+from lightreasoner.run.pipeline import print_summary
+from lightreasoner.data.records import Problem
+from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model
 
 LORA = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "lm_head"]}
 

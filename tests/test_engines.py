@@ -13,10 +13,10 @@ import torch
 from _tiny_pair import build_pair, problems
 
 from lightreasoner.generation import GenerationSettings, HFEngine, build_engine, engine_class, engine_key
-from lightreasoner.models import ModelSpec
-from lightreasoner.records import SCORED_TRACE_KEYS
-from lightreasoner.sampling import run_sampling
-from lightreasoner.tiny import build_char_tokenizer
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.data.records import SCORED_TRACE_KEYS
+from lightreasoner.sampling.sampler import run_sampling
+from lightreasoner.models.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 HF = {"_target_": "lightreasoner.generation.hf.HFEngine", "dtype": None}
@@ -99,7 +99,7 @@ def test_missing_optional_engine_is_one_line_naming_the_extra(tiny_pair_dirs, tm
 def test_evaluation_records_name_the_engine_and_keep_their_format(tiny_pair_dirs, data_dir, tmp_path):
     import json
 
-    from lightreasoner.benchmarks import dataset_config
+    from lightreasoner.data.benchmarks import dataset_config
     from lightreasoner.eval.evaluate import evaluate
 
     models = [{"name": "base", "ref": ModelSpec(tiny_pair_dirs["expert"], device="cpu").to_dict()}]

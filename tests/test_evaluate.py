@@ -13,10 +13,10 @@ import torch
 from lightreasoner.eval import evaluate as ev
 from lightreasoner.eval import results, stats, tables
 from lightreasoner.generation import Engine, GenerationSettings, HFEngine
-from lightreasoner.prompts import encode_prompts
-from lightreasoner.benchmarks import dataset_config
-from lightreasoner.models import ModelSpec
-from lightreasoner.tiny import CHATML_TEMPLATE, build_char_tokenizer, build_tiny_model, save_pair_member
+from lightreasoner.data.prompts import encode_prompts
+from lightreasoner.data.benchmarks import dataset_config
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.models.tiny import CHATML_TEMPLATE, build_char_tokenizer, build_tiny_model, save_pair_member
 
 BENCHMARKS = ["gsm8k", "math500", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem"]
 
@@ -197,7 +197,7 @@ def test_statistics_against_hand_values():
 def test_lora_adapter_directory(tiny_dirs, data_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from lightreasoner.models import load_model, load_tokenizer
+    from lightreasoner.models.spec import load_model, load_tokenizer
 
     spec = ModelSpec(name_or_path=tiny_dirs["base"])
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_lora_adapter_directory(tiny_dirs, data_dir, tmp_path):
 
     tok = load_tokenizer(spec)
     direct = PeftModel.from_pretrained(load_model(spec), str(adapter)).eval()
-    from lightreasoner.prompts import EVAL_SYSTEM
+    from lightreasoner.data.prompts import EVAL_SYSTEM
 
     prompts = encode_prompts(tok, [r["question"] for r in rows], EVAL_SYSTEM)
     expect = HFEngine(direct, tok).generate(prompts, GenerationSettings(5), 2, progress=False)

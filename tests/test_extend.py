@@ -15,9 +15,9 @@ import torch
 from _demo_overrides import SHRUNKEN_DEMO
 from omegaconf import OmegaConf, open_dict
 
-from lightreasoner.benchmarks import check_dataset_config, load_problems
+from lightreasoner.data.benchmarks import check_dataset_config, load_problems
 from lightreasoner.generation import GenerationSettings, HFEngine, check_engine_config
-from lightreasoner.selection import RULES, SelectionSettings, select
+from lightreasoner.selection.select import RULES, SelectionSettings, select
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "extend.md"
@@ -66,7 +66,7 @@ def test_the_step_rule_example_registers_and_selects():
 
 
 def test_the_engine_example_decodes_as_transformers_greedy(tiny_pair_dirs):
-    from lightreasoner.models import ModelSpec, load_model, load_tokenizer
+    from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
 
     module = as_module("lr_extend_engine", examples()["engine"])
     spec = ModelSpec(name_or_path=tiny_pair_dirs["expert"], device="cpu")
@@ -95,8 +95,8 @@ def test_the_benchmark_example_loads_and_validates(tmp_path):
 
 def test_the_method_example_trains_a_run(tmp_path, monkeypatch):
     """The page's method and its YAML, through a whole shrunken demo run in-process."""
-    from lightreasoner.cli import Composer
-    from lightreasoner.pipeline import run
+    from lightreasoner.run.cli import Composer
+    from lightreasoner.run.pipeline import run
 
     as_module("lr_extend_method", examples()["method"])
     monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path / "cache"))

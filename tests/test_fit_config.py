@@ -15,12 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf, open_dict
 
-import lightreasoner.config  # noqa: F401  (registers the resolvers)
-from lightreasoner.datamodule import DistillDataModule
-from lightreasoner.distill import DistillModule, DistillSettings, TunedTokenCounter, build_callbacks, check_callbacks, check_scheduler
-from lightreasoner.models import ModelSpec
-from lightreasoner.resume import training_identity
-from lightreasoner.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
+import lightreasoner.core.config  # noqa: F401  (registers the resolvers)
+from lightreasoner.training.datamodule import DistillDataModule
+from lightreasoner.training.distill import DistillModule, DistillSettings, TunedTokenCounter, build_callbacks, check_callbacks, check_scheduler
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.run.resume import training_identity
+from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model, save_pair_member
 
 from _samples import random_trace_samples
 

@@ -15,14 +15,14 @@ import pytest
 from _demo_overrides import SHRUNKEN_DEMO
 from test_selection import record
 
-from lightreasoner.selection import (
+from lightreasoner.selection.select import (
     answer_span_char,
     answer_span_starts,
     answer_span_step,
     kept_step_profile,
     select,
 )
-from lightreasoner.tiny import build_char_tokenizer
+from lightreasoner.models.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

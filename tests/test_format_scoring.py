@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _fake_sweep import composed_config, summary, write_run
 
-from lightreasoner import report
-from lightreasoner.answers import is_equivalent
+from lightreasoner.analysis import report
+from lightreasoner.data.answers import is_equivalent
 from lightreasoner.eval import stats
 from lightreasoner.eval.scoring import (
     SCORER,
@@ -19,7 +19,7 @@ from lightreasoner.eval.scoring import (
     rescore_rows,
     score_output,
 )
-from lightreasoner.loggers import summary_metrics
+from lightreasoner.training.loggers import summary_metrics
 
 # (model output, answer_type, gold, strict extracted, strict verdict, flexible extracted, flexible verdict,
 #  answer format, hedging)
@@ -93,7 +93,7 @@ def test_integers_compare_exactly_and_the_published_tolerance_is_a_switch():
 def test_the_quirk_reaches_the_evaluation_settings():
     from hydra import compose, initialize_config_dir
 
-    import lightreasoner.config
+    import lightreasoner.core.config
     from lightreasoner.eval.evaluate import EvalSettings
 
     conf = str(report.Path(__file__).resolve().parents[1] / "conf")

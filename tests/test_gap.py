@@ -1,4 +1,4 @@
-"""The expertise-gap study's analysis (lightreasoner/gap.py) and its notebook, on a fake grid:
+"""The expertise-gap study's analysis (lightreasoner/analysis/gap.py) and its notebook, on a fake grid:
 two amateurs of known strength x two methods x beta x alpha x two seeds."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import matplotlib
 import pytest
 from _fake_sweep import ALPHAS, BETAS, GAIN_PP, SEEDS, composed_config, summary, write_run
 
-from lightreasoner.gap import amateur_label, best_per_amateur, gap_table
-from lightreasoner.report import load_runs
+from lightreasoner.analysis.gap import amateur_label, best_per_amateur, gap_table
+from lightreasoner.analysis.report import load_runs
 
 matplotlib.use("Agg")
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "expertise_gap.ipynb"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightreasoner.generation import GenerationSettings, HFEngine, build_engine
-from lightreasoner.models import ModelSpec, load_model, load_tokenizer
+from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import lightreasoner.config  # noqa: F401
-from lightreasoner import models
-from lightreasoner.models import ModelSpec, pair_specs, revision_ok
+import lightreasoner.core.config  # noqa: F401
+from lightreasoner.models import spec as models
+from lightreasoner.models.spec import ModelSpec, pair_specs, revision_ok
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PINS = {
@@ -68,7 +68,7 @@ def test_malformed_revision_is_a_validation_error_naming_the_key(revision):
 
 
 def test_pipeline_validation_names_the_key():
-    from lightreasoner.pipeline import validate
+    from lightreasoner.run.pipeline import validate
 
     cfg = _compose(["experiment=paper_qwen25_math_1.5b", "model_pair.amateur.revision=060db649"])
     cfg.paths.output_dir = cfg.trainer.default_root_dir = "/tmp/lr-revision-test"  # no Hydra run here to fill them

@@ -13,8 +13,8 @@ import torch
 from _demo_overrides import SHRUNKEN_DEMO
 from hydra import compose, initialize_config_dir
 
-import lightreasoner.config  # noqa: F401
-from lightreasoner.trace_cache import TraceCache
+import lightreasoner.core.config  # noqa: F401
+from lightreasoner.sampling.trace_cache import TraceCache
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -49,7 +49,7 @@ def test_launcher_presets_compose(preset, target, keys):
 
 
 def test_fsdp_preset_composes_and_validates():
-    from lightreasoner.pipeline import validate
+    from lightreasoner.run.pipeline import validate
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["trainer=fsdp", "experiment=paper_qwen25_math_7b"])

@@ -1,5 +1,9 @@
-"""The package's import graph has no circles, the stores sit below their producers, and the
-report and statistics stay importable without torch."""
+"""The house's layout: subpackages by what they do, on floors that only look down.
+
+``core`` (the method's math, config plumbing, file writers) is the ground floor; ``data`` and
+``models`` stand on it; the stages (``generation``, ``sampling``, ``selection``, ``training``,
+``eval``) above them; ``methods`` above the stages; ``run`` (entry points, validation, the
+pipeline) on top, imported by nothing; ``analysis`` reads finished runs without torch."""
 
 from __future__ import annotations
 
@@ -10,6 +14,18 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "lightreasoner"
 
+FLOORS = {
+    "core": 1,
+    "data": 2, "models": 2,
+    "generation": 3, "selection": 3,
+    "sampling": 4, "training": 4,
+    "eval": 5, "demo": 5,
+    "methods": 6, "analysis": 6,
+    "run": 7,
+}
+"""The highest floor each subpackage may stand on: it imports only subpackages on lower floors
+(or its own). Seven floors; a new subpackage must be placed here."""
+
 
 def _module_name(path: Path) -> str:
     rel = path.relative_to(PKG.parent).with_suffix("")
@@ -19,9 +35,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py") if "shipped" not in p.parts}
+
+
 def _imports() -> dict[str, set[str]]:
     """Package modules each module imports (anywhere in the file, function bodies included)."""
-    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
+    modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         is_pkg = path.name == "__init__.py"
@@ -49,6 +69,20 @@ def _imports() -> dict[str, set[str]]:
     return graph
 
 
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _rooms() -> dict[str, set[str]]:
+    rooms: dict[str, set[str]] = {}
+    for name, deps in _imports().items():
+        r = _room(name)
+        rooms.setdefault(r, set()).update(_room(d) for d in deps if _room(d) not in (r, ""))
+    rooms.pop("", None)
+    return rooms
+
+
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -71,21 +105,42 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_circle():
+def test_the_package_is_subpackages_only():
+    top = sorted(p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert top == [], f"modules at the package root: {top}; place each in a subpackage"
+    assert set(_rooms()) <= set(FLOORS), sorted(set(_rooms()) - set(FLOORS))
+
+
+def test_no_import_circle_among_modules_or_subpackages():
     graph = _imports()
-    assert "lightreasoner.sampling" in graph and "lightreasoner.trace_cache" in graph
+    assert "lightreasoner.sampling.sampler" in graph and "lightreasoner.sampling.trace_cache" in graph
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert _cycle(_rooms()) is None, " -> ".join(_cycle(_rooms()))
+
+
+def test_every_subpackage_imports_only_lower_floors():
+    bad = [f"{r} (floor {FLOORS[r]}) imports {d} (floor {FLOORS[d]})"
+           for r, deps in _rooms().items() for d in deps if FLOORS[d] >= FLOORS[r]]
+    assert bad == [], bad
+
+
+def test_math_and_data_sit_below_models_and_nothing_imports_run():
+    rooms = _rooms()
+    assert rooms.get("core", set()) == set()
+    assert rooms.get("data", set()) <= {"core"}
+    assert rooms.get("models", set()) <= {"core", "data"}
+    assert not any("run" in deps for deps in rooms.values()), "a subpackage imports run/"
 
 
 def test_stores_sit_below_their_producers_and_files_is_the_ground_floor():
     graph = _imports()
-    assert "lightreasoner.sampling" not in graph["lightreasoner.trace_cache"]
-    assert "lightreasoner.selection" not in graph["lightreasoner.trace_cache"]
-    assert "lightreasoner.trace_cache" in graph["lightreasoner.sampling"]
-    assert graph["lightreasoner.files"] == set()
-    entry_points = {"lightreasoner.diagnose"}  # a command of its own beside train.py: it stands above the pipeline
+    store = graph["lightreasoner.sampling.trace_cache"]
+    assert "lightreasoner.sampling.sampler" not in store and not any(d.startswith("lightreasoner.selection") for d in store)
+    assert "lightreasoner.sampling.trace_cache" in graph["lightreasoner.sampling.sampler"]
+    assert graph["lightreasoner.core.files"] == set()
+    entry_points = {"lightreasoner.run.diagnose"}  # a command of its own beside train.py: it stands above the pipeline
     for name, deps in graph.items():  # nothing below the orchestrator imports it
-        assert "lightreasoner.pipeline" not in deps or name in entry_points, name
+        assert "lightreasoner.run.pipeline" not in deps or name in entry_points, name
     assert not any(e in deps for e in entry_points for deps in graph.values()), "an entry point is imported by a module"
 
 
@@ -104,9 +159,10 @@ def test_one_generation_loop():
     assert direct == [], direct
 
 
-def test_stats_tables_and_report_import_without_torch():
+def test_stats_tables_and_the_analysis_import_without_torch():
     code = (
-        "import sys; import lightreasoner.eval.stats, lightreasoner.eval.tables, lightreasoner.report; "
+        "import sys, pkgutil, importlib, lightreasoner.analysis as a; import lightreasoner.eval.stats, lightreasoner.eval.tables; "
+        "[importlib.import_module(f'lightreasoner.analysis.{m.name}') for m in pkgutil.iter_modules(a.__path__)]; "
         "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -115,7 +171,7 @@ def test_stats_tables_and_report_import_without_torch():
 def test_the_command_line_and_validation_import_without_torch():
     """train.py's preflight answers before any heavy import: its modules must not pull torch in."""
     code = (
-        "import sys; import lightreasoner.cli, lightreasoner.validation; "
+        "import sys; import lightreasoner.run.cli, lightreasoner.run.validation; "
         "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

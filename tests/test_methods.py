@@ -16,16 +16,16 @@ import torch
 from _demo_overrides import SHRUNKEN_DEMO
 from _tiny_pair import build_pair, problems
 
-from lightreasoner import contrast
+from lightreasoner.core import contrast
 from lightreasoner.generation import GenerationSettings, HFEngine
 from lightreasoner.generation.contrastive import ContrastiveDecodingEngine
 from lightreasoner.methods import build_method
 from lightreasoner.methods.sft import RejectionSFT, sample_solutions, solution_samples
-from lightreasoner.models import ModelSpec
-from lightreasoner.prompts import encode_prompts
-from lightreasoner.records import Problem
-from lightreasoner.sampling import run_sampling
-from lightreasoner.selection import select
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.data.prompts import encode_prompts
+from lightreasoner.data.records import Problem
+from lightreasoner.sampling.sampler import run_sampling
+from lightreasoner.selection.select import select
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec("tiny-expert")  # identities for the cache key; models are passed built
@@ -85,8 +85,8 @@ def test_the_ablations_are_presets_over_the_selection_group():
     """method=no_selection / no_tail / random_steps / no_contrast / format_only: LightReasoner with
     a conf/selection/ preset applied (issue 30), named after the ablation; the same keys alone
     (selection=<preset>) keep the method's name."""
-    from lightreasoner.cli import Composer
-    from lightreasoner.selection import SelectionSettings
+    from lightreasoner.run.cli import Composer
+    from lightreasoner.selection.select import SelectionSettings
 
     expected = {"no_selection": {"beta": 0.0}, "no_tail": {"alpha": 0}, "random_steps": {"rule": "random"},
                 "no_contrast": {"target": "expert"}, "format_only": {"rule": "answer_span"}}

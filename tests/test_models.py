@@ -7,8 +7,8 @@ import string
 
 import pytest
 
-from lightreasoner.models import ModelSpec, check_pair_tokenizers, eos_token_ids, load_model, load_tokenizer
-from lightreasoner.tiny import build_char_tokenizer
+from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers, eos_token_ids, load_model, load_tokenizer
+from lightreasoner.models.tiny import build_char_tokenizer
 
 
 def test_spec_from_dict_rejects_unknown_fields_and_missing_path():
@@ -79,7 +79,7 @@ def test_differing_special_tokens_only_warn(caplog):
     a = build_char_tokenizer()
     b = build_char_tokenizer()
     b.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<think>"]})
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.models"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.models.spec"):
         check = check_pair_tokenizers(a, b)
     assert [t for t, _, _ in check.differing_special] == ["<think>"]
     assert "<think>" in caplog.text

@@ -20,7 +20,7 @@ pytestmark = [
 def test_dequantized_plain_copy_has_the_gguf_models_logits(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from lightreasoner.models import ModelSpec, load_model, load_tokenizer
+    from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
 
     monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path))
     spec = ModelSpec(str(MODELS), gguf_file=GGUF, device="cpu")

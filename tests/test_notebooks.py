@@ -9,9 +9,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def test_inspect_traces_notebook_runs(tmp_path, monkeypatch, tiny_pair_dirs, capsys):
-    from lightreasoner.models import ModelSpec
-    from lightreasoner.records import Problem
-    from lightreasoner.sampling import run_sampling
+    from lightreasoner.models.spec import ModelSpec
+    from lightreasoner.data.records import Problem
+    from lightreasoner.sampling.sampler import run_sampling
 
     problems = [Problem(id=f"t/train/{i}", question=f"What is {i}+{i}?", answer=str(2 * i), answer_type="numeric") for i in range(4)]
     run_sampling(ModelSpec(tiny_pair_dirs["expert"], device="cpu"), ModelSpec(tiny_pair_dirs["amateur"], device="cpu"),

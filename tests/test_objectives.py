@@ -10,10 +10,10 @@ import pytest
 import torch
 from _samples import random_trace_samples
 
-from lightreasoner import contrast
-from lightreasoner.datamodule import DistillDataModule
-from lightreasoner.distill import DistillModule, DistillSettings
-from lightreasoner.tiny import build_char_tokenizer, build_tiny_model
+from lightreasoner.core import contrast
+from lightreasoner.training.datamodule import DistillDataModule
+from lightreasoner.training.distill import DistillModule, DistillSettings
+from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model
 
 # q = softmax(logits) = (.5, .25, .25); target vC = (.75, .25, 0) on ids {0, 1} (slot 2 is padding)
 LOGITS = torch.tensor([[0.5, 0.25, 0.25]]).log()

@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightreasoner import tiny
-from lightreasoner import trace_cache as tc
-from lightreasoner.models import ModelSpec, pair_specs
-from lightreasoner.pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur, validate_pair
-from lightreasoner.prompts import encode_prompts
-from lightreasoner.sampling import ContrastiveSampler, SamplingSettings, make_batch, question_sha
+from lightreasoner.models import tiny
+from lightreasoner.sampling import trace_cache as tc
+from lightreasoner.models.spec import ModelSpec, pair_specs
+from lightreasoner.models.pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur, validate_pair
+from lightreasoner.data.prompts import encode_prompts
+from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings, make_batch, question_sha
 
 from _tiny_pair import QUESTIONS, assert_matches_reference
 
@@ -132,7 +132,7 @@ def test_demo_keeps_earlier_expert_checkpoints_for_a_checkpoint_amateur(tmp_path
     from pathlib import Path
 
     from lightreasoner.demo.pair import DemoConfig, demo_amateur_dir, load_manifest, prepare_demo
-    from lightreasoner.models import load_model
+    from lightreasoner.models.spec import load_model
 
     raw = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "demo" / "default.yaml")
     tiny_cfg = {
@@ -163,7 +163,7 @@ def test_demo_keeps_earlier_expert_checkpoints_for_a_checkpoint_amateur(tmp_path
 
 
 def test_early_exit_from_specs_loads_the_expert_only(tiny_pair_dirs, monkeypatch):
-    import lightreasoner.sampling as sampling_mod
+    import lightreasoner.sampling.sampler as sampling_mod
 
     loaded = []
     real = sampling_mod.load_model

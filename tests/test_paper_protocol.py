@@ -10,10 +10,10 @@ import torch
 from _samples import random_trace_samples
 from hydra import compose, initialize_config_dir
 
-import lightreasoner.config  # noqa: F401
-from lightreasoner.datamodule import DistillDataModule
-from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt
-from lightreasoner.tiny import build_char_tokenizer
+import lightreasoner.core.config  # noqa: F401
+from lightreasoner.training.datamodule import DistillDataModule
+from lightreasoner.data.prompts import EVAL_SYSTEM, chat_prompt
+from lightreasoner.models.tiny import build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER = sorted(p.stem for p in (CONF / "experiment").glob("paper_*.yaml"))
@@ -58,9 +58,9 @@ def test_stop_tokens_end_evaluation_generation(tiny_pair_dirs, data_dir, tmp_pat
     model produces first, declared a stop token)."""
     import json
 
-    from lightreasoner.benchmarks import dataset_config
+    from lightreasoner.data.benchmarks import dataset_config
     from lightreasoner.eval.evaluate import evaluate
-    from lightreasoner.models import ModelSpec, load_tokenizer
+    from lightreasoner.models.spec import ModelSpec, load_tokenizer
 
     spec = ModelSpec(tiny_pair_dirs["expert"], device="cpu")
     models = [{"name": "base", "ref": spec.to_dict()}]
@@ -75,7 +75,7 @@ def test_stop_tokens_end_evaluation_generation(tiny_pair_dirs, data_dir, tmp_pat
 
 
 def test_paper_presets_use_full_math_and_the_papers_amateurs(tmp_path):
-    from lightreasoner.benchmarks import dataset_config, load_problems
+    from lightreasoner.data.benchmarks import dataset_config, load_problems
 
     cfg = _compose(["experiment=paper_qwen25_math_1.5b"])
     assert "math" in cfg.eval.benchmarks and "math500" not in cfg.eval.benchmarks
@@ -96,18 +96,18 @@ def test_quirks_preset_turns_on_exactly_the_three_switches():
     off, on = _compose(["experiment=paper_qwen25_math_1.5b_instruct"]), _compose(["experiment=paper_qwen25_math_1.5b_instruct", "quirks=published"])
     flags = [("sampling", "published_generation"), ("distill", "published_loss_column"), ("distill", "published_softmax_width")]
     assert all(off[g][k] is False for g, k in flags) and all(on[g][k] is True for g, k in flags)
-    from lightreasoner.pipeline import validate
+    from lightreasoner.run.pipeline import validate
 
     on.paths.output_dir = on.trainer.default_root_dir = "/tmp/lr-quirks-test"  # no Hydra run here to fill them
     validate(on)  # the preset is a valid run
-    from lightreasoner.distill import DistillSettings
+    from lightreasoner.training.distill import DistillSettings
 
     with pytest.raises(ValueError, match="distill.published_loss_column: needs distill.packing=false"):
         DistillSettings.from_cfg({"packing": True, "published_loss_column": True})
 
 
 def test_published_loss_column_reads_the_last_column_of_right_padded_batches():
-    from lightreasoner.datamodule import collate_examples
+    from lightreasoner.training.datamodule import collate_examples
 
     samples = [x for s in random_trace_samples(3, 0, vocab=20, min_len=8, max_len=14, max_steps=3, max_cands=2, prompt=2) for x in s.split_steps()]
     ours = collate_examples(samples, 0, "right")
@@ -125,10 +125,10 @@ def test_published_loss_column_reads_the_last_column_of_right_padded_batches():
 
 
 def test_published_softmax_width_cuts_special_ids_without_renormalising(tiny_pair_dirs):
-    from lightreasoner.contrast import distill_loss
-    from lightreasoner.datamodule import collate_examples
-    from lightreasoner.distill import DistillModule
-    from lightreasoner.records import TraceSample
+    from lightreasoner.core.contrast import distill_loss
+    from lightreasoner.training.datamodule import collate_examples
+    from lightreasoner.training.distill import DistillModule
+    from lightreasoner.data.records import TraceSample
 
     width = 12  # the "regular" vocabulary: ids >= 12 play the special tokens
     sample = TraceSample(problem_id="p", input_ids=torch.tensor([3, 4, 5, 6, 7]), positions=torch.tensor([3, 4]), steps=torch.tensor([0, 1]),
@@ -151,8 +151,8 @@ def test_published_softmax_width_cuts_special_ids_without_renormalising(tiny_pai
 def test_published_generation_uses_the_checkpoint_config_and_processed_scores(tiny_pair_dirs):
     from lightreasoner.generation import GenerationSettings
     from lightreasoner.generation.hf import HFEngine
-    from lightreasoner.models import ModelSpec, load_model, load_tokenizer
-    from lightreasoner.sampling import SamplingSettings
+    from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
+    from lightreasoner.sampling.sampler import SamplingSettings
 
     spec = ModelSpec(tiny_pair_dirs["expert"], device="cpu")
     tok, model = load_tokenizer(spec), load_model(spec)

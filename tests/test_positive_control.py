@@ -107,7 +107,7 @@ def test_dial_is_nested_and_zero_is_the_gold():
 
 
 def test_preset_composes_and_validates():
-    from lightreasoner.cli import check_jobs
+    from lightreasoner.run.cli import check_jobs
 
     jobs = check_jobs(["experiment=positive_control", "-m", "demo.task.shared_error_rate=0,0.75",
                        "method=lightreasoner,no_contrast", "logger=none"])
@@ -117,7 +117,7 @@ def test_preset_composes_and_validates():
 def test_preset_demo_config():
     from hydra import compose, initialize_config_dir
 
-    import lightreasoner.config  # noqa: F401
+    import lightreasoner.core.config  # noqa: F401
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=["experiment=positive_control"])
     demo = DemoConfig.from_any(cfg.demo)
@@ -183,8 +183,8 @@ def test_the_demo_presets_label_their_world(capsys):
     positive control; the positive control says it is one; another preset says nothing."""
     from hydra import compose, initialize_config_dir
 
-    import lightreasoner.config  # noqa: F401
-    from lightreasoner.pipeline import print_summary
+    import lightreasoner.core.config  # noqa: F401
+    from lightreasoner.run.pipeline import print_summary
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         about = {e: compose("train", overrides=[f"experiment={e}"]).about for e in ("demo", "positive_control", "coder_cpu")}

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightreasoner import answers as A
-from lightreasoner.benchmarks import PARSERS, load_problems
+from lightreasoner.data import answers as A
+from lightreasoner.data.benchmarks import PARSERS, load_problems
 
 # deterministic in CI (the same examples every run); function-scoped tmp_path is reused on purpose
 PROPERTY = settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

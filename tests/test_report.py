@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from _fake_sweep import FAILED, GAIN_PP, composed_config, fake_sweep, summary, write_run  # noqa: F401
 
-from lightreasoner import report
+from lightreasoner.analysis import report
 
 matplotlib.use("Agg")
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_cli_prints_the_table_and_writes_to_out(fake_sweep, tmp_path, capsys):  
 
 def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
     missing = tmp_path / "no_such_multirun"
-    proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(missing)],
+    proc = subprocess.run([sys.executable, "-m", "lightreasoner.analysis.report", str(missing)],
                           check=False, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: no such path: {missing}"]
@@ -105,7 +105,7 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
 
 
 def test_report_does_not_import_torch():
-    code = ("import sys, lightreasoner.report; "
+    code = ("import sys, lightreasoner.analysis.report; "
             "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
@@ -259,7 +259,7 @@ def test_the_report_reads_the_effective_selection_a_run_used():
     """Issue 30: a run's beta/alpha columns are the values its selection used (summary.json), under
     ``selection.*`` even for runs made when they were ``sampling.*`` keys: an old
     ``method=no_selection`` run configured at 0.4 ran at 0 and is plotted there."""
-    from lightreasoner.report import effective_selection
+    from lightreasoner.analysis.report import effective_selection
 
     old = {"sampling.beta": 0.4, "sampling.alpha": 0.2, "method.name": "no_selection"}
     got = effective_selection(old, {"beta": 0.0, "alpha": 0.2, "selection": {"beta": 0.0, "alpha": 0.2}})

@@ -16,7 +16,7 @@ import torch
 from _demo_overrides import SHRUNKEN_DEMO
 from safetensors.torch import load_file
 
-from lightreasoner.config import run_dir_name
+from lightreasoner.core.config import run_dir_name
 
 REPO = Path(__file__).resolve().parents[1]
 DRILL = [*SHRUNKEN_DEMO, "selection.beta=0.005", "trainer.max_steps=60", "distill.steps_per_batch=4", "peft.dropout=0.1", "logger=none",
@@ -109,14 +109,14 @@ def test_a_run_carried_in_a_bundle_resumes_in_a_fresh_session(tmp_path, monkeypa
     from the adapter, its evaluation records accepted under the same settings - and reports the same."""
     import shutil
 
-    from lightreasoner.cache_bundle import export_runs, import_bundle
+    from lightreasoner.run.cache_bundle import export_runs, import_bundle
 
     monkeypatch.chdir(tmp_path)
     _run(tmp_path, "run_name=carried")
     run = tmp_path / "outputs" / "carried"
     ref = json.loads((run / "summary.json").read_text())
     records = {p.relative_to(run): p.read_bytes() for p in (run / "eval").rglob("*.jsonl")}
-    monkeypatch.setattr("lightreasoner.cache_bundle.PACK_BYTES", 1 << 10)  # weights and shards travel compressed
+    monkeypatch.setattr("lightreasoner.run.cache_bundle.PACK_BYTES", 1 << 10)  # weights and shards travel compressed
     out = export_runs(["outputs/carried"], tmp_path / "bundle", tmp_path / "cache")
     assert list((tmp_path / "bundle").rglob("adapter_model.safetensors.bundle.gz"))
     kinds = sorted({c.split("/")[0] for c in out["caches"]})
@@ -135,7 +135,7 @@ def test_a_run_carried_in_a_bundle_resumes_in_a_fresh_session(tmp_path, monkeypa
 
 
 def test_cache_bundle_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
-    from lightreasoner.cache_bundle import main
+    from lightreasoner.run.cache_bundle import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notarun").mkdir()
@@ -153,7 +153,7 @@ def test_an_unfinished_fine_tune_is_carried_with_its_last_checkpoint(drills, tmp
     (named with --cache) carried to a fresh session continue to the uninterrupted adapter."""
     import shutil
 
-    from lightreasoner.cache_bundle import main
+    from lightreasoner.run.cache_bundle import main
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "outputs" / "half"
@@ -177,7 +177,7 @@ def test_an_unfinished_fine_tune_is_carried_with_its_last_checkpoint(drills, tmp
 def test_checkpoint_frequency_is_not_part_of_the_training_identity():
     from omegaconf import OmegaConf
 
-    from lightreasoner.resume import training_identity
+    from lightreasoner.run.resume import training_identity
 
     def sha(**distill):
         return training_identity(OmegaConf.create({"distill": {"steps_per_batch": 8, **distill}, "trainer": {"max_steps": 10}}))[0]
@@ -187,7 +187,7 @@ def test_checkpoint_frequency_is_not_part_of_the_training_identity():
 
 
 def test_a_run_without_a_summary_carries_the_traces_its_finished_fine_tune_names(tmp_path, monkeypatch):
-    from lightreasoner.cache_bundle import export_runs
+    from lightreasoner.run.cache_bundle import export_runs
 
     monkeypatch.chdir(tmp_path)
     traces = tmp_path / "cache" / "traces" / "k1"
@@ -203,7 +203,7 @@ def test_a_run_without_a_summary_carries_the_traces_its_finished_fine_tune_names
 def test_training_identity_does_not_depend_on_how_a_path_is_spelled(tmp_path):
     from omegaconf import OmegaConf
 
-    from lightreasoner.resume import StageRecord, _sha, training_identity
+    from lightreasoner.run.resume import StageRecord, _sha, training_identity
 
     def cfg(train):
         return OmegaConf.create({"dataset": {"files": {"train": train}, "max_problems": 5}, "trainer": {"max_steps": 10}})
@@ -228,7 +228,7 @@ def test_a_run_recorded_before_selection_had_one_home_still_resumes(tmp_path):
     and a real change is named by its key now."""
     from hydra import compose, initialize_config_dir
 
-    from lightreasoner.resume import StageRecord, legacy_identity, training_identity
+    from lightreasoner.run.resume import StageRecord, legacy_identity, training_identity
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(conf, version_base="1.3"):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lightreasoner.prompts import encode_prompts
-from lightreasoner.records import SCORED_TRACE_KEYS
-from lightreasoner.sampling import ContrastiveSampler, SamplingSettings, make_batch, question_sha
+from lightreasoner.data.prompts import encode_prompts
+from lightreasoner.data.records import SCORED_TRACE_KEYS
+from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings, make_batch, question_sha
 
 from _tiny_pair import QUESTIONS, assert_matches_reference, build_pair, reference_step
 
@@ -163,7 +163,7 @@ def test_unknown_setting_is_an_error():
 
 
 def test_mismatched_tokenizers_rejected(pair):
-    from lightreasoner import tiny
+    from lightreasoner.models import tiny
 
     tok, expert, amateur = pair
     other = tiny.build_char_tokenizer(chars="zyxwvutsrqponmlkjihgfedcba0123456789 ?.")
@@ -177,7 +177,7 @@ def test_left_padding_with_absolute_position_models():
     (rotary models are shift-invariant, so the Llama pair cannot catch that)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lightreasoner import tiny
+    from lightreasoner.models import tiny
 
     tok = tiny.build_char_tokenizer()
     models = []

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lightreasoner import tiny
-from lightreasoner.prompts import encode_prompts
-from lightreasoner.selection import export_samples, import_samples, select, selection_stats
+from lightreasoner.models import tiny
+from lightreasoner.data.prompts import encode_prompts
+from lightreasoner.selection.select import export_samples, import_samples, select, selection_stats
 
 
 def L(*p):
@@ -210,7 +210,7 @@ def test_import_missing_field_and_bad_json(tok, tmp_path):
 
 
 def test_token_class_and_kept_step_profile():
-    from lightreasoner.selection import kept_step_profile, token_class
+    from lightreasoner.selection.select import kept_step_profile, token_class
 
     assert [token_class(t) for t in ("7", " 12", "3.5", " +", "=", " apples", "Tom's", "\n", ",", "<|im_end|>")] == [
         "digit", "digit", "digit", "operator", "operator", "word", "word", "other", "other", "other"]

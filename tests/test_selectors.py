@@ -18,9 +18,9 @@ from _demo_overrides import SHRUNKEN_DEMO
 from test_selection import L
 from test_selection import record as selection_record
 
-from lightreasoner import contrast
-from lightreasoner.records import Problem
-from lightreasoner.selection import (
+from lightreasoner.core import contrast
+from lightreasoner.data.records import Problem
+from lightreasoner.selection.select import (
     SelectorSettings,
     junk_rate,
     select,
@@ -28,7 +28,7 @@ from lightreasoner.selection import (
     step_entropy,
     verify_traces,
 )
-from lightreasoner.tiny import build_char_tokenizer
+from lightreasoner.models.tiny import build_char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +237,7 @@ def test_gamma_zero_is_no_contrast_and_gamma_one_is_the_method(recs):
             for wx, wy, ix, iy in zip(x.target_w, y.target_w, x.target_ids, y.target_ids):
                 assert torch.equal(ix, iy) and torch.allclose(wx, wy, atol=0, rtol=0)
     # by hand: weights proportional to pE / pA**gamma over the plausible set (pE >= alpha * max pE)
-    from lightreasoner import contrast
+    from lightreasoner.core import contrast
 
     pe, pa = torch.tensor([0.5, 0.3, 0.05]), torch.tensor([0.4, 0.1, 0.3])
     w = contrast.soft_label(pe.log(), pa.log(), pe.log().max(), 0.2, gamma=2.0)

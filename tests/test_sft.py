@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lightreasoner import prompts
-from lightreasoner.sft import (
+from lightreasoner.data import prompts
+from lightreasoner.training.next_token import (
     IGNORE_INDEX,
     TraceSFTModule,
     collate_traces,
@@ -16,7 +16,7 @@ from lightreasoner.sft import (
     encode_traces,
     trace_loss,
 )
-from lightreasoner.tiny import build_char_tokenizer, build_tiny_model
+from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model
 
 ROWS = [
     ("Tom has 3 apples and buys 4 more. How many?", "3 + 4 = 7. The answer is \\boxed{7}."),

@@ -14,7 +14,7 @@ import pytest
 from _demo_overrides import SHRUNKEN_DEMO
 from _wandb_offline import read_offline_run
 
-from lightreasoner.config import short_name, swept_keys
+from lightreasoner.core.config import short_name, swept_keys
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_job_directories_stay_short_and_name_the_swept_keys(grid):
 
 def test_the_report_has_a_row_per_setting_with_csv_markdown_and_plots(grid):
     _, sweep = grid
-    proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(sweep)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "lightreasoner.analysis.report", str(sweep)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = sweep / "report"
     rows = list(csv.DictReader((out / "report.csv").open()))
@@ -95,7 +95,7 @@ def test_a_failed_job_is_recorded_and_listed_while_the_others_finish(grid):
     assert {s["status"] for s in summaries.values()} == {"finished", "failed"}
     (failed,) = [s for s in summaries.values() if s["status"] == "failed"]
     assert "selection.beta" in failed["error"]
-    proc = subprocess.run([sys.executable, "-m", "lightreasoner.report", str(sweep)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "lightreasoner.analysis.report", str(sweep)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (sweep / "report" / "report.md").read_text()
     assert "Failed or unfinished runs" in md and "selection.beta=50.0" in md

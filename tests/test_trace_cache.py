@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from lightreasoner import sampling as sampling_mod
-from lightreasoner import trace_cache as tc
-from lightreasoner.models import ModelSpec
-from lightreasoner.sampling import SamplingSettings
-from lightreasoner.selection import select
+from lightreasoner.sampling import sampler as sampling_mod
+from lightreasoner.sampling import trace_cache as tc
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.sampling.sampler import SamplingSettings
+from lightreasoner.selection.select import select
 
 from _tiny_pair import build_pair, problems
 
@@ -150,7 +150,7 @@ def test_key_changes_with_what_determines_the_traces(pair):
 
 
 def test_local_model_identity_changes_with_the_file(tmp_path):
-    from lightreasoner import tiny
+    from lightreasoner.models import tiny
 
     tok = tiny.build_char_tokenizer()
     m = tiny.build_tiny_model(tok, seed=0, hidden_size=8, num_layers=1, num_heads=2)
@@ -264,7 +264,7 @@ def test_alpha_below_cached_alpha_min_says_how_to_rescore(pair, tmp_path):
 
 
 def test_alpha_zero_is_the_widest_candidate_set_the_cache_holds(pair, tmp_path):
-    from lightreasoner.selection import SelectionSettings
+    from lightreasoner.selection.select import SelectionSettings
 
     cache = run(pair, tmp_path, problems(3))
     assert SelectionSettings.from_cfg({"alpha": 0.0}, alpha_min=cache.alpha_min).alpha == cache.alpha_min

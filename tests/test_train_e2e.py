@@ -28,7 +28,7 @@ GROUPS = ["model_pair", "dataset", "sampling", "selection", "generation", "metho
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_config_group_option_composes(group):
-    import lightreasoner.config  # noqa: F401
+    import lightreasoner.core.config  # noqa: F401
     from omegaconf import OmegaConf
 
     options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))

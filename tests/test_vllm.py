@@ -20,8 +20,8 @@ pytestmark = [
 def test_vllm_gives_the_hf_record_format_and_mostly_the_same_greedy_tokens():
     pytest.importorskip("vllm", reason="vLLM not installed (optional extra)")
     from lightreasoner.generation import GenerationSettings, HFEngine, build_engine
-    from lightreasoner.models import ModelSpec, load_model, load_tokenizer
-    from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts
+    from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
+    from lightreasoner.data.prompts import EVAL_SYSTEM, encode_prompts
 
     spec = ModelSpec(str(MODELS), gguf_file=GGUF, dtype="float32", device="cpu")
     tok = load_tokenizer(spec)

@@ -3,7 +3,7 @@
 :func:`prepare_demo` is the entry point (``train.py`` calls it when the composed config has
 a ``demo`` key): it generates the synthetic task's splits, builds the task tokenizer, trains
 an expert and a weaker amateur (small transformers Llama models) with
-:class:`lightreasoner.sft.TraceSFTModule` on the training solutions, measures both models'
+:class:`lightreasoner.training.next_token.TraceSFTModule` on the training solutions, measures both models'
 greedy accuracy on validation problems with the evaluation prompt, and caches everything
 under ``{cache_dir}/demo/{key}/`` where ``key`` hashes the demo config::
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from lightreasoner import prompts
+from lightreasoner.data import prompts
 from lightreasoner.demo.task import (
     DemoProblem,
     TaskConfig,
@@ -269,9 +269,9 @@ def score(model, tokenizer, problems: list[DemoProblem] | list[dict], system: st
     """Greedy accuracy of ``model`` on ``problems`` (and how many outputs hold a ``\\boxed{}``).
 
     Answers are extracted and compared exactly as the evaluation stage does
-    (:func:`lightreasoner.answers.extract_answer` / ``is_equivalent``, numeric).
+    (:func:`lightreasoner.data.answers.extract_answer` / ``is_equivalent``, numeric).
     """
-    from lightreasoner.answers import extract_answer, is_equivalent
+    from lightreasoner.data.answers import extract_answer, is_equivalent
 
     rows = [p.to_row() if isinstance(p, DemoProblem) else p for p in problems]
     if not rows:
@@ -292,7 +292,7 @@ def score(model, tokenizer, problems: list[DemoProblem] | list[dict], system: st
 
 def build_member(tokenizer, m: MemberConfig, max_positions: int = 512):
     """A randomly initialised Llama model of the member's size for ``tokenizer``."""
-    from lightreasoner.tiny import build_tiny_model
+    from lightreasoner.models.tiny import build_tiny_model
 
     return build_tiny_model(
         tokenizer,
@@ -310,14 +310,14 @@ def train_member(model, tokenizer, examples: list[dict], m: MemberConfig, name: 
                  snapshots: dict[int, dict] | None = None) -> dict:
     """Train ``model`` in place with :class:`TraceSFTModule` for ``m.train_steps`` steps (CPU).
 
-    ``examples``: encoded traces (:func:`lightreasoner.sft.encode_traces`). Returns
+    ``examples``: encoded traces (:func:`lightreasoner.training.next_token.encode_traces`). Returns
     ``{"seconds", "steps", "final_loss", "params"}``. ``snapshots``: a mapping whose keys are
     training steps; each gets a copy of the model's state dict as it was after that step.
     """
     import lightning as L
     from torch.utils.data import DataLoader, RandomSampler
 
-    from lightreasoner.sft import TraceSFTModule, collate_traces
+    from lightreasoner.training.next_token import TraceSFTModule, collate_traces
 
     module = TraceSFTModule(
         model, lr=m.lr, weight_decay=m.weight_decay, warmup_steps=m.warmup_steps, max_steps=m.train_steps,
@@ -415,8 +415,8 @@ def build_pair(cfg: DemoConfig, out_dir: str | Path) -> dict:
 
 
 def _build_pair(cfg: DemoConfig, out: Path) -> dict:
-    from lightreasoner.sft import encode_traces
-    from lightreasoner.tiny import save_pair_member
+    from lightreasoner.training.next_token import encode_traces
+    from lightreasoner.models.tiny import save_pair_member
 
     t_start = time.perf_counter()
     splits = generate_splits(cfg.task)
@@ -484,7 +484,7 @@ def _build_pair(cfg: DemoConfig, out: Path) -> dict:
 def _save_snapshots(cfg: DemoConfig, tokenizer, m: MemberConfig, max_positions: int, snapshots: dict[int, dict],
                     val: list, out: Path) -> dict:
     """Save each expert snapshot as ``expert_step{N}/`` and score it on validation like the pair."""
-    from lightreasoner.tiny import save_pair_member
+    from lightreasoner.models.tiny import save_pair_member
 
     result = {}
     for step, state in sorted(snapshots.items()):

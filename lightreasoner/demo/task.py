@@ -28,8 +28,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lightreasoner import prompts
-from lightreasoner.tiny import build_char_tokenizer
+from lightreasoner.data import prompts
+from lightreasoner.models.tiny import build_char_tokenizer
 
 SPLITS = ("train", "validation", "test")
 """Split names, as the dataset config's ``files`` keys."""

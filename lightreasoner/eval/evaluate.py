@@ -36,17 +36,17 @@ from typing import Any
 
 import torch
 
-from lightreasoner.benchmarks import dataset_identity, known_datasets, load_problems
-from lightreasoner.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
-from lightreasoner.config import settings_from_cfg, to_plain
+from lightreasoner.data.benchmarks import dataset_identity, known_datasets, load_problems
+from lightreasoner.training.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
+from lightreasoner.core.config import settings_from_cfg, to_plain
 from lightreasoner.eval.results import SharedResults, check_settings, read_rows
 from lightreasoner.eval.scoring import rescore_rows, score_output
 from lightreasoner.eval.stats import paired_comparison, summarize
 from lightreasoner.eval.tables import print_report, write_report
-from lightreasoner.files import atomic_write_text
+from lightreasoner.core.files import atomic_write_text
 from lightreasoner.generation import Generation, GenerationSettings, engine_key
-from lightreasoner.prompts import EVAL_SYSTEM, chat_prompt, check_template, encode_prompts, template_fingerprint
-from lightreasoner.records import Problem
+from lightreasoner.data.prompts import EVAL_SYSTEM, chat_prompt, check_template, encode_prompts, template_fingerprint
+from lightreasoner.data.records import Problem
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from lightreasoner.files import atomic_write_json, canonical_json
+from lightreasoner.core.files import atomic_write_json, canonical_json
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,19 @@
 """Strict and flexible scores of a model output, and the format of its answer (no torch).
 
 Every per-problem evaluation row carries, beside today's ``extracted`` / ``correct`` (the
-**strict** score: :func:`lightreasoner.answers.extract_answer`, the last box or the benchmark's
+**strict** score: :func:`lightreasoner.data.answers.extract_answer`, the last box or the benchmark's
 own rule), two fields:
 
 - ``flexible``: ``{"extracted", "correct", "scorer"}``, the **flexible** score: the strict
   answer when it is well formed, else the lenient extractor's (last number; last choice letter;
   a box cut off by the token budget or the last ``$…$`` for LaTeX answers;
-  :func:`lightreasoner.answers.flexible_answer`). A problem the strict score counts right is
+  :func:`lightreasoner.data.answers.flexible_answer`). A problem the strict score counts right is
   right for the flexible one too, so flexible − strict is what format alone costs. ``scorer``
   names the rules that made both verdicts (:data:`SCORER`, with ``+published-tolerance`` under
   the published numeric tolerance).
 - ``format``: ``{"answer", "hedging"}``: where the strict answer stands (``boxed``, ``unboxed``,
-  ``malformed``, ``none``: :func:`lightreasoner.answers.answer_format`) and whether the output
-  states more than one distinct final answer (:func:`lightreasoner.answers.final_answers`).
+  ``malformed``, ``none``: :func:`lightreasoner.data.answers.answer_format`) and whether the output
+  states more than one distinct final answer (:func:`lightreasoner.data.answers.final_answers`).
 
 Rows written before these fields existed are re-scored from their stored text (``generated``
 and ``gold``), never regenerated (:func:`rescore_rows`); their strict verdict is re-made too, with
@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from lightreasoner.answers import (
+from lightreasoner.data.answers import (
     answer_format,
     final_answers,
     is_equivalent,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lightreasoner.files import atomic_write_json, atomic_write_text
+from lightreasoner.core.files import atomic_write_json, atomic_write_text
 
 
 FLEXIBLE_RESULT_KEYS = ("accuracy_flexible", "no_answer_frac", "hedging_frac", "off_format_frac")

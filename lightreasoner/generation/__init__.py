@@ -25,7 +25,7 @@ __all__ = [
 
 
 def _params(cfg: Mapping | Any | None) -> dict:
-    from lightreasoner.config import to_plain
+    from lightreasoner.core.config import to_plain
 
     return {k: v for k, v in dict(to_plain(cfg) or {}).items() if not str(k).startswith("_")}
 
@@ -56,7 +56,7 @@ def check_engine_config(cfg: Mapping | Any | None) -> None:
     (``ImportError`` with its install hint)."""
     import inspect
 
-    from lightreasoner.models import DTYPES
+    from lightreasoner.models.spec import DTYPES
 
     cls = engine_class(cfg)
     params = _params(cfg)

@@ -96,7 +96,7 @@ class Engine:
         return {"engine": cls.name}
 
     def __init__(self, model, tokenizer, eos_token_ids: Sequence[int] | None = None) -> None:
-        from lightreasoner.models import eos_token_ids as default_eos
+        from lightreasoner.models.spec import eos_token_ids as default_eos
 
         self.model = model
         self.tokenizer = tokenizer

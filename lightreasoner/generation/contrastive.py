@@ -1,7 +1,7 @@
 """Contrastive decoding: the inference-time use of the expert/amateur pair (no training).
 
 At every step the next token is ``argmax_{v in V_t} log pE(v) - log pA(v)`` over the plausible
-set ``V_t = {v : pE(v) >= alpha * max pE}`` (:func:`lightreasoner.contrast.contrastive_choice`).
+set ``V_t = {v : pE(v) >= alpha * max pE}`` (:func:`lightreasoner.core.contrast.contrastive_choice`).
 Both models run batched and left-padded with their key/value caches, one token at a time; a
 row that has produced an end-of-sequence id is padded from then on.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lightreasoner import contrast
+from lightreasoner.core import contrast
 
 from .base import Engine, GeneratedBatch, GenerationSettings
 from .hf import left_pad

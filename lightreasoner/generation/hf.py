@@ -105,7 +105,7 @@ class HFEngine(Engine):
         return {"engine": cls.name, "dtype": str(dtype), "transformers": transformers.__version__}
 
     def __init__(self, model, tokenizer, dtype: str | None = None, eos_token_ids: Sequence[int] | None = None) -> None:
-        from lightreasoner.models import DTYPES
+        from lightreasoner.models.spec import DTYPES
 
         if dtype is not None:
             if dtype not in DTYPES:

@@ -88,7 +88,7 @@ class VLLMEngine(Engine):
         seed: int = 0,
         eos_token_ids: Sequence[int] | None = None,
     ) -> None:
-        from lightreasoner.models import ModelSpec, plain_checkpoint
+        from lightreasoner.models.spec import ModelSpec, plain_checkpoint
 
         vllm = _import_vllm()
         spec = ModelSpec.from_any(spec)

@@ -81,11 +81,11 @@ def method_inputs(cfg: Any, out_dir: Any = None, logger: Any = None) -> MethodIn
     """The explicit inputs of :meth:`Method.prepare` from a run's composed config."""
     from pathlib import Path
 
-    from lightreasoner.benchmarks import dataset_identity, load_problems
-    from lightreasoner.config import to_plain
-    from lightreasoner.models import pair_specs
-    from lightreasoner.pairs import PairSettings
-    from lightreasoner.selection import SelectionSettings
+    from lightreasoner.data.benchmarks import dataset_identity, load_problems
+    from lightreasoner.core.config import to_plain
+    from lightreasoner.models.spec import pair_specs
+    from lightreasoner.models.pairs import PairSettings
+    from lightreasoner.selection.select import SelectionSettings
 
     ds = cfg.dataset
     expert, amateur = pair_specs(cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from lightreasoner.models import pair_specs
+from lightreasoner.models.spec import pair_specs
 
 from .base import Method
 

@@ -1,6 +1,6 @@
 """LightReasoner: contrastive sampling through the trace cache, then read-time step selection.
 
-The steps and labels are the ``selection`` group's (:class:`~lightreasoner.selection.SelectionSettings`,
+The steps and labels are the ``selection`` group's (:class:`~lightreasoner.selection.select.SelectionSettings`,
 its rule registry and label shaping); the ablations are presets over it (``conf/selection/``),
 which ``method=<name>`` applies and names the run after, all reading the same trace cache (a
 grid over them runs the two models once):
@@ -25,11 +25,11 @@ import json
 import logging
 from dataclasses import dataclass
 
-from lightreasoner.alignment import coverage
-from lightreasoner.loggers import log_trace_media
-from lightreasoner.models import load_tokenizer
-from lightreasoner.sampling import run_sampling
-from lightreasoner.selection import (
+from lightreasoner.core.alignment import coverage
+from lightreasoner.training.loggers import log_trace_media
+from lightreasoner.models.spec import load_tokenizer
+from lightreasoner.sampling.sampler import run_sampling
+from lightreasoner.selection.select import (
     SelectionSettings,
     answer_span_starts,
     export_samples,

@@ -26,13 +26,13 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from lightreasoner.answers import extract_answer, is_equivalent
+from lightreasoner.data.answers import extract_answer, is_equivalent
 from lightreasoner.generation import GenerationSettings, build_engine, engine_key
-from lightreasoner.models import ModelSpec, load_model, load_tokenizer
-from lightreasoner.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
-from lightreasoner.records import Problem, TraceSample
-from lightreasoner.sampling import batch_seed, question_sha
-from lightreasoner.trace_cache import FORMAT_VERSION, TraceCache, canonical_json, tokenizer_fingerprint, trace_key
+from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
+from lightreasoner.data.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
+from lightreasoner.data.records import Problem, TraceSample
+from lightreasoner.sampling.sampler import batch_seed, question_sha
+from lightreasoner.sampling.trace_cache import FORMAT_VERSION, TraceCache, canonical_json, tokenizer_fingerprint, trace_key
 
 from .base import Method, MethodInputs, TrainingData
 

@@ -374,7 +374,7 @@ class VocabCheck:
     differing_special: list[tuple[str, int | None, int | None]] = field(default_factory=list)
     shared: bool = True
     """False: the tokenizers disagree on the regular vocabulary and ``alignment="string"``
-    allowed it (the pair is then aligned by token string, :mod:`lightreasoner.alignment`)."""
+    allowed it (the pair is then aligned by token string, :mod:`lightreasoner.core.alignment`)."""
 
 
 def check_pair_tokenizers(
@@ -423,11 +423,11 @@ def spec_json(spec: ModelSpec) -> str:
 def pair_specs(cfg) -> tuple[ModelSpec, ModelSpec]:
     """``(expert, amateur)`` of a run config's ``model_pair`` group, interpolations resolved.
 
-    The amateur's ``kind`` / ``layer`` (:class:`~lightreasoner.pairs.PairSettings`) are not spec
+    The amateur's ``kind`` / ``layer`` (:class:`~lightreasoner.models.pairs.PairSettings`) are not spec
     fields: an ``early_exit`` amateur's spec is the expert's, a ``checkpoint`` amateur's path
     defaults to the expert's."""
-    from lightreasoner.config import to_plain
-    from lightreasoner.pairs import PairSettings
+    from lightreasoner.core.config import to_plain
+    from lightreasoner.models.pairs import PairSettings
 
     pair = cfg.model_pair
     expert = to_plain(pair.expert)

@@ -2,7 +2,7 @@
 
 ``python train.py ...`` calls :func:`preflight` first. It composes the config exactly as Hydra
 will (the same ``conf/``, the same overrides; for ``-m`` every job of the sweep, as Hydra's
-basic sweeper lists them) and runs :func:`lightreasoner.validation.validate` on each, before
+basic sweeper lists them) and runs :func:`lightreasoner.run.validation.validate` on each, before
 any heavy import (torch, Lightning) and before Hydra creates a run directory. So:
 
 - a bad input is one line ``error: <key>: ...`` on stderr and exit code 2, and leaves no
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightreasoner.config import MOVED_KEYS, PROJECT_ROOT, unknown_group_option
+from lightreasoner.core.config import MOVED_KEYS, PROJECT_ROOT, unknown_group_option
 
 PLACEHOLDER_OUTPUT = "/nonexistent/lightreasoner-preflight"
 """``paths.output_dir`` while checking (Hydra fills it when the job starts; nothing is written there)."""
@@ -202,7 +202,7 @@ def check_jobs(argv: list[str], out=None, light: bool = False) -> list[list[str]
     """Compose and validate every job ``argv`` describes; raise :class:`PreflightError` (or the
     validator's ``ValueError``/``OSError``) on the first bad one. Returns the jobs' overrides.
     With ``out`` (a stream), a multirun's jobs are listed on it as they are checked. ``light``:
-    only the checks that need no torch (:func:`~lightreasoner.validation.validate_light`)."""
+    only the checks that need no torch (:func:`~lightreasoner.run.validation.validate_light`)."""
     overrides, flags = split_argv(argv)
     bad = unknown_group_option(overrides)
     if bad:
@@ -213,7 +213,7 @@ def check_jobs(argv: list[str], out=None, light: bool = False) -> list[list[str]
             jobs, note = sweep_jobs(composer, overrides)
         else:
             jobs, note = [overrides], None
-        from lightreasoner.validation import validate, validate_light
+        from lightreasoner.run.validation import validate, validate_light
 
         check = validate_light if light else validate
 

@@ -1,16 +1,16 @@
 """The sweep report: one table and a few plots for a Hydra multirun.
 
-    python -m lightreasoner.report multirun/2025-01-01/12-00-00            # -> .../report/
-    python -m lightreasoner.report run_a run_b --out /tmp/report
-    python -m lightreasoner.report --efficiency lr_run sft_run       # the paper's efficiency table
-    python -m lightreasoner.report --head-to-head lr_run sft_run     # run_b's tuned vs run_a's, paired
-    python -m lightreasoner.report --format-audit run [run ...]      # strict vs flexible, format rates, format share of each gain
+    python -m lightreasoner.analysis.report multirun/2025-01-01/12-00-00            # -> .../report/
+    python -m lightreasoner.analysis.report run_a run_b --out /tmp/report
+    python -m lightreasoner.analysis.report --efficiency lr_run sft_run       # the paper's efficiency table
+    python -m lightreasoner.analysis.report --head-to-head lr_run sft_run     # run_b's tuned vs run_a's, paired
+    python -m lightreasoner.analysis.report --format-audit run [run ...]      # strict vs flexible, format rates, format share of each gain
 
 Reads only what a run leaves on disk, so it works on a directory copied back from a cluster:
 ``.hydra/config.yaml`` (the composed config, interpolations left unresolved),
 ``.hydra/overrides.yaml`` and, once the run ended, ``summary.json``. Any directory holding
 ``.hydra/config.yaml`` below the given paths is a run; job directory names are never parsed.
-Pair diagnostics (``diagnose.json`` of ``python -m lightreasoner.diagnose``, one directory per
+Pair diagnostics (``diagnose.json`` of ``python -m lightreasoner.run.diagnose``, one directory per
 pair) below the paths add a "Pair diagnostic" table (``diagnose.csv``); a directory of
 diagnostics alone gives a report of that table.
 
@@ -47,7 +47,7 @@ from omegaconf import OmegaConf
 from lightreasoner.eval.results import read_rows, record_benchmarks, record_path
 from lightreasoner.eval.scoring import answer_type_of, has_flexible, rescore_rows
 from lightreasoner.eval.stats import COMPARABLE_SETTINGS, paired_flexible_stats, paired_stats, paired_verdicts, wilson_interval
-from lightreasoner.files import atomic_write_bytes, atomic_write_text
+from lightreasoner.core.files import atomic_write_bytes, atomic_write_text
 
 META_COLUMNS = ("run_dir", "status", "error", "overrides")
 """The columns of :func:`load_runs` that are neither config keys nor metrics."""
@@ -78,7 +78,7 @@ FORMAT_NOTE = (
 
 
 DIAGNOSE_FILE = "diagnose.json"
-"""The report of one pair diagnostic (``python -m lightreasoner.diagnose``), one per directory."""
+"""The report of one pair diagnostic (``python -m lightreasoner.run.diagnose``), one per directory."""
 
 
 class ReportInputError(ValueError):
@@ -118,7 +118,7 @@ def _run_dirs(path: str | Path) -> list[Path]:
 
 
 def find_diagnostics(path: str | Path) -> list[Path]:
-    """The pair diagnostics' ``diagnose.json`` files (``python -m lightreasoner.diagnose``) at or
+    """The pair diagnostics' ``diagnose.json`` files (``python -m lightreasoner.run.diagnose``) at or
     below ``path`` (hidden directories skipped), in natural order; ``[]`` when there is none."""
     path = _existing(path)
     if path.is_file():
@@ -799,11 +799,11 @@ def _write_diagnostics_only(diag: pd.DataFrame, root: Path, out_dir: Path) -> di
 
 
 # ---------------------------------------------------------------------------------------------
-# Pair diagnostics (python -m lightreasoner.diagnose)
+# Pair diagnostics (python -m lightreasoner.run.diagnose)
 
 
 DIAGNOSE_NOTE = (
-    "One row per `diagnose.json` (python -m lightreasoner.diagnose): reference solutions of the training split "
+    "One row per `diagnose.json` (python -m lightreasoner.run.diagnose): reference solutions of the training split "
     "teacher-forced through both models. kept % = share of the scored reference positions the selection keeps; "
     "at the kept positions, flips = positions where the contrast's pick differs from the expert's (share of the kept "
     "positions), contrast / expert right = flips where that pick is the reference token; advantage = (contrast right - "
@@ -1196,7 +1196,7 @@ def _audit_gain_row(label: dict, a, b, fa, fb) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write the report files; bad input -> ``error: ...``, exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m lightreasoner.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lightreasoner.analysis.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="a Hydra multirun directory, run directories, or a parent of them "
                                                   "(pair diagnostics' diagnose.json below them are read too)")
     parser.add_argument("--out", help="output directory (default: <multirun dir>/report)")

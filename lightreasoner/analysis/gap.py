@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from .report import aggregate
+from lightreasoner.analysis.report import aggregate
 
 __all__ = ["AMATEUR", "GAP", "amateur_label", "with_amateur", "gap_table", "best_per_amateur"]
 

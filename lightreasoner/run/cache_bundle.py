@@ -9,12 +9,12 @@ and of ``checkpoints/`` only ``last.ckpt`` of a fine-tune that has not finished 
 optimizer and loader state - so an interrupted fine-tune continues where it was). Cache entries
 a run does not name yet (a run stopped before its summary) are given with ``--cache KIND/KEY``. ``import`` puts them back under the cache directory and the working
 directory, never overwriting a file that is there. Cache keys are content hashes of the model,
-data and settings (:meth:`lightreasoner.models.ModelSpec.identity`), so imported caches are
+data and settings (:meth:`lightreasoner.models.spec.ModelSpec.identity`), so imported caches are
 hits wherever the same model and data files are, and shards are digest-checked when read.
 
-    python -m lightreasoner.cache_bundle export outputs/coder_study/lightreasoner --to BUNDLE
-    python -m lightreasoner.cache_bundle export outputs/NAME --cache traces/KEY --to BUNDLE
-    python -m lightreasoner.cache_bundle import BUNDLE          # then rerun the runs' commands
+    python -m lightreasoner.run.cache_bundle export outputs/coder_study/lightreasoner --to BUNDLE
+    python -m lightreasoner.run.cache_bundle export outputs/NAME --cache traces/KEY --to BUNDLE
+    python -m lightreasoner.run.cache_bundle import BUNDLE          # then rerun the runs' commands
 
 A rerun of an imported named run resumes as it would on the machine that ran it: finished
 fine-tunes are not trained again (their adapter is imported; the merged model is rebuilt from
@@ -32,8 +32,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .eval.results import SharedResults
-from .models import cache_root
+from lightreasoner.eval.results import SharedResults
+from lightreasoner.models.spec import cache_root
 
 __all__ = ["export_runs", "import_bundle", "TRACE_KINDS", "RUN_EXCLUDE"]
 
@@ -169,7 +169,7 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lightreasoner.cache_bundle", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lightreasoner.run.cache_bundle", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="copy runs and the caches they read into one directory")
     ex.add_argument("runs", nargs="*", help="run directories (relative), e.g. outputs/NAME")

@@ -1,17 +1,17 @@
 """Stage 2: LoRA distillation of the expert on the contrastive soft labels.
 
-:class:`DistillModule` wraps the expert (a :class:`~lightreasoner.models.ModelSpec`; GGUF
+:class:`DistillModule` wraps the expert (a :class:`~lightreasoner.models.spec.ModelSpec`; GGUF
 experts are rebuilt as plain models so peft and saving work) in a peft LoRA model and trains it
 to minimise ``KL(vC_t || softmax(logits_t))`` at every kept position of a batch from
-:class:`~lightreasoner.datamodule.DistillDataModule` (``distill.loss``: that forward KL, the
-method; or a reverse KL or a generalized JSD, :func:`lightreasoner.contrast.objective_loss`).
+:class:`~lightreasoner.training.datamodule.DistillDataModule` (``distill.loss``: that forward KL, the
+method; or a reverse KL or a generalized JSD, :func:`lightreasoner.core.contrast.objective_loss`).
 The decoder runs once over each padded sequence; the output embedding is applied only at the
 kept positions (``[K, V]`` logits, the softmax over the model's full logit width, so special
 tokens can be targets). The loss of each
 optimizer update is the mean over its kept steps, accumulation and data parallelism (DDP, the
 batches' ``loss_scale``) included.
 
-Saving, reloading and merging the trained adapter: :mod:`lightreasoner.checkpoints`.
+Saving, reloading and merging the trained adapter: :mod:`lightreasoner.training.checkpoints`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from . import models
-from .config import settings_from_cfg, to_plain
-from .contrast import LOSSES, objective_loss, soft_label_entropy
-from .models import ModelSpec
+from lightreasoner.models import spec as models
+from lightreasoner.core.config import settings_from_cfg, to_plain
+from lightreasoner.core.contrast import LOSSES, objective_loss, soft_label_entropy
+from lightreasoner.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.AdamW", "lr": 5e-5
 DEFAULT_SCHEDULER: dict[str, Any] = {"type": "linear", "warmup_steps": 0}
 """Published schedule: linear decay to 0 over ``max_steps``, no warm-up."""
 
-LR_SCHEDULE = "lightreasoner.distill.lr_schedule"
+LR_SCHEDULE = "lightreasoner.training.distill.lr_schedule"
 """The ``scheduler`` group's ``_target_`` (a ``_partial_``: :func:`lr_schedule`)."""
 
 SCHEDULER_TYPES = ("linear", "cosine", "constant")
@@ -73,7 +73,7 @@ SCHEDULER_TYPES = ("linear", "cosine", "constant")
 @dataclass
 class DistillSettings:
     """The ``distill`` config group (``conf/distill/``): how the kept steps are batched for the
-    fine-tune (:class:`~lightreasoner.datamodule.DistillDataModule`) and what is saved after it."""
+    fine-tune (:class:`~lightreasoner.training.datamodule.DistillDataModule`) and what is saved after it."""
 
     packing: bool = True
     """One sequence per trace with the loss at all its kept positions (False: one kept step per
@@ -88,7 +88,7 @@ class DistillSettings:
     """Optimizer updates between the resumable checkpoints (``checkpoints/last.ckpt``); None:
     a fifth of ``trainer.max_steps``. A long fine-tune on a machine that may be handed back at
     any moment loses at most this many updates. Changes no result, so it is left out of the
-    run's training identity (:mod:`lightreasoner.resume`)."""
+    run's training identity (:mod:`lightreasoner.run.resume`)."""
     merge: bool = True
     """Merge the adapter into a standalone full-precision model after training."""
     export_published: bool = False
@@ -105,7 +105,7 @@ class DistillSettings:
     ``<|im_end|>`` are cut off), and soft-label mass on ids beyond it is dropped without
     renormalising the rest."""
     loss: str = "forward_kl"
-    """What the kept steps are trained towards their soft labels with (:data:`~lightreasoner.contrast.LOSSES`):
+    """What the kept steps are trained towards their soft labels with (:data:`~lightreasoner.core.contrast.LOSSES`):
     ``forward_kl`` ``KL(vC || q)`` (the method), ``reverse_kl`` ``KL(q_S || vC)`` on the label's
     support (mode-seeking; a one-candidate label gives 0), ``jsd`` the generalized
     Jensen-Shannon divergence with mixing weight ``jsd_beta``."""
@@ -120,7 +120,7 @@ class DistillSettings:
     LightningModule sets ``distill.module._target_``."""
     datamodule: Any = None
     """How the DataModule is built, as ``module``; run-time arguments ``samples``,
-    ``pad_token_id``, ``seed``; default :class:`~lightreasoner.datamodule.DistillDataModule`."""
+    ``pad_token_id``, ``seed``; default :class:`~lightreasoner.training.datamodule.DistillDataModule`."""
 
     @classmethod
     def from_cfg(cls, cfg: Mapping | Any | None) -> "DistillSettings":

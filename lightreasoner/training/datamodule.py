@@ -1,6 +1,6 @@
 """Training batches of selected samples, counted in kept steps.
 
-A :class:`~lightreasoner.records.TraceSample` holds one trace and the positions of its kept
+A :class:`~lightreasoner.data.records.TraceSample` holds one trace and the positions of its kept
 steps. Two layouts feed the same kept steps to the distillation module:
 
 * **packed** (default): one sequence per trace, the loss taken at all its kept positions in
@@ -89,7 +89,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .records import TraceSample
+from lightreasoner.data.records import TraceSample
 
 log = logging.getLogger(__name__)
 

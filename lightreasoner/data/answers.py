@@ -507,9 +507,9 @@ class _Verifier:
 
     def _start(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from lightreasoner.answers import worker_main; worker_main()"],
+            [sys.executable, "-c", "from lightreasoner.data.answers import worker_main; worker_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
         )
         if self._readline(self.STARTUP_S) != "ready\n":

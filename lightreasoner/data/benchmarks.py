@@ -1,7 +1,7 @@
 """Benchmark and training-set loading: local JSON Lines (the files in ``../shared/data``) or the hub.
 
 A dataset config (``conf/dataset/*.yaml``) names a row ``format``; each format has one parser
-that turns a raw row into a :class:`~lightreasoner.records.Problem` (question text as the
+that turns a raw row into a :class:`~lightreasoner.data.records.Problem` (question text as the
 model sees it, gold answer as text). Problem ids are ``"{name}/{split}/{index in file order}"``
 whatever shuffling or truncation follows, so results and caches stay comparable.
 
@@ -20,8 +20,8 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from lightreasoner.answers import ANSWER_TYPES, last_boxed
-from lightreasoner.records import Problem
+from lightreasoner.data.answers import ANSWER_TYPES, last_boxed
+from lightreasoner.data.records import Problem
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def dataset_identity(dataset_cfg, split: str | None = None) -> dict:
 
 def known_datasets() -> list[str]:
     """Names of the dataset configs (``conf/dataset/*.yaml``), i.e. the valid benchmark names."""
-    from lightreasoner.config import PROJECT_ROOT
+    from lightreasoner.core.config import PROJECT_ROOT
 
     return sorted(p.stem for p in (PROJECT_ROOT / "conf" / "dataset").glob("*.yaml"))
 
@@ -354,7 +354,7 @@ def dataset_config(name: str, data_dir: str | Path | None = None, paths: dict | 
     """
     from omegaconf import OmegaConf
 
-    from lightreasoner.config import PROJECT_ROOT
+    from lightreasoner.core.config import PROJECT_ROOT
 
     path = PROJECT_ROOT / "conf" / "dataset" / f"{name}.yaml"
     if not path.is_file():

@@ -2,7 +2,7 @@
 
 - ``model_pair.alignment``: ``shared`` (one tokenizer, checked exactly; the published setting)
   or ``string`` (tokenizers that differ are aligned by token string and compared only at shared
-  token boundaries, :mod:`lightreasoner.alignment`), with ``model_pair.min_coverage`` the floor
+  token boundaries, :mod:`lightreasoner.core.alignment`), with ``model_pair.min_coverage`` the floor
   under which such a pair fails.
 - ``model_pair.amateur.kind``: ``model`` (a second model, the published setting),
   ``checkpoint`` (an earlier checkpoint of the expert: same architecture, a directory or a hub
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import to_plain
+from lightreasoner.core.config import to_plain
 
 ALIGNMENTS = ("shared", "string")
 """``model_pair.alignment`` values."""

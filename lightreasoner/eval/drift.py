@@ -18,7 +18,7 @@ and at the end, on problems the fine-tune never sees (:func:`prepare_heldout`):
   a fine-tune that never beats it ends as the base).
 
 The target-side ``junk_rate`` (share of the kept steps' soft-label mass on candidates with base
-``pE < drift.junk_pe``, :func:`lightreasoner.selection.junk_rate`) comes from the selection.
+``pE < drift.junk_pe``, :func:`lightreasoner.selection.select.junk_rate`) comes from the selection.
 Each figure of the kept model is compared with its limit (``drift.max_kl``,
 ``drift.max_ppl_ratio``, ``drift.max_junk_rate``); :meth:`DriftGuard.summary` says which it passed
 (the run's ``summary.json`` ``drift`` section and its printed summary). Everything is logged to
@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .benchmarks import dataset_identity, load_problems, local_file
-from .config import settings_from_cfg, to_plain
-from .records import Problem
+from lightreasoner.data.benchmarks import dataset_identity, load_problems, local_file
+from lightreasoner.core.config import settings_from_cfg, to_plain
+from lightreasoner.data.records import Problem
 
 log = logging.getLogger("lightreasoner")
 
@@ -152,7 +152,7 @@ class HeldOut:
     """End-of-sequence ids of the validation generation besides the model's (``eval.stop_tokens``)."""
     verify_timeout_s: float = 5.0
     junk_rate: float | None = None
-    """The selection's target-side junk rate (:func:`lightreasoner.selection.junk_rate`)."""
+    """The selection's target-side junk rate (:func:`lightreasoner.selection.select.junk_rate`)."""
     note: str | None = None
     """Why a measurement is missing (e.g. no gold solutions), for the summary."""
 
@@ -180,7 +180,7 @@ def heldout_problems(cfg: Any, settings: DriftSettings, training_problems: int |
 
 def gold_solutions(dataset_cfg: Any, split: str, problems: Sequence[Problem], solution_field: str) -> list[str]:
     """The gold solution text of each problem, read from the split's local JSONL (row = the
-    index in the problem id, as :func:`~lightreasoner.benchmarks.load_problems` numbers them)."""
+    index in the problem id, as :func:`~lightreasoner.data.benchmarks.load_problems` numbers them)."""
     path = local_file(dataset_cfg, split)
     if path is None or not path.is_file():
         raise ValueError(f"drift.solution_field: gold solutions are read from the split's local JSONL; {split!r} has none ({path})")
@@ -206,11 +206,11 @@ def prepare_heldout(
 ) -> HeldOut:
     """The held-out traces (scored like the training traces, through the trace cache: a grid
     samples them once), gold solutions and validation prompts. ``models`` as for
-    :func:`~lightreasoner.sampling.run_sampling` (tests)."""
-    from .eval.evaluate import DEFAULT_MAX_NEW_TOKENS, EvalSettings
-    from .models import pair_specs
-    from .prompts import encode_prompts
-    from .sampling import run_sampling
+    :func:`~lightreasoner.sampling.sampler.run_sampling` (tests)."""
+    from lightreasoner.eval.evaluate import DEFAULT_MAX_NEW_TOKENS, EvalSettings
+    from lightreasoner.models.spec import pair_specs
+    from lightreasoner.data.prompts import encode_prompts
+    from lightreasoner.sampling.sampler import run_sampling
 
     ds = cfg.dataset
     pool = heldout_problems(cfg, settings, training_problems)
@@ -287,7 +287,7 @@ def trace_drift(peft_model, traces: Sequence[tuple[list[int], list[int]]], pad_i
     """``kl_tuned_base`` (mean over trace tokens of ``KL(tuned || base)`` over the full width),
     ``implausible_mass`` / ``implausible_mass_base`` (mean probability on tokens with base
     ``pE < junk_pe``) over the held-out traces. The base is ``peft_model`` with its adapters off."""
-    from .contrast import kl_shared
+    from lightreasoner.core.contrast import kl_shared
 
     device = next(peft_model.parameters()).device
     kl_sum, junk_t, junk_b, n = 0.0, 0.0, 0.0, 0
@@ -327,9 +327,9 @@ def solution_perplexity(peft_model, solutions: Sequence[tuple[list[int], list[in
 
 def validation_accuracy(model, tokenizer, heldout: HeldOut, batch_size: int = 8) -> float:
     """Greedy accuracy of ``model`` on the held-out validation problems (evaluation prompt and scorer)."""
-    from .eval.evaluate import score_row
-    from .generation import GenerationSettings, HFEngine
-    from .models import eos_token_ids
+    from lightreasoner.eval.evaluate import score_row
+    from lightreasoner.generation import GenerationSettings, HFEngine
+    from lightreasoner.models.spec import eos_token_ids
 
     eos = sorted(set(eos_token_ids(tokenizer, model)) | set(heldout.stop_ids))
     engine = HFEngine(model, tokenizer, eos_token_ids=eos)
@@ -342,7 +342,7 @@ def validation_accuracy(model, tokenizer, heldout: HeldOut, batch_size: int = 8)
 
 
 class DriftGuard(Callback):
-    """Measures the drift of the LoRA model a :class:`~lightreasoner.distill.DistillModule`
+    """Measures the drift of the LoRA model a :class:`~lightreasoner.training.distill.DistillModule`
     trains (see the module doc); early stopping and best-weights keeping on validation accuracy.
 
     Single-process fits only. Its state (measurements, best score and weights) is part of

@@ -12,7 +12,7 @@ The key is the sha256 of the canonical JSON of everything that determines the sc
 tokenizer's vocabulary, the dataset identity, the prompt template fingerprint and system
 prompt, the generation settings, ``alpha_min``, ``max_candidates`` and
 :data:`FORMAT_VERSION` — not ``beta``/``alpha``/``first_step``/batch size, which only matter
-when samples are read (:mod:`lightreasoner.selection`).
+when samples are read (:mod:`lightreasoner.selection.select`).
 
 Records are stored and looked up per problem id, so sampling more problems later reuses the
 ones already done. Shards are written batch by batch as the sampler produces them (the
@@ -48,11 +48,13 @@ from typing import Any
 
 import torch
 
-from . import alignment, contrast
-from .files import atomic_write_bytes, atomic_write_json, canonical_json
-from .models import ModelSpec
-from .prompts import template_fingerprint
-from .records import SCORED_TRACE_KEYS
+from lightreasoner.core import alignment
+
+from lightreasoner.core import contrast
+from lightreasoner.core.files import atomic_write_bytes, atomic_write_json, canonical_json
+from lightreasoner.models.spec import ModelSpec
+from lightreasoner.data.prompts import template_fingerprint
+from lightreasoner.data.records import SCORED_TRACE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -486,7 +488,7 @@ def scored_trace_stats(records: Sequence[Mapping]) -> dict:
     """The manifest's statistics of scored traces, independent of any job's selection: counts,
     KL quantiles, the kept-step fraction as a curve over :data:`MANIFEST_BETAS` (from step 1),
     and for a cross-tokenizer pair (records with ``aligned_mass``) its coverage
-    (:func:`lightreasoner.alignment.coverage`) at :data:`REFERENCE_SELECTION`."""
+    (:func:`lightreasoner.core.alignment.coverage`) at :data:`REFERENCE_SELECTION`."""
     first = REFERENCE_SELECTION["first_step"]
     stats = {
         "counts": trace_counts(records),
@@ -541,7 +543,7 @@ def library_versions() -> dict:
     import lightning
     import transformers
 
-    from . import __version__
+    from lightreasoner import __version__
 
     return {
         "python": platform.python_version(),

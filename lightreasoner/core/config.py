@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 SHORT_NAME_MAX = 48
@@ -117,7 +117,7 @@ MOVED_KEYS = {
     "method.target": "selection.target", "distill.rounds": "rounds",
 }
 """Keys that moved to one home (issue 30), by their old spelling -> their key now: the command
-line (:mod:`lightreasoner.cli`) and validation name the new key for an old one."""
+line (:mod:`lightreasoner.run.cli`) and validation name the new key for an old one."""
 
 
 def register_resolvers() -> None:

@@ -1,12 +1,12 @@
 """A pair diagnostic (issue 31 §1): does the contrast point at the reference token where it
 disagrees with the expert? Minutes, no fine-tune.
 
-    python -m lightreasoner.diagnose                                   # the demo pair (default experiment)
-    python -m lightreasoner.diagnose diagnose.problems=50 diagnose.answer_level=false experiment=coder_cpu
-    python -m lightreasoner.diagnose -m model_pair=demo,demo_early_exit ...   # one job per pair, in turn
+    python -m lightreasoner.run.diagnose                                   # the demo pair (default experiment)
+    python -m lightreasoner.run.diagnose diagnose.problems=50 diagnose.answer_level=false experiment=coder_cpu
+    python -m lightreasoner.run.diagnose -m model_pair=demo,demo_early_exit ...   # one job per pair, in turn
 
-The config is composed by the same groups as ``train.py`` (:class:`lightreasoner.cli.Composer`,
-:func:`lightreasoner.validation.validate`, the demo's prepare step), so ``model_pair=``,
+The config is composed by the same groups as ``train.py`` (:class:`lightreasoner.run.cli.Composer`,
+:func:`lightreasoner.run.validation.validate`, the demo's prepare step), so ``model_pair=``,
 ``selection.*`` and ``-m`` sweeps read as they do for a run. The diagnostic's own keys are
 ``diagnose.<field>=<value>`` on the same command line (:class:`DiagnoseSettings`; they are read
 here, not by Hydra, so that no config group is added to ``train.yaml``).
@@ -15,12 +15,12 @@ What it does: N reference solutions of the training split (:func:`reference_text
 solution with the ``<<...>>`` calculator annotations removed, ending in ``\\boxed{ANSWER}``; the
 demo's ``solution``; another dataset's ``solution`` field) are teacher-forced through both models
 in the sampler's prompt, by the sampler's own scoring code path
-(:meth:`~lightreasoner.sampling.ContrastiveSampler.score_batch` with :class:`ForcedEngine` in
+(:meth:`~lightreasoner.sampling.sampler.ContrastiveSampler.score_batch` with :class:`ForcedEngine` in
 place of generation). The result is one scored trace per reference, so everything downstream is
 the run's code: at every position ``KL(pE||pA)``, the plausible set at ``selection.alpha``, the
 expert's pick (argmax pE over the stored candidates, i.e. over the shared ids) and the contrast's
 pick (argmax of ``selection.target``'s label, ``gamma``/``tau``/``top_k`` as configured); the kept
-positions are :func:`lightreasoner.selection.select`'s (any registered rule).
+positions are :func:`lightreasoner.selection.select.select`'s (any registered rule).
 
 Reported over all scored positions and over the kept ones (:func:`position_stats`): kept
 fraction, KL quantiles, how often each pick is the reference token, and at **flips** (the picks
@@ -28,16 +28,16 @@ differ) the **contrast advantage** = (contrast right - expert right) / flips, wi
 intervals (:func:`advantage`): Wilson on the signed outcome among the decisive flips (those where
 one of the two picks is right; positions treated as independent), scaled by the decisive share,
 and a bootstrap over references (positions of one reference resampled together). The same split
-by the reference token's class (:func:`lightreasoner.selection.token_class`). Beside them: the
+by the reference token's class (:func:`lightreasoner.selection.select.token_class`). Beside them: the
 on-policy flip rate of this config's trace cache when one exists (``label_argmax_differs`` of
-:func:`~lightreasoner.selection.kept_step_profile`) and, with ``answer_level``, greedy accuracy of
+:func:`~lightreasoner.selection.select.kept_step_profile`) and, with ``answer_level``, greedy accuracy of
 the expert against contrastive decoding at the same alpha on the same N problems, paired
 (:func:`lightreasoner.eval.stats.paired_stats`).
 
 Written per pair: ``diagnose.json`` (the report) and ``diagnose.md`` in the output directory;
 with ``logger=wandb`` one W&B run (job_type ``diagnose``) whose summary holds the flat
 ``diagnose/...`` keys of :func:`diagnose_metrics` (:func:`log_report`; ``logger=csv``: the same
-keys as one row of ``logs/version_*/metrics.csv``). ``python -m lightreasoner.report`` finds the
+keys as one row of ``logs/version_*/metrics.csv``). ``python -m lightreasoner.analysis.report`` finds the
 ``diagnose.json`` files under its paths and adds their "Pair diagnostic" table to the report.
 
 Reference tokens are one valid continuation among several: the advantage is a proxy, not a
@@ -58,7 +58,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("lightreasoner.diagnose")
+log = logging.getLogger("lightreasoner.run.diagnose")
 
 KL_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 BOOTSTRAP_SAMPLES = 2000
@@ -136,7 +136,7 @@ def reference_text(problem, row: Mapping, fmt: str) -> str:
 
 def training_references(ds_cfg, n: int, seed: int) -> tuple[list, list[str]]:
     """The first ``n`` training problems (as the run reads them) and their reference texts."""
-    from lightreasoner.benchmarks import _source, load_problems
+    from lightreasoner.data.benchmarks import _source, load_problems
 
     split = ds_cfg.split
     problems = load_problems(ds_cfg, split=split, max_problems=n, shuffle=ds_cfg.get("shuffle"), seed=seed)
@@ -157,7 +157,7 @@ class ForcedEngine(_engine_base()):
     """An engine that "generates" the given references: the sampler then scores them with its
     teacher-forced passes (no logits from generation, so the expert runs one forward pass too).
     Set :attr:`pending` (one id list per prompt, each ending in an end-of-sequence id) before
-    each :meth:`~lightreasoner.sampling.ContrastiveSampler.score_batch`."""
+    each :meth:`~lightreasoner.sampling.sampler.ContrastiveSampler.score_batch`."""
 
     name = "forced"
 
@@ -181,8 +181,8 @@ class ForcedEngine(_engine_base()):
 
 def score_references(sampler, problems, references: Sequence[str], batch_size: int, system_prompt) -> list[dict]:
     """Scored traces of the references (the sampler's prompts and scoring; one record each)."""
-    from lightreasoner.prompts import encode_prompts
-    from lightreasoner.sampling import make_batch, question_sha
+    from lightreasoner.data.prompts import encode_prompts
+    from lightreasoner.sampling.sampler import make_batch, question_sha
 
     tok = sampler.tokenizer
     eos = tok.eos_token_id if tok.eos_token_id is not None else sampler.engine.eos_token_ids[0]
@@ -225,8 +225,8 @@ class Positions:
 
 def reference_positions(records: Sequence[Mapping], sel, tokenizer, seed: int = 0) -> Positions:
     """Picks and selection at every position of scored references (``sel``: resolved
-    :class:`~lightreasoner.selection.SelectionSettings`)."""
-    from lightreasoner.selection import _label, answer_span_starts, select, token_class
+    :class:`~lightreasoner.selection.select.SelectionSettings`)."""
+    from lightreasoner.selection.select import _label, answer_span_starts, select, token_class
 
     spans = answer_span_starts(records, tokenizer) if sel.rule == "answer_span" else None
     verified = {str(r["problem_id"]): True for r in records}  # a reference solution is right by construction
@@ -299,7 +299,7 @@ def bootstrap_advantage(per_reference: Sequence[tuple[int, int, int]], samples: 
 def _block(pos: Positions, idx: list[int], n_refs: int) -> dict:
     import numpy as np
 
-    from lightreasoner.selection import TOKEN_CLASSES
+    from lightreasoner.selection.select import TOKEN_CLASSES
 
     def counts(ii):
         flips = [i for i in ii if pos.expert[i] != pos.contrast[i]]
@@ -351,16 +351,16 @@ def position_stats(pos: Positions, n_refs: int) -> dict:
 def on_policy_flip_rate(cfg, tokenizer, sel, cross: bool) -> dict:
     """``label_argmax_differs`` of this config's trace cache (the run's training problems), when
     the cache exists; nothing is sampled."""
-    from lightreasoner import alignment as align
-    from lightreasoner.benchmarks import dataset_identity, load_problems
-    from lightreasoner.config import to_plain
+    from lightreasoner.core import alignment as align
+    from lightreasoner.data.benchmarks import dataset_identity, load_problems
+    from lightreasoner.core.config import to_plain
     from lightreasoner.generation import engine_key
-    from lightreasoner.models import pair_specs
-    from lightreasoner.pairs import PairSettings
-    from lightreasoner.records import SCORED_TRACE_KEYS
-    from lightreasoner.sampling import SamplingSettings
-    from lightreasoner.selection import answer_span_starts, kept_step_profile, select, verify_traces
-    from lightreasoner.trace_cache import TraceCache, trace_key, trace_key_fields
+    from lightreasoner.models.spec import pair_specs
+    from lightreasoner.models.pairs import PairSettings
+    from lightreasoner.data.records import SCORED_TRACE_KEYS
+    from lightreasoner.sampling.sampler import SamplingSettings
+    from lightreasoner.selection.select import answer_span_starts, kept_step_profile, select, verify_traces
+    from lightreasoner.sampling.trace_cache import TraceCache, trace_key, trace_key_fields
 
     ds = cfg.dataset
     expert, amateur = pair_specs(cfg)
@@ -395,7 +395,7 @@ def answer_level(cfg, sampler, problems, alpha: float, batch_size: int) -> dict:
     from lightreasoner.eval.stats import paired_stats, wilson_interval
     from lightreasoner.generation import GenerationSettings, build_engine
     from lightreasoner.generation.contrastive import ContrastiveDecodingEngine
-    from lightreasoner.prompts import encode_prompts
+    from lightreasoner.data.prompts import encode_prompts
 
     ev = EvalSettings.from_cfg(cfg.eval)
     tok = sampler.tokenizer
@@ -463,13 +463,13 @@ def run(cfg, settings: DiagnoseSettings) -> dict:
     writes ``diagnose.json`` and ``diagnose.md`` to the output directory."""
     import torch
 
-    from lightreasoner.config import to_plain
-    from lightreasoner.models import pair_specs
-    from lightreasoner.pairs import PairSettings
-    from lightreasoner.pipeline import prepare
-    from lightreasoner.sampling import ContrastiveSampler, SamplingSettings
-    from lightreasoner.selection import SelectionSettings
-    from lightreasoner.validation import stage_threads
+    from lightreasoner.core.config import to_plain
+    from lightreasoner.models.spec import pair_specs
+    from lightreasoner.models.pairs import PairSettings
+    from lightreasoner.run.pipeline import prepare
+    from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings
+    from lightreasoner.selection.select import SelectionSettings
+    from lightreasoner.run.validation import stage_threads
 
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -612,7 +612,7 @@ def diagnose_metrics(report: Mapping) -> dict:
 
 
 def log_report(cfg, report: Mapping, out_dir: str | Path, settings: DiagnoseSettings | None = None) -> dict | None:
-    """Log the report into the configured ``logger`` (built by :func:`lightreasoner.loggers.build_logger`
+    """Log the report into the configured ``logger`` (built by :func:`lightreasoner.training.loggers.build_logger`
     with its files under ``out_dir``).
 
     W&B: one run per pair, job_type ``diagnose``, group the pair's name (:func:`pair_label`) and
@@ -624,7 +624,7 @@ def log_report(cfg, report: Mapping, out_dir: str | Path, settings: DiagnoseSett
 
     from omegaconf import open_dict, read_write
 
-    from lightreasoner.loggers import build_logger, finish_logger, is_wandb
+    from lightreasoner.training.loggers import build_logger, finish_logger, is_wandb
 
     if cfg.get("logger") is None or cfg.logger.get("_target_") is None:
         return None
@@ -772,10 +772,10 @@ def job_settings_of(jobs: Sequence[Sequence[str]], cfgs: Sequence, settings: Dia
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lightreasoner.diagnose [-m] [hydra overrides] [diagnose.<field>=<value>]``.
+    """``python -m lightreasoner.run.diagnose [-m] [hydra overrides] [diagnose.<field>=<value>]``.
     Returns the exit code (2: bad input, one ``error:`` line)."""
-    from lightreasoner.cli import Composer, PreflightError, split_argv, sweep_jobs
-    from lightreasoner.config import unknown_group_option
+    from lightreasoner.run.cli import Composer, PreflightError, split_argv, sweep_jobs
+    from lightreasoner.core.config import unknown_group_option
 
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -791,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         composer = Composer()
         try:
             jobs = sweep_jobs(composer, overrides)[0] if flags.get("multirun") else [overrides]
-            from lightreasoner.validation import validate
+            from lightreasoner.run.validation import validate
 
             cfgs = []
             for i, job in enumerate(jobs):

@@ -5,7 +5,7 @@ baseline (whole accepted traces, usually on a LoRA-wrapped expert: only paramete
 ``requires_grad`` are optimised).
 
 A trace is the chat prompt built exactly as the sampling/evaluation stages build it
-(:func:`lightreasoner.prompts.encode_prompts`) followed by the solution's tokens and one
+(:func:`lightreasoner.data.prompts.encode_prompts`) followed by the solution's tokens and one
 end-of-sequence token. The loss is the mean cross-entropy over the solution tokens (EOS
 included) of the batch; prompt and padding positions carry label ``-100``.
 """
@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightreasoner import prompts
+from lightreasoner.data import prompts
 
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (prompt, padding)."""

@@ -36,7 +36,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from . import contrast
+from lightreasoner.core import contrast
 
 __all__ = [
     "ALIGNMENT_KEYS",
@@ -266,7 +266,7 @@ def aligned_kl(logp_e: Tensor, logp_a: Tensor, vmap: Tensor) -> Tensor:
 
     ``logp_e`` ``[..., V_e]`` and ``logp_a`` ``[..., V_a]`` are full-width log-probabilities of
     the same step; ``vmap`` is :attr:`VocabAlignment.expert_to_amateur`. With the identity map
-    over the shared width this is :func:`lightreasoner.contrast.kl_shared`.
+    over the shared width this is :func:`lightreasoner.core.contrast.kl_shared`.
     """
     w = min(int(vmap.numel()), logp_e.shape[-1])
     vmap = vmap[:w]
@@ -284,7 +284,7 @@ def aligned_candidates(
     alpha_min: float,
     max_candidates: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The candidate set of :func:`lightreasoner.contrast.top_candidates` restricted to aligned
+    """The candidate set of :func:`lightreasoner.core.contrast.top_candidates` restricted to aligned
     expert ids, and the aligned share of the expert's candidate mass.
 
     Candidates are expert ids ``v`` with an aligned amateur token and ``pE(v) >= alpha_min *

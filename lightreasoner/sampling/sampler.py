@@ -7,12 +7,12 @@ scores every step of every trace in ONE teacher-forced forward pass over ``promp
 (position ids derived from the attention mask, ``logits_to_keep`` so only the trace positions
 get logits). Per step the sampler computes ``KL(pE || pA)`` over the shared ids, the
 candidate set for ``alpha_min`` with both log-probabilities, and ``max log pE`` — all through
-:mod:`lightreasoner.contrast`, ``vocab_chunk`` steps at a time (fp32 ``log_softmax`` per
+:mod:`lightreasoner.core.contrast`, ``vocab_chunk`` steps at a time (fp32 ``log_softmax`` per
 chunk) so the vocabulary-wide work has a bounded peak.
 
 The output of :meth:`ContrastiveSampler.predict_step` is a list of *scored traces* (one
 dict per problem, keys ``records.SCORED_TRACE_KEYS``, tensors on CPU, fp32) as documented
-in ``docs/DESIGN.md``; :mod:`lightreasoner.trace_cache` stores them.
+in ``docs/DESIGN.md``; :mod:`lightreasoner.sampling.trace_cache` stores them.
 """
 
 from __future__ import annotations
@@ -33,21 +33,21 @@ from lightning import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from . import alignment as align
-from . import contrast
-from .config import MOVED_KEYS
-from .generation import Engine, GenerationSettings, build_engine, engine_key
-from .generation.hf import left_pad
-from .models import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
-from .pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur
-from .prompts import SAMPLING_SYSTEM, encode_prompts
-from .records import SCORED_TRACE_KEYS, Problem
-from .trace_cache import TraceCache, trace_key, trace_key_fields
+from lightreasoner.core import alignment as align
+from lightreasoner.core import contrast
+from lightreasoner.core.config import MOVED_KEYS
+from lightreasoner.generation import Engine, GenerationSettings, build_engine, engine_key
+from lightreasoner.generation.hf import left_pad
+from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
+from lightreasoner.models.pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur
+from lightreasoner.data.prompts import SAMPLING_SYSTEM, encode_prompts
+from lightreasoner.data.records import SCORED_TRACE_KEYS, Problem
+from lightreasoner.sampling.trace_cache import TraceCache, trace_key, trace_key_fields
 
 log = logging.getLogger(__name__)
 
 MOVED_TO_SELECTION = tuple(k.split(".", 1)[1] for k in MOVED_KEYS if k.startswith("sampling."))
-"""Keys the ``sampling`` group held before step selection had one home (``selection.*``; :data:`~lightreasoner.config.MOVED_KEYS`)."""
+"""Keys the ``sampling`` group held before step selection had one home (``selection.*``; :data:`~lightreasoner.core.config.MOVED_KEYS`)."""
 
 
 @dataclass
@@ -192,10 +192,10 @@ class ContrastiveSampler(LightningModule):
     ``generation`` config node naming the engine that writes the expert's traces (default: the
     transformers engine); the scoring passes always run in transformers.
 
-    ``pair`` (:class:`~lightreasoner.pairs.PairSettings`, the ``model_pair`` group's pair keys):
+    ``pair`` (:class:`~lightreasoner.models.pairs.PairSettings`, the ``model_pair`` group's pair keys):
     with ``alignment=string`` a pair whose tokenizers differ is scored at shared token
     boundaries (the amateur reads the trace's text in its own tokens, one pass;
-    :mod:`lightreasoner.alignment`); an ``early_exit`` amateur is the expert cut after a layer
+    :mod:`lightreasoner.core.alignment`); an ``early_exit`` amateur is the expert cut after a layer
     (no amateur model is given or loaded); a ``checkpoint`` amateur must have the expert's
     architecture.
     """
@@ -556,7 +556,7 @@ def run_sampling(
     amateur's own tokenizer); the specs still provide the identities for the key.
     ``generation`` is the ``generation`` config node (the engine that writes the expert's
     traces; default transformers). ``pair`` is the ``model_pair`` group's pair keys
-    (:class:`~lightreasoner.pairs.PairSettings`; default: one shared tokenizer, a second
+    (:class:`~lightreasoner.models.pairs.PairSettings`; default: one shared tokenizer, a second
     model): a pair whose tokenizers differ (``alignment=string``) has its coverage in the
     manifest and fails below ``min_coverage``. All settings are validated before anything is
     written.

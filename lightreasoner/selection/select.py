@@ -1,7 +1,7 @@
 """Step selection, in one home: the ``selection`` config group applied to scored traces at read time.
 
 :func:`select` turns scored traces (``docs/DESIGN.md``; from :mod:`trace_cache`) into
-:class:`~lightreasoner.records.TraceSample`s as :class:`SelectionSettings` says: a step rule from
+:class:`~lightreasoner.data.records.TraceSample`s as :class:`SelectionSettings` says: a step rule from
 the registry :data:`RULES` (``kl``: ``KL_t >= beta`` from ``first_step`` on, the method;
 ``top_fraction``, ``expert_entropy``, ``random``, ``answer_span``; a new rule is one function and
 :func:`register_rule`) keeps steps among the eligible ones, and each kept step gets its label
@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
-from . import contrast
-from .answers import extract_answer, is_equivalent
-from .config import settings_of
-from .files import atomic_write_bytes
-from .prompts import SAMPLING_SYSTEM, chat_prompt
-from .records import Problem, TraceSample
+from lightreasoner.core import contrast
+from lightreasoner.data.answers import extract_answer, is_equivalent
+from lightreasoner.core.config import settings_of
+from lightreasoner.core.files import atomic_write_bytes
+from lightreasoner.data.prompts import SAMPLING_SYSTEM, chat_prompt
+from lightreasoner.data.records import Problem, TraceSample
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def eligible_steps(rec: Mapping, alpha: float, first_step: int) -> torch.Tensor:
 
 def step_entropy(rec: Mapping) -> torch.Tensor:
     """Float ``[T]``: the expert's entropy at every step, estimated from the stored candidates
-    (:func:`~lightreasoner.contrast.candidate_entropy`: a lower bound, exact when the candidates
+    (:func:`~lightreasoner.core.contrast.candidate_entropy`: a lower bound, exact when the candidates
     hold all the probability mass)."""
     steps = rec["kl"].numel()
     owner = _candidate_steps(rec)

@@ -115,9 +115,9 @@ class RunState:
     logger: Any = False
     """The run's Lightning logger (built once, finished at the end of the run), or False."""
     stage_record: Any = None
-    """The run's :class:`~lightreasoner.resume.StageRecord` (finished stages of a named run)."""
+    """The run's :class:`~lightreasoner.run.resume.StageRecord` (finished stages of a named run)."""
     drift: dict = field(default_factory=dict)
-    """The drift guard's summary (:meth:`lightreasoner.drift.DriftGuard.summary`; empty when off)."""
+    """The drift guard's summary (:meth:`lightreasoner.eval.drift.DriftGuard.summary`; empty when off)."""
     rounds: list = field(default_factory=list)
     """``rounds > 1``: one entry per round (its expert, trace-cache key, selection,
     sampling cost, adapter and evaluation); empty for a single round."""

@@ -24,22 +24,22 @@ from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from lightreasoner.checkpoints import merge_adapter, save_adapter
-from lightreasoner.config import to_plain
+from lightreasoner.training.checkpoints import merge_adapter, save_adapter
+from lightreasoner.core.config import to_plain
 from lightreasoner.demo import prepare_demo
 from lightreasoner.demo.pair import demo_amateur_dir
-from lightreasoner.distill import DistillSettings, TunedTokenCounter, build_callbacks
-from lightreasoner.drift import build_drift_guard
+from lightreasoner.training.distill import DistillSettings, TunedTokenCounter, build_callbacks
+from lightreasoner.eval.drift import build_drift_guard
 from lightreasoner.eval.evaluate import evaluate
 from lightreasoner.eval.tables import log_report
-from lightreasoner.files import atomic_write_json
-from lightreasoner.loggers import build_logger, finish_logger, log_eval_samples
+from lightreasoner.core.files import atomic_write_json
+from lightreasoner.training.loggers import build_logger, finish_logger, log_eval_samples
 from lightreasoner.methods import EVAL_ENTRIES, Method, TrainingData, method_inputs
-from lightreasoner.models import load_tokenizer, pair_specs
-from lightreasoner.records import RunState
-from lightreasoner.resume import StageRecord
-from lightreasoner.selection import import_samples
-from lightreasoner.validation import (  # noqa: F401  (validate and its helpers live there; re-exported)
+from lightreasoner.models.spec import load_tokenizer, pair_specs
+from lightreasoner.data.records import RunState
+from lightreasoner.run.resume import StageRecord
+from lightreasoner.selection.select import import_samples
+from lightreasoner.run.validation import (  # noqa: F401  (validate and its helpers live there; re-exported)
     STAGE_NAMES,
     STAGES,
     TINY_THREADS,
@@ -355,7 +355,7 @@ TRAINING_FIELDS = ("selection", "sample_key", "sampling_cost", "training_problem
 
 
 def record_finished_training(state: RunState) -> None:
-    """Record the finished fine-tune in the run's ``stages.json`` (see :mod:`lightreasoner.resume`)."""
+    """Record the finished fine-tune in the run's ``stages.json`` (see :mod:`lightreasoner.run.resume`)."""
     state.stage_record.finish("distill", {
         **{k: getattr(state, k) for k in TRAINING_FIELDS},
         "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from . import models
-from .config import to_plain
-from .files import atomic_dir, atomic_write_json
-from .models import ModelSpec
+from lightreasoner.models import spec as models
+from lightreasoner.core.config import to_plain
+from lightreasoner.core.files import atomic_dir, atomic_write_json
+from lightreasoner.models.spec import ModelSpec
 
 META_FILE = "lightreasoner.json"
 """The metadata file of an adapter or merged-model directory."""

@@ -3,8 +3,8 @@
 Each config group is checked by the settings class of the code it configures; the checks here
 span groups (the demo world against the named pair and dataset, ``tuned=`` against the pair's
 expert, ``eval.models`` entries, the cache directory, rounds). ``train.py`` runs
-:func:`validate` on every job before Hydra starts (:mod:`lightreasoner.cli`), and
-:func:`lightreasoner.pipeline.run` runs it again in-process; the heavy modules (torch,
+:func:`validate` on every job before Hydra starts (:mod:`lightreasoner.run.cli`), and
+:func:`lightreasoner.run.pipeline.run` runs it again in-process; the heavy modules (torch,
 Lightning) are imported only where a group's settings class lives.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightreasoner.config import MOVED_KEYS, PROJECT_ROOT, check_run_name, to_plain
+from lightreasoner.core.config import MOVED_KEYS, PROJECT_ROOT, check_run_name, to_plain
 
 STAGES = ("sample", "distill", "evaluate", "all")
 
@@ -40,20 +40,20 @@ def validate(cfg: DictConfig):
     The checks that need no torch come first (:func:`validate_light`), so the commonest mistakes
     are answered before the group settings classes import torch and Lightning."""
     validate_light(cfg)
-    from lightreasoner.selection import SelectionSettings  # torch only: the commonest keys are answered before Lightning loads
+    from lightreasoner.selection.select import SelectionSettings  # torch only: the commonest keys are answered before Lightning loads
 
     alpha_min = cfg.sampling.get("alpha_min")
     numeric_min = isinstance(alpha_min, (int, float)) and not isinstance(alpha_min, bool) and 0 < alpha_min <= 1
     SelectionSettings.from_cfg(cfg.get("selection"), alpha_min=float(alpha_min) if numeric_min else None)  # checked here only
-    from lightreasoner.benchmarks import check_dataset_config
-    from lightreasoner.distill import DistillSettings, check_callbacks, check_optimizer, check_scheduler, check_trainer, lora_config
-    from lightreasoner.drift import DriftSettings
+    from lightreasoner.data.benchmarks import check_dataset_config
+    from lightreasoner.training.distill import DistillSettings, check_callbacks, check_optimizer, check_scheduler, check_trainer, lora_config
+    from lightreasoner.eval.drift import DriftSettings
     from lightreasoner.eval.evaluate import EvalSettings, _eval_split
     from lightreasoner.generation import check_engine_config
     from lightreasoner.methods import build_method
-    from lightreasoner.models import pair_specs
-    from lightreasoner.pairs import validate_pair
-    from lightreasoner.sampling import SamplingSettings
+    from lightreasoner.models.spec import pair_specs
+    from lightreasoner.models.pairs import validate_pair
+    from lightreasoner.sampling.sampler import SamplingSettings
 
     if cfg.get("demo") is not None:
         from lightreasoner.demo.pair import DemoConfig
@@ -284,8 +284,8 @@ def _same_model(a: dict, b: dict) -> bool:
 def check_tuned(cfg: DictConfig) -> None:
     """``tuned=``: an existing adapter or merged directory (or a hub id) whose base model is this
     run's expert, so ``base`` and ``tuned`` compare the same model before and after."""
-    from lightreasoner.checkpoints import resolve_model_ref
-    from lightreasoner.models import ModelSpec
+    from lightreasoner.training.checkpoints import resolve_model_ref
+    from lightreasoner.models.spec import ModelSpec
 
     tuned = cfg.get("tuned")
     if tuned is None:
@@ -323,7 +323,7 @@ def check_eval_models(cfg: DictConfig) -> None:
 def benchmark_config(cfg: DictConfig, name: str) -> dict:
     """``conf/dataset/{name}.yaml`` resolved against this run's ``paths`` (the training set's
     own node when ``name`` is it, so its overrides apply)."""
-    from lightreasoner.benchmarks import dataset_config
+    from lightreasoner.data.benchmarks import dataset_config
 
     if name == cfg.dataset.name:
         return to_plain(cfg.dataset)

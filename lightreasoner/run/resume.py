@@ -26,9 +26,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import to_plain
-from .files import atomic_write_json
-from .trace_cache import canonical_json
+from lightreasoner.core.config import to_plain
+from lightreasoner.core.files import atomic_write_json
+from lightreasoner.sampling.trace_cache import canonical_json
 
 __all__ = ["TRAINING_GROUPS", "training_identity", "StageRecord"]
 
@@ -44,9 +44,9 @@ UNHASHED = {"distill": ("checkpoint_every",), "demo": ("use_shipped",)}
 whether the demo's default pair was installed from the package or built: the same pair)."""
 
 BUILD_NODES = {
-    ("distill", "module"): "lightreasoner.distill.DistillModule",
-    ("scheduler",): "lightreasoner.distill.lr_schedule",
-    ("distill", "datamodule"): "lightreasoner.datamodule.DistillDataModule",
+    ("distill", "module"): "lightreasoner.training.distill.DistillModule",
+    ("scheduler",): "lightreasoner.training.distill.lr_schedule",
+    ("distill", "datamodule"): "lightreasoner.training.datamodule.DistillDataModule",
 }
 """``_target_`` nodes the fine-tune is built from (issue 30), with their shipped targets. They
 are hashed by what they add: their interpolations (``${distill.packing}``, ``${optimizer}``) are

@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightreasoner.config import short_name
+from lightreasoner.core.config import short_name
 
 log = logging.getLogger("lightreasoner")
 
@@ -178,7 +178,7 @@ def finish_logger(logger, summary: Mapping | None = None, failed: bool = False) 
 
 
 def _kept_fraction_curve(records: Sequence[Mapping], first_step: int) -> list[list[float]]:
-    from lightreasoner import contrast
+    from lightreasoner.core import contrast
 
     total = sum(int(r["kl"].numel()) for r in records) or 1
     rows = []
@@ -189,7 +189,7 @@ def _kept_fraction_curve(records: Sequence[Mapping], first_step: int) -> list[li
 
 
 def _kept_step_rows(records: Sequence[Mapping], tokenizer, beta: float, alpha: float, first_step: int) -> list[list]:
-    from lightreasoner import contrast
+    from lightreasoner.core import contrast
 
     rows: list[list] = []
     for rec in records:

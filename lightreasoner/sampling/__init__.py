@@ -1,0 +1,1 @@
+"""Stage 1: contrastive sampling (the expert's traces scored by both models) and the trace cache it fills."""
