@@ -19,7 +19,7 @@ $PY train.py -m model_pair=demo_checkpoint model_pair.amateur.name_or_path=exper
 $PY - "$CKPTS" "$VAL" <<'PYEOF'
 import subprocess, sys
 from lightreasoner.analysis.gap import GAP, best_per_amateur, gap_table
-from lightreasoner.analysis.report import load_runs
+from lightreasoner.analysis.discovery import load_runs
 ckpts, val = sys.argv[1], sys.argv[2]
 runs = load_runs(["multirun/gap/screen_trained", "multirun/gap/screen_ckpt"])
 best = best_per_amateur(gap_table(runs[runs.status == "finished"], ["selection.beta", "selection.alpha"]), [])

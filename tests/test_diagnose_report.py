@@ -1,7 +1,7 @@
 """The pair diagnostic's outputs beyond its own files: the flat ``diagnose/...`` W&B summary keys
 (:func:`lightreasoner.run.diagnose.diagnose_metrics`, :func:`~lightreasoner.run.diagnose.log_report` into an
 offline W&B run and into the CSV logger) and the "Pair diagnostic" table of the sweep report
-(:func:`lightreasoner.analysis.report.diagnose_table`, ``write_report`` on diagnose.json files). No model runs."""
+(:func:`lightreasoner.analysis.diagnose_table.diagnose_table`, ``write_report`` on diagnose.json files). No model runs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from _fake_sweep import composed_config, summary, write_run
 from _wandb_offline import read_offline_run
 
 from lightreasoner.analysis import report as sweep_report
+from lightreasoner.analysis.diagnose_table import diagnose_table, format_diagnose_table
 from lightreasoner.run.diagnose import DiagnoseSettings, diagnose_metrics, log_report
 
 
@@ -139,14 +140,14 @@ def test_diagnose_table_has_one_row_per_report_with_the_kept_figures():
     b = make_report("coder", gamma=2.0, on_policy=False, answers=False)
     b["kept"].update(flips=10, flip_rate=0.04, contrast_right=7, expert_right=1, advantage=0.6,
                      ci95=[0.2, 0.8], ci95_bootstrap_by_reference=[0.3, 0.9])
-    table = sweep_report.diagnose_table([a, b])
+    table = diagnose_table([a, b])
     assert table["pair"].tolist() == ["demo-tiny", "coder"]
     assert table["selection.gamma"].tolist() == [1.0, 2.0]  # the one selection key that differs
     assert "selection.beta" not in table
     assert table["kept_flips"].tolist() == [40, 10] and table["kept_advantage"].tolist() == [0.2, 0.6]
     assert table.loc[1, "kept_bootstrap_hi"] == 0.9 and table.loc[0, "on_policy_flip_rate"] == 0.301
     assert math.isnan(table.loc[1, "on_policy_flip_rate"]) and math.isnan(table.loc[1, "answer_diff"])
-    shown = sweep_report.format_diagnose_table(table)
+    shown = format_diagnose_table(table)
     row = shown.iloc[0]
     assert row["kept %"] == "25.0" and row["kept flips (share)"] == "40 (16.0%)"
     assert row["contrast / expert right"] == "18 / 10" and row["advantage pp [Wilson 95%]"] == "+20.0 [-5.0, +42.0]"

@@ -10,6 +10,8 @@ import pytest
 from _fake_sweep import composed_config, summary, write_run
 
 from lightreasoner.analysis import report
+from lightreasoner.analysis.audit import format_audit
+from lightreasoner.analysis.head_to_head import head_to_head
 from lightreasoner.data.answers import is_equivalent
 from lightreasoner.eval import stats
 from lightreasoner.eval.scoring import (
@@ -206,7 +208,7 @@ def test_format_audit_rescores_records_and_reports_the_format_share(tmp_path, ca
     _write_eval(run, "tuned", "gsm8k", ["\\boxed{18}", "\\boxed{7}", "\\boxed{5}", "\\boxed{1201587}"], golds)
     _write_eval(run, "base", "svamp", ["\\boxed{3}"], ["3"])
     _write_eval(run, "tuned", "svamp", ["\\boxed{3}"], ["3"])
-    scores, gains = report.format_audit([run])
+    scores, gains = format_audit([run])
     base = scores[(scores["model"] == "base") & (scores["benchmark"] == "gsm8k")].iloc[0]
     assert base["strict % [95% CI]"].startswith("25.0 ") and base["flexible % [95% CI]"].startswith("50.0 ")
     assert base["off-format %"] == "25.0" and base["re-scored verdicts changed"] == 3  # stored rows said all right
@@ -238,7 +240,7 @@ def test_the_report_reads_gzipped_records_as_the_plain_ones(tmp_path):
         f.unlink()
     assert sorted(p.name for p in (packed / "eval" / "base").iterdir()) == [
         "gsm8k.jsonl.gz", "gsm8k.settings.json", "svamp.jsonl.gz", "svamp.settings.json"]
-    for a, b in zip(report.format_audit([plain]), report.format_audit([packed])):
+    for a, b in zip(format_audit([plain]), format_audit([packed])):
         assert len(a) and a.equals(b)
-    a, b = (report.head_to_head(run, run, "base", "tuned") for run in (plain, packed))
+    a, b = (head_to_head(run, run, "base", "tuned") for run in (plain, packed))
     assert a["benchmark"].tolist() == ["gsm8k", "svamp", "all (pooled)"] and a.equals(b)

@@ -11,7 +11,7 @@ import pytest
 from _fake_sweep import ALPHAS, BETAS, GAIN_PP, SEEDS, composed_config, summary, write_run
 
 from lightreasoner.analysis.gap import amateur_label, best_per_amateur, gap_table
-from lightreasoner.analysis.report import load_runs
+from lightreasoner.analysis.discovery import load_runs
 
 matplotlib.use("Agg")
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "expertise_gap.ipynb"

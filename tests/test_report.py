@@ -13,30 +13,35 @@ import pytest
 from _fake_sweep import FAILED, GAIN_PP, composed_config, fake_sweep, summary, write_run  # noqa: F401
 
 from lightreasoner.analysis import report
+from lightreasoner.analysis.aggregate import aggregate, varying_keys
+from lightreasoner.analysis.discovery import load_runs
+from lightreasoner.analysis.head_to_head import head_to_head
+from lightreasoner.analysis.plots import make_plots
+from lightreasoner.analysis.tables import efficiency_table, format_table
 
 matplotlib.use("Agg")
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_load_runs_lists_every_run_and_finds_the_varying_keys(fake_sweep):  # noqa: F811
-    runs = report.load_runs(fake_sweep)
+    runs = load_runs(fake_sweep)
     assert len(runs) == 10
     assert runs["status"].value_counts().to_dict() == {"finished": 8, "failed": 1, "unfinished": 1}
     failed = runs[runs["status"] == "failed"].iloc[0]
     assert failed["error"] == FAILED["error"] and failed["overrides"] == "selection.beta=0.4 selection.alpha=0.2 seed=2"
-    assert report.varying_keys(runs) == ["selection.beta", "selection.alpha"]
-    assert report.varying_keys(runs, exclude=()) == ["selection.beta", "selection.alpha", "seed"]
+    assert varying_keys(runs) == ["selection.beta", "selection.alpha"]
+    assert varying_keys(runs, exclude=()) == ["selection.beta", "selection.alpha", "seed"]
     # interpolations stay text; lists compare by their string form
     assert runs["paths.output_dir"].iloc[0] == "${hydra:runtime.output_dir}"
     assert runs["eval.models"].iloc[0] == '["base", "tuned", "amateur"]'
     assert runs["accuracy/base/demo"].iloc[1] == pytest.approx(0.42)
     # the parent of a multirun works too, and a run found twice counts once
-    assert len(report.load_runs([fake_sweep.parents[1], fake_sweep / "3"])) == 10
+    assert len(load_runs([fake_sweep.parents[1], fake_sweep / "3"])) == 10
 
 
 def test_aggregate_averages_seeds_per_setting(fake_sweep):  # noqa: F811
-    runs = report.load_runs(fake_sweep)
-    table = report.aggregate(runs, report.varying_keys(runs))
+    runs = load_runs(fake_sweep)
+    table = aggregate(runs, varying_keys(runs))
     assert len(table) == 4
     grid = [[0.0, 0.1], [0.0, 0.2], [0.4, 0.1], [0.4, 0.2]]
     assert table[["selection.beta", "selection.alpha"]].values.tolist() == grid
@@ -54,7 +59,7 @@ def test_aggregate_averages_seeds_per_setting(fake_sweep):  # noqa: F811
         assert row["kept_pct"] == pytest.approx(100.0 if row["selection.beta"] == 0.0 else 37.5)
         assert row["tuned_tokens"] == pytest.approx(10000 if row["selection.beta"] == 0.0 else 4500)
         assert row["wall_s"] == pytest.approx(20.5)
-    shown = report.format_table(table)
+    shown = format_table(table)
     assert shown.loc[3, "demo gain pp"] == "+3.0 (+2.0..+4.0)"
     assert shown.loc[0, "demo base %"] == "41.0 (40.0..42.0)"
     assert list(shown.columns[:4]) == ["selection.beta", "selection.alpha", "seeds", "not finished"]
@@ -119,10 +124,10 @@ def test_unresolvable_interpolations_are_kept_and_ignored(tmp_path):
         cfg["trainer"]["precision"] = "${oc.select:missing.key,32}"
         cfg["sampling"]["max_new_tokens"] = "${eval.max_new_tokens}"  # dangling reference
         write_run(tmp_path / "sweep" / str(job), cfg, [f"optimizer.lr={lr}"], summary(0.4, 0.2, 0))
-    runs = report.load_runs(tmp_path / "sweep")
+    runs = load_runs(tmp_path / "sweep")
     assert runs["distill.tag"].tolist() == ["${paths.output_dir}/job0", "${paths.output_dir}/job1"]
     assert runs["sampling.max_new_tokens"].iloc[0] == "${eval.max_new_tokens}"
-    assert report.varying_keys(runs) == ["optimizer.lr"]
+    assert varying_keys(runs) == ["optimizer.lr"]
     out = report.write_report(tmp_path / "sweep")
     assert out["display"]["optimizer.lr"].tolist() == ["5e-05", "0.0001"]
     assert (tmp_path / "sweep" / "report" / "gain_vs_optimizer.lr.png").is_file()
@@ -139,7 +144,7 @@ def test_one_seed_per_method_shows_run_intervals_and_method_bars(tmp_path):
     assert shown.loc["lightreasoner", "demo gain pp"] == "+1.0 [-0.5, +2.5]"  # the run's bootstrap CI
     assert shown.loc["sft", "demo base %"] == "42.0 [39.0, 45.0]"  # the run's Wilson CI
     assert (tmp_path / "out" / "gain_by_method.png").is_file()
-    figures = report.make_plots(out["runs"], out["table"], out["keys"])
+    figures = make_plots(out["runs"], out["table"], out["keys"])
     assert list(figures) == ["gain_by_method"] and isinstance(figures["gain_by_method"], matplotlib.figure.Figure)
 
 
@@ -198,7 +203,7 @@ def test_head_to_head_pairs_two_runs_tuned_models_and_checks_their_base_rows(tmp
     _eval_rows(lr, "base", "gsm8k", [1, 0, 0, 0, 1, 0])
     _eval_rows(sft, "base", "gsm8k", [1, 0, 0, 0, 1, 0], outputs={3: "another output"})
     _eval_rows(lr, "tuned", "svamp", [1, 0])  # only one run evaluated svamp: not compared
-    table = report.head_to_head(lr, sft)
+    table = head_to_head(lr, sft)
     row = table.iloc[0]
     assert table["benchmark"].tolist() == ["gsm8k"]
     assert (row["a"], row["b"]) == ("lightreasoner/tuned", "sft/tuned")
@@ -221,7 +226,7 @@ def test_head_to_head_pools_benchmarks_and_compares_any_two_models(tmp_path, cap
     _eval_rows(run, "tuned", "gsm8k", [1, 1, 0, 1, 1, 0])
     _eval_rows(run, "base", "svamp", [1, 1, 0, 1])
     _eval_rows(run, "tuned", "svamp", [0, 1, 0, 1])
-    table = report.head_to_head(run, run, "base", "tuned")
+    table = head_to_head(run, run, "base", "tuned")
     assert table["benchmark"].tolist() == ["gsm8k", "svamp", "all (pooled)"]
     pooled = table.iloc[-1]
     # 10 problems: base right on 5, tuned on 6; only base right on 1 (svamp/0), only tuned on 2
@@ -246,7 +251,7 @@ def test_the_efficiency_table_reads_runs_kept_as_their_summary_alone(tmp_path, c
         eff = {"problems_sampled": 32, "tokens_generated": 4096, "tuned_tokens": tuned,
                "sampling": {"wall_s": 221.7, "cached": False}, "stages": {"distill": {"wall_s": 155.4}} if tuned else {}}
         (d / "summary.json").write_text(json.dumps({"status": "finished", "method": method, "seed": 0, "efficiency": eff}))
-    table = report.efficiency_table(tmp_path / "efficiency")
+    table = efficiency_table(tmp_path / "efficiency")
     assert table["run"].tolist() == ["lr_finetune40", "sft_sample32"]
     assert table["tuned tokens"].tolist()[0] == 962 and table["sampling + fine-tune s"].tolist()[0] == 377.1
     assert report.main(["--efficiency", str(tmp_path / "efficiency")]) == 0
@@ -259,7 +264,7 @@ def test_the_report_reads_the_effective_selection_a_run_used():
     """Issue 30: a run's beta/alpha columns are the values its selection used (summary.json), under
     ``selection.*`` even for runs made when they were ``sampling.*`` keys: an old
     ``method=no_selection`` run configured at 0.4 ran at 0 and is plotted there."""
-    from lightreasoner.analysis.report import effective_selection
+    from lightreasoner.analysis.discovery import effective_selection
 
     old = {"sampling.beta": 0.4, "sampling.alpha": 0.2, "method.name": "no_selection"}
     got = effective_selection(old, {"beta": 0.0, "alpha": 0.2, "selection": {"beta": 0.0, "alpha": 0.2}})

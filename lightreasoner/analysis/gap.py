@@ -1,5 +1,5 @@
 """The expertise-gap study (issue 16) from sweep runs: which amateur, how far below the expert,
-and what the contrast gained with it (pandas only; the rows come from ``report.load_runs``).
+and what the contrast gained with it (pandas only; the rows come from ``discovery.load_runs``).
 
 The paper's central finding is that LightReasoner's gain grows with the expert–amateur gap and
 vanishes when the amateur is as strong as the expert. Here each run's amateur is named by
@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from lightreasoner.analysis.report import aggregate
+from lightreasoner.analysis.aggregate import aggregate
 
 __all__ = ["AMATEUR", "GAP", "amateur_label", "with_amateur", "gap_table", "best_per_amateur"]
 
@@ -49,7 +49,7 @@ def with_amateur(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def gap_table(runs: pd.DataFrame, keys: list[str], bench: str = "demo") -> pd.DataFrame:
-    """:func:`report.aggregate` over ``[amateur, *keys]`` (a setting and seed that ran in two
+    """:func:`aggregate.aggregate` over ``[amateur, *keys]`` (a setting and seed that ran in two
     sweeps counted once) plus the :data:`GAP` column (base −
     amateur accuracy, points; NaN where the amateur was not evaluated, e.g. an early exit),
     sorted by gap, widest first."""
