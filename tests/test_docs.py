@@ -54,7 +54,7 @@ NOT_RUN_HERE = {
 }
 
 PLACEHOLDER = re.compile(r"<[^>]+>")
-DIAGNOSE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*python -m lightreasoner\.diagnose\b")
+DIAGNOSE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*python -m lightreasoner\.run\.diagnose\b")
 """``[VAR=value ...] python -m lightreasoner.run.diagnose ...``: the pair diagnostic."""
 
 
@@ -137,7 +137,7 @@ def test_documented_train_command_composes_validates_and_runs_what_it_names(comm
     if flags.get("multirun"):
         assert len(jobs) >= 1
         return
-    from lightreasoner.run import pipeline
+    from lightreasoner.run import main
 
     composer = Composer()
     try:
@@ -147,9 +147,9 @@ def test_documented_train_command_composes_validates_and_runs_what_it_names(comm
     before = copy.deepcopy(cfg)
     demo_dirs = {"data_dir": str(tmp_path / "data"), "expert_dir": str(tmp_path / "expert"), "amateur_dir": str(tmp_path / "amateur"),
                  "expert_checkpoints": {"expert_step150": str(tmp_path / "expert_step150")}}
-    monkeypatch.setattr(pipeline, "prepare_demo", lambda demo, cache_dir: demo_dirs)
+    monkeypatch.setattr(main, "prepare_demo", lambda demo, cache_dir: demo_dirs)
     with open_dict(cfg):
-        pipeline.prepare(cfg)
+        main.prepare(cfg)
     named = _named(overrides)
     renamed = next((o.partition("=")[2] for o in overrides if o.startswith("model_pair.name=")), None)
     if "model_pair" in named:
