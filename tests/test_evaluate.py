@@ -133,6 +133,10 @@ def test_shared_store_evaluates_an_identical_setting_once(tiny_dirs, data_dir, t
     store = tmp_path / "store"
     first = ev.evaluate(models, _benches(data_dir, ["gsm8k"]), _cfg(), tmp_path / "run1", progress=False, cache_dir=store)
     assert calls == [3]
+    # the plan names the run's records file and the store's key
+    plan = ev.plan_evaluation(models, _benches(data_dir, ["gsm8k"]), _cfg(), tmp_path / "run1", None, store)
+    (run,) = ev.plan_model(plan, models[0]).runs
+    assert run.path == tmp_path / "run1" / "base" / "gsm8k.jsonl" and results.SharedResults.key_dir(store, run.settings).is_dir()
     # another run, another display name for the same weights, one more problem: only that one is generated
     renamed = [{"name": "expert", "ref": tiny_dirs["base"]}]
     second = ev.evaluate(renamed, _benches(data_dir, ["gsm8k"]), _cfg(max_problems=4), tmp_path / "run2", progress=False, cache_dir=store)

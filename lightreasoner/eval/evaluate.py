@@ -175,6 +175,282 @@ def _eval_split(bench: dict, settings: EvalSettings) -> str:
     return bench["split"]
 
 
+@dataclass
+class BenchmarkPlan:
+    """One benchmark as evaluated: its problems (loaded once for every model), split, token
+    budget, answer type and dataset identity."""
+
+    name: str
+    problems: list[Problem]
+    split: str
+    max_new_tokens: int
+    answer_type: str | None
+    dataset: dict
+
+
+@dataclass
+class RunPlan:
+    """One (model, benchmark) pair: its settings (checked beside its records on resume, and the
+    shared store's key) and its records file."""
+
+    bench: BenchmarkPlan
+    settings: dict
+    path: Path
+
+
+@dataclass
+class ModelPlan:
+    """One model: its resolved reference, tokenizer and stop ids, its report record, its runs (one
+    per benchmark), and its engine, loaded for the first problem it must generate, shared by its
+    runs and released after them."""
+
+    name: str
+    info: dict
+    tokenizer: Any
+    stop_ids: list[int]
+    record: dict
+    runs: list[RunPlan]
+    engine: Any = None
+
+    @property
+    def what(self) -> str:
+        return f"eval.models[{self.name}]"
+
+    def load_engine(self, generation: Mapping | None):
+        if self.engine is None:
+            self.engine = load_ref_engine(self.info, self.what, self.tokenizer, generation)
+            self.engine.eos_token_ids = sorted(set(self.engine.eos_token_ids) | set(self.stop_ids))
+        return self.engine
+
+    def release_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@dataclass
+class EvalPlan:
+    """What one :func:`evaluate` call runs: the checked settings, the benchmarks, the model entries
+    (each planned by :func:`plan_model` when its turn comes), the baseline, the configured engine
+    and where rows go."""
+
+    settings: EvalSettings
+    out_dir: Path
+    models: list[dict]
+    names: list[str]
+    baseline: str
+    benchmarks: dict[str, BenchmarkPlan]
+    generation: Mapping | None
+    engine_key: dict | None
+    cache_dir: str | os.PathLike | None
+
+    @property
+    def timeout_s(self) -> float:
+        return float(self.settings.verify_timeout_s)
+
+    @property
+    def published(self) -> bool:
+        return bool(self.settings.published_numeric_tolerance)
+
+    def shared(self, run: RunPlan) -> SharedResults | None:
+        """The cross-run store of ``run``'s rows (None: no ``cache_dir``, or ``eval.cache`` false)."""
+        return SharedResults(self.cache_dir, run.settings) if self.cache_dir is not None and self.settings.cache else None
+
+
+def plan_evaluation(models: list[dict], benchmarks: list[dict], eval_cfg, out_dir, generation: Mapping | None,
+                    cache_dir: str | os.PathLike | None) -> EvalPlan:
+    """Check the arguments, create ``out_dir`` and load every benchmark's problems (see
+    :func:`evaluate` for the arguments)."""
+    settings = EvalSettings.from_cfg(eval_cfg)
+    benchmarks = [to_plain(b) for b in benchmarks]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not models:
+        raise ValueError("eval.models: no model to evaluate")
+    names = [str(m["name"]) for m in models]
+    if len(set(map(_safe, names))) != len(names):
+        raise ValueError(f"eval.models: model names must be distinct, got {names}")
+    baseline = settings.baseline or names[0]
+    if baseline not in names:
+        log.warning("eval.baseline: %r is not among the evaluated models %s; no paired comparisons", baseline, names)
+    plans: dict[str, BenchmarkPlan] = {}
+    for bench in benchmarks:
+        split = _eval_split(bench, settings)
+        plans[bench["name"]] = BenchmarkPlan(
+            name=bench["name"],
+            problems=load_problems(bench, split=split, max_problems=int(settings.max_problems or 0), shuffle=False),
+            split=split,
+            max_new_tokens=int(settings.max_new_tokens or bench.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+            answer_type=bench.get("answer_type"),
+            dataset=dataset_identity(bench, split),
+        )
+    return EvalPlan(settings, out_dir, list(models), names, baseline, plans, generation, engine_key(generation), cache_dir)
+
+
+def plan_model(plan: EvalPlan, entry: dict) -> ModelPlan:
+    """Resolve one model entry (its tokenizer loaded, its engine not yet) and the settings of its
+    run on every benchmark. The configured engine, or contrastive decoding: a model of its own,
+    whose pair and alpha are in the model identity, and compared with the others as such."""
+    settings, system, template = plan.settings, plan.settings.system, plan.settings.prompt_template
+    name = str(entry["name"])
+    info = resolve_model_ref(entry["ref"])
+    tokenizer = load_ref_tokenizer(info, f"eval.models[{name}]")
+    fingerprint = template_fingerprint(tokenizer, system or None, template)
+    vocab = tokenizer.get_vocab()
+    stop_ids = sorted({int(vocab[t]) for t in settings.stop_tokens if t in vocab})
+    record = {
+        **info,
+        "identity": model_identity(info),
+        "template_fingerprint": fingerprint,
+        "prompt_example": chat_prompt(tokenizer, "<<QUESTION>>", system or None, template),
+        "stop_token_ids": stop_ids,
+        "engine": {"engine": CONTRASTIVE, "alpha": info["alpha"]} if info["kind"] == CONTRASTIVE
+        else plan.engine_key or {"engine": "hf", "dtype": "the model's"},
+    }
+    runs = []
+    for bname, b in plan.benchmarks.items():
+        run_settings = {
+            "model": name,
+            "model_identity": record["identity"],
+            "benchmark": bname,
+            "split": b.split,
+            "dataset": b.dataset,
+            "system_prompt": system,
+            "template_fingerprint": fingerprint,
+            "max_new_tokens": b.max_new_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "engine": plan.engine_key,
+            "prompt_template": template,
+            "stop_token_ids": stop_ids,
+        }
+        runs.append(RunPlan(b, run_settings, plan.out_dir / _safe(name) / f"{bname}.jsonl"))
+    return ModelPlan(name, info, tokenizer, stop_ids, record, runs)
+
+
+def evaluate_run(plan: EvalPlan, model: ModelPlan, run: RunPlan, progress: bool = True) -> dict:
+    """Evaluate one model on one benchmark: resume its records file (re-scored where needed), take
+    missing rows from the shared store, generate the rest, and summarize. Returns
+    ``{"model", "settings", "rows", "summary"}`` (rows in problem order)."""
+    t_run = time.perf_counter()
+    b, path = run.bench, run.path
+    check_settings(path.with_name(f"{b.name}.settings.json"), run.settings)
+    done = read_rows(path)
+    _rescore_file(path, done, b.answer_type, plan.timeout_s, plan.published)
+    shared = plan.shared(run)
+    reused = _reuse_shared(plan, model, run, shared, done) if shared is not None else 0
+    todo = [p for p in b.problems if p.id not in done]
+    if todo:
+        _generate(plan, model, run, todo, done, shared, progress)
+    rows = [done[p.id] for p in b.problems]
+    summary = summarize(rows)
+    summary.update(model=model.name, benchmark=b.name, regenerated=len(todo), reused=reused,
+                   wall_s=round(time.perf_counter() - t_run, 2), path=str(path))
+    log.info("eval %s/%s: accuracy %.3f (n=%d, cut off %.2f)", model.name, b.name, summary["accuracy"], summary["n"], summary["cut_off_frac"])
+    return {"model": model.name, "settings": run.settings, "rows": rows, "summary": summary}
+
+
+def _reuse_shared(plan: EvalPlan, model: ModelPlan, run: RunPlan, shared: SharedResults, done: dict[str, dict]) -> int:
+    """Append the shared store's rows of the problems ``done`` lacks (re-scored where needed) to
+    the run's records file and to ``done``; returns how many."""
+    wanted = {p.id for p in run.bench.problems} - set(done)
+    found = {i: row for i, row in shared.rows().items() if i in wanted}
+    found = {r["id"]: r for r in rescore_rows(found.values(), run.bench.answer_type, plan.timeout_s, plan.published)[0]}
+    if not found:
+        return 0
+    with open(run.path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found.values()))
+    done.update(found)
+    log.info("eval %s/%s: %d rows reused from %s", model.name, run.bench.name, len(found), shared.dir)
+    return len(found)
+
+
+def _generate(plan: EvalPlan, model: ModelPlan, run: RunPlan, todo: list[Problem], done: dict[str, dict],
+              shared: SharedResults | None, progress: bool) -> None:
+    """Generate ``todo`` greedily with the model's engine; each batch's rows scored, added to
+    ``done``, appended to the records file (flushed and synced) and to the shared store."""
+    engine = model.load_engine(plan.generation)
+    system, template = plan.settings.system, plan.settings.prompt_template
+    prompt_ids = encode_prompts(model.tokenizer, [p.question for p in todo], system or None, template)
+    with open(run.path, "a", encoding="utf-8") as f:
+
+        def write(start: int, batch: list[Generation]) -> None:
+            lines = []
+            for problem, gen in zip(todo[start : start + len(batch)], batch):
+                row = score_row(problem, gen, plan.timeout_s, plan.published)
+                done[problem.id] = row
+                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            if shared is not None:
+                shared.append(lines)
+
+        engine.generate(
+            prompt_ids, GenerationSettings(run.bench.max_new_tokens), plan.settings.batch_size,
+            on_batch=write, desc=f"eval {model.name}/{run.bench.name}", progress=progress,
+        )
+
+
+def _comparisons(plan: EvalPlan, runs: dict[tuple[str, str], dict]) -> list[dict]:
+    """Paired comparisons of every model against the baseline, per benchmark (a refused one
+    recorded with its reason)."""
+    baseline, comparisons = plan.baseline, []
+    if baseline not in plan.names:
+        return comparisons
+    for bname in plan.benchmarks:
+        for name in plan.names:
+            if name == baseline:
+                continue
+            try:
+                comparisons.append(paired_comparison(runs[(baseline, bname)], runs[(name, bname)]))
+            except ValueError as e:
+                log.warning("%s", e)
+                comparisons.append({"benchmark": bname, "model": name, "baseline": baseline, "refused": str(e)})
+    return comparisons
+
+
+def build_report(plan: EvalPlan, records: dict[str, dict], runs: dict[tuple[str, str], dict]) -> dict:
+    """The report: prompt, generation settings, models, benchmarks, results, comparisons and the
+    accuracy summary (``records``: each model's :attr:`ModelPlan.record`)."""
+    settings, names, benches = plan.settings, plan.names, plan.benchmarks
+    comparisons = _comparisons(plan, runs)
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "out_dir": str(plan.out_dir.resolve()),
+        "baseline": plan.baseline if plan.baseline in names else None,
+        "prompt": {
+            "system": settings.system,
+            "user": "the benchmark question (multiple choice: with options A-D as lines)",
+            "templates": {n: {"fingerprint": r["template_fingerprint"], "example": r["prompt_example"]} for n, r in records.items()},
+        },
+        "generation": {
+            "do_sample": False,
+            "num_beams": 1,
+            "batch_size": settings.batch_size,
+            "padding_side": "left",
+            "eos": "tokenizer eos + generation config eos + eval.stop_tokens in the vocabulary",
+            "stop_tokens": list(settings.stop_tokens),
+            "prompt_template": settings.prompt_template or "each model's chat template",
+            "max_new_tokens": {n: b.max_new_tokens for n, b in benches.items()},
+            "verify_timeout_s": plan.timeout_s,
+            "numeric_comparison": "published: relative 1e-4 for every value" if plan.published
+            else "integers exact; other values relative 1e-4 (absolute 1e-8 near 0)",
+        },
+        "models": {n: {k: v for k, v in r.items() if k not in ("prompt_example",)} for n, r in records.items()},
+        "benchmarks": {
+            n: {"split": b.split, "n": len(b.problems), "answer_type": b.answer_type, "dataset": b.dataset}
+            for n, b in benches.items()
+        },
+        "results": [r["summary"] for r in runs.values()],
+        "comparisons": comparisons,
+        "summary": {n: {b: runs[(n, b)]["summary"]["accuracy"] for b in benches} for n in names},
+    }
+
+
 def evaluate(
     models: list[dict],
     benchmarks: list[dict],
@@ -193,175 +469,21 @@ def evaluate(
     node (default: the transformers engine). ``cache_dir``: the cross-run store of per-problem
     rows (:class:`SharedResults`; used when ``eval.cache`` is true). Returns the report (also
     saved as ``report.json``/``report.md`` in ``out_dir``).
+
+    Three steps: :func:`plan_evaluation` (settings, benchmarks), then one model at a time
+    :func:`plan_model` and :func:`evaluate_run` on each benchmark (its engine released after
+    them), then :func:`build_report`.
     """
-    settings = EvalSettings.from_cfg(eval_cfg)
-    benchmarks = [to_plain(b) for b in benchmarks]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not models:
-        raise ValueError("eval.models: no model to evaluate")
-    names = [str(m["name"]) for m in models]
-    if len(set(map(_safe, names))) != len(names):
-        raise ValueError(f"eval.models: model names must be distinct, got {names}")
-    system = settings.system
-    batch_size = settings.batch_size
-    timeout_s = float(settings.verify_timeout_s)
-    published = bool(settings.published_numeric_tolerance)
-    baseline = settings.baseline or names[0]
-    if baseline not in names:
-        log.warning("eval.baseline: %r is not among the evaluated models %s; no paired comparisons", baseline, names)
-
-    # problems and their identities, once per benchmark
-    bench_info: dict[str, dict] = {}
-    for bench in benchmarks:
-        split = _eval_split(bench, settings)
-        problems = load_problems(bench, split=split, max_problems=int(settings.max_problems or 0), shuffle=False)
-        max_new = int(settings.max_new_tokens or bench.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        bench_info[bench["name"]] = {
-            "problems": problems,
-            "split": split,
-            "max_new_tokens": max_new,
-            "answer_type": bench.get("answer_type"),
-            "dataset": dataset_identity(bench, split),
-        }
-
-    # the configured engine (contrastive decoding is a model of its own: its pair and alpha are
-    # in the model identity, and it is compared with the others as such)
-    engine_ident = engine_key(generation)
+    plan = plan_evaluation(models, benchmarks, eval_cfg, out_dir, generation, cache_dir)
+    records: dict[str, dict] = {}
     runs: dict[tuple[str, str], dict] = {}
-    model_records: dict[str, dict] = {}
-    for entry in models:
-        name = str(entry["name"])
-        info = resolve_model_ref(entry["ref"])
-        what = f"eval.models[{name}]"
-        tokenizer = load_ref_tokenizer(info, what)
-        template = settings.prompt_template
-        fingerprint = template_fingerprint(tokenizer, system or None, template)
-        vocab = tokenizer.get_vocab()
-        stop_ids = sorted({int(vocab[t]) for t in settings.stop_tokens if t in vocab})
-        model_records[name] = {
-            **info,
-            "identity": model_identity(info),
-            "template_fingerprint": fingerprint,
-            "prompt_example": chat_prompt(tokenizer, "<<QUESTION>>", system or None, template),
-            "stop_token_ids": stop_ids,
-        }
-        engine = None
-        model_records[name]["engine"] = (
-            {"engine": CONTRASTIVE, "alpha": info["alpha"]} if info["kind"] == CONTRASTIVE else engine_ident or {"engine": "hf", "dtype": "the model's"}
-        )
-        for bname, b in bench_info.items():
-            t_run = time.perf_counter()
-            run_settings = {
-                "model": name,
-                "model_identity": model_records[name]["identity"],
-                "benchmark": bname,
-                "split": b["split"],
-                "dataset": b["dataset"],
-                "system_prompt": system,
-                "template_fingerprint": fingerprint,
-                "max_new_tokens": b["max_new_tokens"],
-                "do_sample": False,
-                "num_beams": 1,
-                "engine": engine_ident,
-                "prompt_template": template,
-                "stop_token_ids": stop_ids,
-            }
-            path = out_dir / _safe(name) / f"{bname}.jsonl"
-            check_settings(path.with_name(f"{bname}.settings.json"), run_settings)
-            done = read_rows(path)
-            _rescore_file(path, done, b["answer_type"], timeout_s, published)
-            shared = SharedResults(cache_dir, run_settings) if cache_dir is not None and settings.cache else None
-            reused = 0
-            if shared is not None:
-                wanted = {p.id for p in b["problems"]} - set(done)
-                found = {i: row for i, row in shared.rows().items() if i in wanted}
-                found = {r["id"]: r for r in rescore_rows(found.values(), b["answer_type"], timeout_s, published)[0]}
-                if found:
-                    with open(path, "a", encoding="utf-8") as f:
-                        f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in found.values()))
-                    done.update(found)
-                    reused = len(found)
-                    log.info("eval %s/%s: %d rows reused from %s", name, bname, reused, shared.dir)
-            todo = [p for p in b["problems"] if p.id not in done]
-            if todo:
-                if engine is None:
-                    engine = load_ref_engine(info, what, tokenizer, generation)
-                    engine.eos_token_ids = sorted(set(engine.eos_token_ids) | set(stop_ids))
-                prompt_ids = encode_prompts(tokenizer, [p.question for p in todo], system or None, template)
-                with open(path, "a", encoding="utf-8") as f:
-
-                    def write(start: int, batch: list[Generation]) -> None:
-                        lines = []
-                        for problem, gen in zip(todo[start : start + len(batch)], batch):
-                            row = score_row(problem, gen, timeout_s, published)
-                            done[problem.id] = row
-                            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-                        f.write("".join(lines))
-                        f.flush()
-                        os.fsync(f.fileno())
-                        if shared is not None:
-                            shared.append(lines)
-
-                    engine.generate(
-                        prompt_ids, GenerationSettings(b["max_new_tokens"]), batch_size,
-                        on_batch=write, desc=f"eval {name}/{bname}", progress=progress,
-                    )
-            rows = [done[p.id] for p in b["problems"]]
-            summary = summarize(rows)
-            summary.update(model=name, benchmark=bname, regenerated=len(todo), reused=reused, wall_s=round(time.perf_counter() - t_run, 2), path=str(path))
-            runs[(name, bname)] = {"model": name, "settings": run_settings, "rows": rows, "summary": summary}
-            log.info("eval %s/%s: accuracy %.3f (n=%d, cut off %.2f)", name, bname, summary["accuracy"], summary["n"], summary["cut_off_frac"])
-        if engine is not None:
-            engine.close()
-        del engine
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    comparisons = []
-    if baseline in names:
-        for bname in bench_info:
-            for name in names:
-                if name == baseline:
-                    continue
-                try:
-                    comparisons.append(paired_comparison(runs[(baseline, bname)], runs[(name, bname)]))
-                except ValueError as e:
-                    log.warning("%s", e)
-                    comparisons.append({"benchmark": bname, "model": name, "baseline": baseline, "refused": str(e)})
-
-    report = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "out_dir": str(out_dir.resolve()),
-        "baseline": baseline if baseline in names else None,
-        "prompt": {
-            "system": system,
-            "user": "the benchmark question (multiple choice: with options A-D as lines)",
-            "templates": {n: {"fingerprint": r["template_fingerprint"], "example": r["prompt_example"]} for n, r in model_records.items()},
-        },
-        "generation": {
-            "do_sample": False,
-            "num_beams": 1,
-            "batch_size": batch_size,
-            "padding_side": "left",
-            "eos": "tokenizer eos + generation config eos + eval.stop_tokens in the vocabulary",
-            "stop_tokens": list(settings.stop_tokens),
-            "prompt_template": settings.prompt_template or "each model's chat template",
-            "max_new_tokens": {b: i["max_new_tokens"] for b, i in bench_info.items()},
-            "verify_timeout_s": timeout_s,
-            "numeric_comparison": "published: relative 1e-4 for every value" if published
-            else "integers exact; other values relative 1e-4 (absolute 1e-8 near 0)",
-        },
-        "models": {n: {k: v for k, v in r.items() if k not in ("prompt_example",)} for n, r in model_records.items()},
-        "benchmarks": {
-            b: {"split": i["split"], "n": len(i["problems"]), "answer_type": i["answer_type"], "dataset": i["dataset"]}
-            for b, i in bench_info.items()
-        },
-        "results": [r["summary"] for r in runs.values()],
-        "comparisons": comparisons,
-        "summary": {n: {b: runs[(n, b)]["summary"]["accuracy"] for b in bench_info} for n in names},
-    }
-    write_report(report, out_dir)
+    for entry in plan.models:
+        model = plan_model(plan, entry)
+        records[model.name] = model.record
+        for run in model.runs:
+            runs[(model.name, run.bench.name)] = evaluate_run(plan, model, run, progress)
+        model.release_engine()
+    report = build_report(plan, records, runs)
+    write_report(report, plan.out_dir)
     print_report(report)
     return report
