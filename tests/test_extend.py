@@ -1,4 +1,4 @@
-"""docs/extend.md's worked examples, run as they are written (issue 30): a step rule, a method,
+"""docs/how-to/extend.md's worked examples, run as they are written (issue 30): a step rule, a method,
 a generation engine and a benchmark, each two files. Every block marked ``<!-- example: NAME -->``
 on the page is read here; the Python blocks are executed as modules, the YAML blocks composed."""
 
@@ -20,7 +20,7 @@ from lightreasoner.generation import GenerationSettings, HFEngine, check_engine_
 from lightreasoner.selection.select import RULES, SelectionSettings, select
 
 REPO = Path(__file__).resolve().parents[1]
-PAGE = REPO / "docs" / "extend.md"
+PAGE = REPO / "docs" / "how-to" / "extend.md"
 
 
 def examples() -> dict[str, str]:
@@ -32,7 +32,7 @@ def as_module(name: str, code: str) -> types.ModuleType:
     """The example's code as an importable module (so a ``_target_`` can name it)."""
     module = types.ModuleType(name)
     sys.modules[name] = module
-    exec(compile(code, f"docs/extend.md:{name}", "exec"), module.__dict__)  # noqa: S102 - the page's own example
+    exec(compile(code, f"docs/how-to/extend.md:{name}", "exec"), module.__dict__)  # noqa: S102 - the page's own example
     return module
 
 
