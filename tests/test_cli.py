@@ -111,11 +111,38 @@ def test_an_evaluate_only_run_is_labelled_with_the_method_that_trained_the_adapt
 
 
 def test_the_command_line_answers_before_the_heavy_imports(tmp_path):
-    """--cfg job, a typo and a cross-group validation error never import Lightning (the slow part)."""
-    code = ("import sys, runpy; sys.argv=['train.py', *sys.argv[1:]]; rc = 0\n"
-            "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
-            "except SystemExit as e:\n    rc = e.code\n"
-            "print('lightning' in sys.modules, rc, file=sys.stderr)\n")
-    for args, rc in ((["--cfg", "job"], 0), (["selection.betta=1"], 2), (["model_pair=coder_cpu"], 2), (["eval.models=[tunned]"], 2)):
-        p = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert p.stderr.strip().splitlines()[-1] == f"False {rc}", (args, p.stderr[-1500:])
+    """--cfg job, a typo and a cross-group validation error never import Lightning (the slow part),
+    through train.py and through ``python -m lightreasoner [train]``; ``--cfg job`` and the
+    command's ``--help`` import no torch at all."""
+    run = {"train.py": "runpy.run_path('train.py', run_name='__main__')",
+           "lightreasoner": "runpy.run_module('lightreasoner', run_name='__main__', alter_sys=True)"}
+    code = ("import sys, runpy; sys.argv=[{name!r}, *sys.argv[1:]]; rc = 0\n"
+            "try:\n    {run}\n"
+            "except SystemExit as e:\n    rc = e.code or 0\n"
+            "print('lightning' in sys.modules, 'torch' in sys.modules, rc, file=sys.stderr)\n")
+    cases = [("train.py", args, rc) for args, rc in (
+        (["--cfg", "job"], 0), (["selection.betta=1"], 2), (["model_pair=coder_cpu"], 2), (["eval.models=[tunned]"], 2))]
+    cases += [("lightreasoner", ["train", "--cfg", "job"], 0), ("lightreasoner", ["--help"], 0), ("lightreasoner", ["selection.betta=1"], 2)]
+    for name, args, rc in cases:
+        p = subprocess.run([sys.executable, "-c", code.format(name=name, run=run[name]), *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+        lightning, torch, got = p.stderr.strip().splitlines()[-1].split()
+        assert (lightning, got) == ("False", str(rc)), (name, args, p.stderr[-1500:])
+        assert torch == "False" or "--cfg" not in args and "--help" not in args, (name, args)
+
+
+def test_the_lightreasoner_command_dispatches_and_lists_its_commands(capsys):
+    from lightreasoner.run.app import COMMANDS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n  {command} " in out for command in ("train", "report", "diagnose", "bundle")), out
+    assert main(["reprot", "x"]) == 2  # a bare word is neither a command nor an override
+    assert capsys.readouterr().err.startswith("error: reprot: no such command")
+    assert main(["model_pair=nope"]) == main(["train", "model_pair=nope"]) == 2  # train is the default command
+    assert main(["diagnose", "--bogus"]) == 2  # each command's own main reads the rest of the line
+    assert "--bogus: not a flag of the diagnostic" in capsys.readouterr().err
+    for command in ("report", "bundle"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--bogus"])
+        assert exit_.value.code == 2 and f"usage: python -m {COMMANDS[command][0]}" in capsys.readouterr().err

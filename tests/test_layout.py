@@ -14,6 +14,9 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "lightreasoner"
 
+ENTRY = "lightreasoner.__main__"
+"""``python -m lightreasoner``: above every floor, it imports the command (``run.app``) alone."""
+
 FLOORS = {
     "core": 1,
     "data": 2, "models": 2,
@@ -77,6 +80,8 @@ def _room(module: str) -> str:
 def _rooms() -> dict[str, set[str]]:
     rooms: dict[str, set[str]] = {}
     for name, deps in _imports().items():
+        if name == ENTRY:
+            continue
         r = _room(name)
         rooms.setdefault(r, set()).update(_room(d) for d in deps if _room(d) not in (r, ""))
     rooms.pop("", None)
@@ -138,10 +143,11 @@ def test_stores_sit_below_their_producers_and_files_is_the_ground_floor():
     assert "lightreasoner.sampling.sampler" not in store and not any(d.startswith("lightreasoner.selection") for d in store)
     assert "lightreasoner.sampling.trace_cache" in graph["lightreasoner.sampling.sampler"]
     assert graph["lightreasoner.core.files"] == set()
-    entry_points = {"lightreasoner.run.diagnose"}  # a command of its own beside train.py: it stands above the pipeline
+    entry_points = {"lightreasoner.run.diagnose", "lightreasoner.run.app"}  # commands (app: train.py's): they stand above the pipeline
     for name, deps in graph.items():  # nothing below the orchestrator imports it
         assert "lightreasoner.run.pipeline" not in deps or name in entry_points, name
-    assert not any(e in deps for e in entry_points for deps in graph.values()), "an entry point is imported by a module"
+    assert not any(e in deps for e in entry_points for name, deps in graph.items() if name != ENTRY), "an entry point is imported by a module"
+    assert graph[ENTRY] == {"lightreasoner.run.app"}
 
 
 def test_one_generation_loop():
@@ -169,9 +175,9 @@ def test_stats_tables_and_the_analysis_import_without_torch():
 
 
 def test_the_command_line_and_validation_import_without_torch():
-    """train.py's preflight answers before any heavy import: its modules must not pull torch in."""
+    """train.py's preflight (the ``lightreasoner`` command's) answers before any heavy import: its modules must not pull torch in."""
     code = (
-        "import sys; import lightreasoner.run.cli, lightreasoner.run.validation; "
+        "import sys; import lightreasoner.run.cli, lightreasoner.run.validation, lightreasoner.run.app, lightreasoner.__main__; "
         "bad = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

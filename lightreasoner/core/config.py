@@ -10,6 +10,19 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout (holding ``conf/`` and ``train.py``) when running from one; for an installed
+wheel, the directory the package is installed in."""
+
+PACKAGED_CONF = Path(__file__).resolve().parents[1] / "conf"
+"""The config tree a built wheel carries inside the package (``lightreasoner/conf/``: the
+checkout's ``conf/``, mapped there by ``pyproject.toml``); absent in a checkout."""
+
+
+def config_dir() -> Path:
+    """The config tree every command composes (``train.yaml`` and one folder per group): the
+    copy inside the installed package when there is one, else the checkout's top-level ``conf/``
+    (a checkout, with or without ``pip install -e .``)."""
+    return PACKAGED_CONF if (PACKAGED_CONF / "train.yaml").is_file() else PROJECT_ROOT / "conf"
 
 
 SHORT_NAME_MAX = 48
@@ -62,7 +75,7 @@ def unknown_group_option(argv: list[str], conf_dir: Path | None = None) -> str |
     (``model_pair=nope``: ``conf/model_pair/nope.yaml`` does not exist), else None. Hydra's own
     report of it is a screenful (options, search path, a hint); train.py prints this line instead.
     Only plain values are checked (``a`` or a sweep ``a,b``); anything else is left to Hydra."""
-    conf_dir = conf_dir or PROJECT_ROOT / "conf"
+    conf_dir = conf_dir or config_dir()
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")

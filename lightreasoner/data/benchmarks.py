@@ -340,9 +340,9 @@ def dataset_identity(dataset_cfg, split: str | None = None) -> dict:
 
 def known_datasets() -> list[str]:
     """Names of the dataset configs (``conf/dataset/*.yaml``), i.e. the valid benchmark names."""
-    from lightreasoner.core.config import PROJECT_ROOT
+    from lightreasoner.core.config import config_dir
 
-    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / "dataset").glob("*.yaml"))
+    return sorted(p.stem for p in (config_dir() / "dataset").glob("*.yaml"))
 
 
 def dataset_config(name: str, data_dir: str | Path | None = None, paths: dict | None = None) -> dict:
@@ -354,9 +354,9 @@ def dataset_config(name: str, data_dir: str | Path | None = None, paths: dict | 
     """
     from omegaconf import OmegaConf
 
-    from lightreasoner.core.config import PROJECT_ROOT
+    from lightreasoner.core.config import PROJECT_ROOT, config_dir
 
-    path = PROJECT_ROOT / "conf" / "dataset" / f"{name}.yaml"
+    path = config_dir() / "dataset" / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {known_datasets()}")
     data_dir = data_dir or os.environ.get("LIGHTREASONER_DATA") or PROJECT_ROOT.parent / "shared" / "data"

@@ -24,7 +24,6 @@ one) keeps its stored verdict.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from lightreasoner.data.answers import (
     answer_format,
@@ -41,9 +40,6 @@ SCORER = "strict+flexible/1"
 FORMATS = ("boxed", "unboxed", "malformed", "none")
 OFF_FORMAT = ("unboxed", "malformed")
 """Answer formats counted as "answer present but outside the expected format"."""
-
-CONF_DATASETS = Path(__file__).resolve().parents[2] / "conf" / "dataset"
-
 
 def scorer_tag(published_tolerance: bool = False) -> str:
     return SCORER + ("+published-tolerance" if published_tolerance else "")
@@ -109,7 +105,9 @@ def answer_type_of(benchmark: str) -> str | None:
     """The ``answer_type`` of a benchmark by name (``conf/dataset/<name>.yaml``), or None."""
     from omegaconf import OmegaConf
 
-    path = CONF_DATASETS / f"{benchmark}.yaml"
+    from lightreasoner.core.config import config_dir
+
+    path = config_dir() / "dataset" / f"{benchmark}.yaml"
     if not path.is_file():
         return None
     return OmegaConf.load(path).get("answer_type")

@@ -21,10 +21,9 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
-from lightreasoner.core.config import MOVED_KEYS, PROJECT_ROOT, unknown_group_option
+from lightreasoner.core.config import MOVED_KEYS, config_dir, unknown_group_option
 
 PLACEHOLDER_OUTPUT = "/nonexistent/lightreasoner-preflight"
 """``paths.output_dir`` while checking (Hydra fills it when the job starts; nothing is written there)."""
@@ -67,10 +66,6 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             overrides.append(arg)
         i += 1
     return overrides, flags
-
-
-def _conf_dir() -> Path:
-    return PROJECT_ROOT / "conf"
 
 
 def flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -123,12 +118,12 @@ def _composition_error(err: Exception, overrides: list[str], known: list[str]) -
 
 
 class Composer:
-    """Hydra's compose API over the project's ``conf/``, kept open for every job of a sweep."""
+    """Hydra's compose API over the project's ``conf/`` (:func:`~lightreasoner.core.config.config_dir`), kept open for every job of a sweep."""
 
     def __init__(self) -> None:
         from hydra import initialize_config_dir
 
-        self._ctx = initialize_config_dir(str(_conf_dir()), version_base="1.3", job_name="train")
+        self._ctx = initialize_config_dir(str(config_dir()), version_base="1.3", job_name="train")
         self._ctx.__enter__()
         self._known: list[str] | None = None
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightreasoner.core.config import MOVED_KEYS, PROJECT_ROOT, check_run_name, to_plain
+from lightreasoner.core.config import MOVED_KEYS, check_run_name, config_dir, to_plain
 
 STAGES = ("sample", "distill", "evaluate", "all")
 
@@ -147,7 +147,7 @@ def validate_light(cfg: DictConfig) -> None:
     the ``tuned=`` path, threads and ``trainer.max_steps``."""
     if cfg.stage not in STAGES:
         raise ValueError(f"stage: expected one of {list(STAGES)}, got {cfg.stage!r}")
-    conf = PROJECT_ROOT / "conf"  # top-level keys: train.yaml's own and one per config group
+    conf = config_dir()  # top-level keys: train.yaml's own and one per config group
     known = {str(k) for k in OmegaConf.load(conf / "train.yaml") if k != "defaults"} | {p.name for p in conf.iterdir() if p.is_dir()}
     unknown = sorted(str(k) for k in cfg if str(k) not in known)
     if unknown:
@@ -187,7 +187,7 @@ def is_demo_pair(cfg: DictConfig) -> bool:
 
 
 def _experiments() -> list[str]:
-    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
+    return sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 
 
 def check_demo_world(cfg: DictConfig) -> None:
