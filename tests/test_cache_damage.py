@@ -18,6 +18,7 @@ import torch
 
 from lightreasoner.core import files
 from lightreasoner.sampling import sampler as sampling_mod
+from lightreasoner.sampling import shards
 from lightreasoner.sampling import trace_cache as tc
 from lightreasoner.models.spec import ModelSpec
 from lightreasoner.selection.select import select
@@ -123,7 +124,7 @@ def damage(kind: str, path) -> None:
     elif kind == "malformed record":  # shapes broken, digest recomputed: only the shape check sees it
         payload = torch.load(path, weights_only=True)
         payload["records"][0]["kl"] = payload["records"][0]["kl"][:-1]
-        payload["digest"] = tc.records_digest(payload["problem_ids"], payload["records"])
+        payload["digest"] = shards.records_digest(payload["problem_ids"], payload["records"])
         torch.save(payload, path)
     elif kind == "another key":
         payload = torch.load(path, weights_only=True)
@@ -140,7 +141,7 @@ def test_damaged_shard_is_resampled_alone(pair, clean, cache_copy, monkeypatch, 
     lost = shard_ids(victim)
     damage(kind, victim)
     sampled = Sampled(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.sampling.trace_cache"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.sampling.shards"):
         cache = run(pair, cache_dir)
     assert sampled.ids == lost  # only the damaged shard's problems ran through the models again
     assert any("damaged shard" in r.getMessage() and victim.name in r.getMessage() for r in caplog.records)
@@ -198,7 +199,7 @@ def test_listed_shard_missing_is_resampled_with_a_warning(pair, clean, cache_cop
     lost = shard_ids(shards[2])
     shards[2].unlink()
     sampled = Sampled(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="lightreasoner.sampling.trace_cache"):
+    with caplog.at_level(logging.WARNING, logger="lightreasoner.sampling.shards"):
         cache = run(pair, cache_dir)
     assert sampled.ids == lost
     assert any("listed in manifest.json are missing" in r.getMessage() and shards[2].name in r.getMessage() for r in caplog.records)
@@ -250,14 +251,14 @@ def test_full_disk_while_sampling_leaves_no_file_that_looks_complete(pair, tmp_p
 
 
 def test_full_disk_at_the_manifest_keeps_the_shards_and_the_next_run_only_writes_it(pair, tmp_path, monkeypatch):
-    real = tc.atomic_write_json
+    real = shards.atomic_write_json
 
     def full(path, obj, **kw):
         if path.name == "manifest.json":
             raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
         return real(path, obj, **kw)
 
-    monkeypatch.setattr(tc, "atomic_write_json", full)
+    monkeypatch.setattr(shards, "atomic_write_json", full)
     with pytest.raises(OSError, match=r"manifest\.json: No space left"):
         run(pair, tmp_path)
     key_dir = next((tmp_path / "traces").iterdir())

@@ -6,9 +6,9 @@ answer is equivalent to the gold one (the evaluation's own scorer, ``answers.py`
 LoRA-tuned with cross-entropy on every token of the accepted solutions (one-hot targets through
 the same distillation module, LoRA, optimizer and update budget as LightReasoner).
 
-The sampled solutions are cached like the scored traces (``{cache_dir}/sft_solutions/{key}``,
-keyed by everything that determines them; per-batch atomic shards, a lock per key, resumable),
-so a sweep samples once.
+The sampled solutions are kept in a shard store of their own (:class:`SolutionStore`,
+``{cache_dir}/sft_solutions/{key}``, keyed by everything that determines them; per-batch atomic
+shards, a lock per key, resumable: :mod:`lightreasoner.sampling.shards`), so a sweep samples once.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from lightreasoner.data.answers import extract_answer, is_equivalent
@@ -31,8 +28,9 @@ from lightreasoner.generation import GenerationSettings, build_engine, engine_ke
 from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer
 from lightreasoner.data.prompts import EVAL_SYSTEM, encode_prompts, template_fingerprint
 from lightreasoner.data.records import Problem, TraceSample
+from lightreasoner.core.files import canonical_json
 from lightreasoner.sampling.sampler import batch_seed, question_sha
-from lightreasoner.sampling.trace_cache import FORMAT_VERSION, TraceCache, canonical_json, tokenizer_fingerprint, trace_key
+from lightreasoner.sampling.shards import FORMAT_VERSION, ShardStore, fill_missing, tokenizer_fingerprint
 
 from .base import Method, MethodInputs, TrainingData
 
@@ -80,6 +78,10 @@ class RejectionSFT(Method):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise bad(key, "an integer >= 1 or null")
 
+    def system_message(self) -> str:
+        """The sampling prompt's system message (``system_prompt``, or the evaluation's)."""
+        return EVAL_SYSTEM if self.system_prompt is None else self.system_prompt
+
     def generation_key(self, max_new_tokens: int) -> dict:
         return {
             "samples_per_problem": self.samples_per_problem,
@@ -96,11 +98,11 @@ class RejectionSFT(Method):
     def prepare(self, inputs: MethodInputs) -> TrainingData:
         problems = inputs.problems
         max_new = int(self.max_new_tokens or inputs.max_new_tokens or 512)
-        cache = sample_solutions(
+        store = sample_solutions(
             self, inputs.expert, problems, inputs.dataset_identity, inputs.cache_dir, max_new,
             batch_size=int(self.batch_size or inputs.sampling["batch_size"]), generation=inputs.generation,
         )
-        records = cache.read([p.id for p in problems])
+        records = store.read([p.id for p in problems])
         samples = solution_samples(records, dedupe=self.dedupe)
         drawn = sum(len(r["solutions"]) for r in records)
         accepted = sum(int(r["correct"].sum()) for r in records)
@@ -111,7 +113,7 @@ class RejectionSFT(Method):
             )
         steps = sum(s.num_steps for s in samples)
         statistics = {
-            "sft_cache": str(cache.path),
+            "sft_cache": str(store.path),
             "problems": len(problems),
             "solutions_sampled": drawn,
             "solutions_accepted": accepted,
@@ -123,8 +125,8 @@ class RejectionSFT(Method):
             "mean_solution_tokens": steps / len(samples),
         }
         log.info("sft selection: %s", json.dumps(statistics))
-        return TrainingData(samples=samples, sample_key=cache.key, statistics=statistics,
-                            cost={**cache.recorded_cost(), "cached": not cache.sampled_now}, training_problems=len(problems))
+        return TrainingData(samples=samples, sample_key=store.key, statistics=statistics,
+                            cost={**store.recorded_cost(), "cached": not store.sampled_now}, training_problems=len(problems))
 
 
 def solution_samples(records: Sequence[Mapping], dedupe: bool = True) -> list[TraceSample]:
@@ -154,30 +156,33 @@ def solution_samples(records: Sequence[Mapping], dedupe: bool = True) -> list[Tr
     return out
 
 
-def sample_solutions(
+class SolutionStore(ShardStore):
+    """One key directory of the sampled solutions, ``{cache_dir}/sft_solutions/{key}``."""
+
+    kind = "sft_solutions"
+    label = "sft solutions"
+    what = "sampled solutions"
+    record_keys = SOLUTION_KEYS
+
+    def stats(self, records: Sequence[Mapping]) -> dict:
+        """Problems, solutions drawn and accepted, and the acceptance rate."""
+        drawn = sum(len(r["solutions"]) for r in records)
+        accepted = sum(int(r["correct"].sum()) for r in records)
+        return {"counts": {"problems": len(records), "solutions": drawn, "accepted": accepted,
+                           "acceptance_rate": accepted / drawn if drawn else 0.0}}
+
+
+def solution_key_fields(
     method: RejectionSFT,
     expert: ModelSpec,
     problems: Sequence[Problem],
     dataset_ident: Mapping,
-    cache_dir: str | os.PathLike,
+    tokenizer,
     max_new_tokens: int,
-    batch_size: int = 16,
     generation: Mapping | None = None,
-    model=None,
-    tokenizer=None,
-) -> TraceCache:
-    """Make sure every problem has its ``k`` sampled, verified solutions in the cache; return it.
-
-    Only missing problems are sampled, batch by batch (batches fixed by problem index, each
-    seeded from ``method.seed`` and its problem ids, so a resumed run draws what an
-    uninterrupted one would), under a lock per key. ``model`` and ``tokenizer`` may be the
-    expert's, already built (tests); ``expert`` still gives the identity for the key.
-    """
-    problems = list(problems)
-    if not problems:
-        raise ValueError("dataset: no training problems to sample solutions for")
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(expert, "model_pair.expert")
-    system = EVAL_SYSTEM if method.system_prompt is None else method.system_prompt
+) -> dict:
+    """Everything that determines the sampled solutions (the store's key fields)."""
+    system = method.system_message()
     fields = {
         "kind": "sft_solutions",
         "format_version": FORMAT_VERSION,
@@ -191,54 +196,68 @@ def sample_solutions(
     }
     if engine_key(generation) is not None:
         fields["engine"] = engine_key(generation)
-    key = trace_key(fields)
-    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "sft_solutions" / key, key, fields, record_keys=SOLUTION_KEYS)
-    ids = [p.id for p in problems]
-    if not cache.missing(ids) and (cache.path / "manifest.json").is_file():
-        return cache
-    cache.init_dir()
-    with FileLock(str(cache.lock_path)):
-        missing = set(cache.missing(ids))
-        todo = {i for i, pid in enumerate(ids) if pid in missing}
-        run_info = None
-        if todo:
-            t0, c0 = time.time(), time.process_time()
-            engine = build_engine(generation, model if model is not None else (lambda: load_model(expert, "model_pair.expert")), tokenizer, spec=expert)
-            k = method.samples_per_problem
-            settings = GenerationSettings(max_new_tokens, do_sample=True, temperature=method.temperature, top_p=method.top_p)
-            prompt_ids = encode_prompts(tokenizer, [p.question for p in problems], system or None)
-            batches = [[i for i in range(s, min(s + batch_size, len(problems))) if i in todo] for s in range(0, len(problems), batch_size)]
-            tokens = 0
-            for group in tqdm([g for g in batches if g], desc="sft: sampling solutions", unit="batch"):
-                rows = [prompt_ids[i] for i in group for _ in range(k)]
-                out = engine.generate_batch(rows, settings, seed=batch_seed(method.seed, [ids[i] for i in group]))
-                gens = [engine.finish(row, 0.0) for row in out.tokens.tolist()]
-                records = []
-                for j, i in enumerate(group):
-                    p, mine = problems[i], gens[j * k : (j + 1) * k]
-                    correct = [bool(is_equivalent(extract_answer(g.text, p.answer_type), p.answer, p.answer_type)) for g in mine]
-                    tokens += sum(g.num_tokens for g in mine)
-                    records.append({
-                        "problem_id": p.id,
-                        "question_sha": question_sha(p.question),
-                        "prompt_ids": torch.tensor(prompt_ids[i], dtype=torch.long),
-                        "solutions": [torch.tensor(g.token_ids, dtype=torch.long) for g in mine],
-                        "finished": torch.tensor([not g.cut_off for g in mine]),
-                        "correct": torch.tensor(correct),
-                    })
-                cache.write_shard(records)
-            run_info = {
-                "sampled_problems": len(todo),
-                "generated_tokens": tokens,
-                "wall_s": round(time.time() - t0, 3),
-                "cpu_s": round(time.process_time() - c0, 3),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            cache.sampled_now = len(todo)
-        stored = cache.read_all()
-        drawn = sum(len(r["solutions"]) for r in stored)
-        accepted = sum(int(r["correct"].sum()) for r in stored)
-        stats = {"counts": {"problems": len(stored), "solutions": drawn, "accepted": accepted,
-                            "acceptance_rate": accepted / drawn if drawn else 0.0}}
-        cache.write_manifest({"method": method.settings(), "max_new_tokens": max_new_tokens}, run_info, stats=stats)
-    return cache
+    return fields
+
+
+def sample_solutions(
+    method: RejectionSFT,
+    expert: ModelSpec,
+    problems: Sequence[Problem],
+    dataset_ident: Mapping,
+    cache_dir: str | os.PathLike,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    generation: Mapping | None = None,
+    model=None,
+    tokenizer=None,
+) -> SolutionStore:
+    """Make sure every problem has its ``k`` sampled, verified solutions in the store; return it.
+
+    Only missing problems are sampled (:func:`~lightreasoner.sampling.shards.fill_missing`:
+    batches fixed by problem index, each seeded from ``method.seed`` and its problem ids, so a
+    resumed run draws what an uninterrupted one would; a lock per key). ``model`` and
+    ``tokenizer`` may be the expert's, already built (tests); ``expert`` still gives the
+    identity for the key.
+    """
+    problems = list(problems)
+    if not problems:
+        raise ValueError("dataset: no training problems to sample solutions for")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(expert, "model_pair.expert")
+    store = SolutionStore.at(cache_dir, solution_key_fields(method, expert, problems, dataset_ident, tokenizer, max_new_tokens, generation))
+
+    def sample(groups: list[list[int]]) -> dict:
+        engine = build_engine(generation, model if model is not None else (lambda: load_model(expert, "model_pair.expert")), tokenizer, spec=expert)
+        settings = GenerationSettings(max_new_tokens, do_sample=True, temperature=method.temperature, top_p=method.top_p)
+        prompt_ids = encode_prompts(tokenizer, [p.question for p in problems], method.system_message() or None)
+        tokens = 0
+        for group in tqdm(groups, desc="sft: sampling solutions", unit="batch"):
+            records = solution_records(method, engine, settings, [problems[i] for i in group], [prompt_ids[i] for i in group])
+            tokens += sum(int(x.numel()) for r in records for x in r["solutions"])
+            store.write_shard(records)
+        return {"generated_tokens": tokens}
+
+    fill_missing(store, [p.id for p in problems], batch_size, sample, {"method": method.settings(), "max_new_tokens": max_new_tokens})
+    return store
+
+
+def solution_records(method: RejectionSFT, engine, settings: GenerationSettings, problems: Sequence[Problem],
+                     prompt_ids: Sequence[Sequence[int]]) -> list[dict]:
+    """One batch: the expert samples ``k`` solutions per problem (seeded from ``method.seed`` and
+    the problem ids), each checked against the gold answer -> one record per problem."""
+    k = method.samples_per_problem
+    rows = [prompt for prompt in prompt_ids for _ in range(k)]
+    out = engine.generate_batch(rows, settings, seed=batch_seed(method.seed, [p.id for p in problems]))
+    gens = [engine.finish(row, 0.0) for row in out.tokens.tolist()]
+    records = []
+    for j, p in enumerate(problems):
+        mine = gens[j * k : (j + 1) * k]
+        correct = [bool(is_equivalent(extract_answer(g.text, p.answer_type), p.answer, p.answer_type)) for g in mine]
+        records.append({
+            "problem_id": p.id,
+            "question_sha": question_sha(p.question),
+            "prompt_ids": torch.tensor(prompt_ids[j], dtype=torch.long),
+            "solutions": [torch.tensor(g.token_ids, dtype=torch.long) for g in mine],
+            "finished": torch.tensor([not g.cut_off for g in mine]),
+            "correct": torch.tensor(correct),
+        })
+    return records

@@ -22,9 +22,7 @@ import hashlib
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +40,8 @@ from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers, load_mod
 from lightreasoner.models.pairs import EarlyExitLM, PairSettings, check_checkpoint_amateur
 from lightreasoner.data.prompts import SAMPLING_SYSTEM, encode_prompts
 from lightreasoner.data.records import SCORED_TRACE_KEYS, Problem
-from lightreasoner.sampling.trace_cache import TraceCache, trace_key, trace_key_fields
+from lightreasoner.sampling.shards import fill_missing
+from lightreasoner.sampling.trace_cache import TraceCache, trace_key_fields
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +180,26 @@ def make_batch(
             raise ValueError("sampling batch: amateur_prompt_ids must be as long as prompt_ids")
         batch["amateur_prompt_ids"] = [list(map(int, p)) for p in amateur_prompt_ids]
     return batch
+
+
+@dataclass
+class GeneratedTraces:
+    """The expert's traces for one batch (:meth:`ContrastiveSampler.generate_traces`)."""
+
+    prompts: list[list[int]]
+    """The batch's prompts, unpadded."""
+    sequences: torch.Tensor
+    """``[B, P + T' - 1]``: left-padded prompt + trace[:-1], the teacher-forced passes' input."""
+    attn: torch.Tensor
+    """``[B, P]``: the prompts' attention mask."""
+    tokens: torch.Tensor
+    """``[B, T']``: the generated ids, on the expert's device."""
+    lengths: torch.Tensor
+    """``[B]``: steps of each trace, up to and including its first eos id."""
+    finished: torch.Tensor
+    """``[B]``: whether the trace reached an eos id."""
+    logits: list[torch.Tensor] | None
+    """``T'`` x ``[B, V_e]``: the expert's raw logits the engine kept (None: it keeps none)."""
 
 
 class ContrastiveSampler(LightningModule):
@@ -325,22 +344,26 @@ class ContrastiveSampler(LightningModule):
 
     @torch.no_grad()
     def score_batch(self, batch: Mapping) -> list[dict]:
+        """Score one batch of problems (see :func:`make_batch`) -> its scored traces: the expert
+        generates (:meth:`generate_traces`), both models' distributions are scored at every step
+        (:meth:`score_traces`), each row is packed into its record (:meth:`pack_records`)."""
         if self.engine is None:
             self.configure_model()
         self._check_pair()  # (once) also when the engine was set from outside
-        s = self.settings
-        expert, amateur, engine = self.expert_model, self.amateur_model, self.engine
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
         if not prompts:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("sampling batch: empty prompt")
-        dev = next(expert.parameters()).device
-        dev_a = next(amateur.parameters()).device
-        pad = engine.pad_token_id
+        traces = self.generate_traces(batch, prompts)
+        return self.pack_records(batch, traces, self.score_traces(batch, traces))
 
-        # 1. batched generation by the engine, raw logits kept where the engine has them
-        input_ids, attn = left_pad(prompts, pad)
+    def generate_traces(self, batch: Mapping, prompts: list[list[int]]) -> GeneratedTraces:
+        """The expert's traces for a batch: one batched generation by the engine (raw logits kept
+        where the engine has them), each trace's steps ending at its first eos id (included)."""
+        s, engine = self.settings, self.engine
+        dev = next(self.expert_model.parameters()).device
+        input_ids, attn = left_pad(prompts, engine.pad_token_id)
         plen = input_ids.shape[1]
         seed = batch_seed(s.seed, batch["problem_id"]) if (s.do_sample or s.published_generation) and s.seed is not None else None
         out = engine.generate_batch(prompts, self.generation_settings(), return_logits=True, seed=seed)
@@ -349,103 +372,104 @@ class ContrastiveSampler(LightningModule):
         if t_max == 0 or (out.logits is not None and len(out.logits) != t_max):
             n_logits = None if out.logits is None else len(out.logits)
             raise RuntimeError(f"generation returned {t_max} tokens but {n_logits} logit steps")
-
-        # 2. steps end at the first eos id (that step included)
-        eos = torch.tensor(engine.eos_token_ids, device=gen.device)
-        is_eos = torch.isin(gen, eos)
+        is_eos = torch.isin(gen, torch.tensor(engine.eos_token_ids, device=gen.device))
         finished = is_eos.any(dim=1)
         first = torch.where(finished, is_eos.int().argmax(dim=1), torch.full_like(finished, t_max - 1, dtype=torch.long))
-        lengths = first + 1  # [B]
         sequences = torch.cat([input_ids.to(dev), gen], dim=1)[:, : plen + t_max - 1]
+        return GeneratedTraces(prompts, sequences, attn, gen, first + 1, finished, out.logits)
 
-        # 3. the expert's raw logits: kept during generation, else one teacher-forced pass
-        if out.logits is not None:
-            exp_logits = out.logits  # T' x [B, V_e]; stacked a chunk at a time below
-        else:
-            exp_logits = self._trace_logits(expert, sequences, attn, lengths, t_max)  # [B, T', V_e]
-
-        # 4. ONE teacher-forced amateur pass over prompt + trace[:-1]; logits only at the T' trace steps
-        # (tokenizers that differ: over its own prompt + the trace's text in its own tokens, the
-        # logits gathered per step at the shared token boundaries; unscored steps index -1)
-        cross = self._aligner
-        if cross is not None:
-            am_logits, am_index = self._cross_amateur_logits(batch, gen, lengths)
-            vmap = cross.vocab.expert_to_amateur.to(dev)
-            masses = []
-        am_ids = sequences.to(dev_a)
-        n_embed = amateur.get_input_embeddings().num_embeddings
-        oov = am_ids >= n_embed
-        if cross is None and bool(oov.any()):
-            if not self._warned_oov:
-                log.warning("expert generated ids beyond the amateur's embedding (%d); they are fed to the amateur as pad", n_embed)
-                self._warned_oov = True
-            am_ids = am_ids.masked_fill(oov, pad)
-        if cross is None:
-            am_logits = self._trace_logits(amateur, am_ids, attn, lengths, t_max)  # [B, T', V_a]
-
-        # 5. per-step math, vocab_chunk steps at a time, fp32 log_softmax per chunk
-        kls, ids, lpes, lpas, valids, maxes = [], [], [], [], [], []
+    def score_traces(self, batch: Mapping, traces: GeneratedTraces) -> dict[str, torch.Tensor]:
+        """Both models' distributions at every trace step -> per step ``kl``, the candidates'
+        ``ids``, ``lpe`` and ``lpa`` (log pE, log pA) with their ``valid`` mask, ``max`` (max log
+        pE), and for a cross-tokenizer pair ``mass`` (the aligned candidate mass): ``[B, T', ...]``
+        on CPU, ``vocab_chunk`` steps at a time with an fp32 ``log_softmax`` per chunk. The
+        expert's logits are the engine's raw ones, else one teacher-forced pass; the amateur's
+        come from ONE teacher-forced pass (:meth:`_amateur_logits`)."""
+        s, t_max = self.settings, traces.tokens.shape[1]
+        exp_logits = traces.logits  # T' x [B, V_e]; stacked a chunk at a time below
+        if exp_logits is None:
+            exp_logits = self._trace_logits(self.expert_model, traces.sequences, traces.attn, traces.lengths, t_max)  # [B, T', V_e]
+        am_logits, am_index = self._amateur_logits(batch, traces)
+        dev = traces.tokens.device
+        vmap = self._aligner.vocab.expert_to_amateur.to(dev) if am_index is not None else None
+        parts: dict[str, list[torch.Tensor]] = {}
         for a in range(0, t_max, s.vocab_chunk):
             b = min(a + s.vocab_chunk, t_max)
             chunk = torch.stack(exp_logits[a:b], dim=1) if isinstance(exp_logits, list) else exp_logits[:, a:b]
             le = chunk.to(dev).float().log_softmax(-1)  # [B, c, V_e]
-            if cross is None:
-                la = am_logits[:, a:b].to(dev).float().log_softmax(-1)  # [B, c, V_a]
-                kls.append(contrast.kl_shared(le, la))
-                c_ids, c_lpe, c_lpa, c_valid, c_max = contrast.top_candidates(le, la, s.alpha_min, s.max_candidates)
-            else:
-                idx = am_index[:, a:b].to(am_logits.device)  # [B, c]
-                rows = am_logits.gather(1, idx.clamp_min(0).unsqueeze(-1).expand(-1, -1, am_logits.shape[-1]))
-                la = rows.to(dev).float().log_softmax(-1)  # [B, c, V_a]
-                scored = (idx >= 0).to(dev)
-                nan = torch.tensor(float("nan"), device=dev)
-                kls.append(torch.where(scored, align.aligned_kl(le, la, vmap), nan))
-                c_ids, c_lpe, c_lpa, c_valid, c_max, c_mass = align.aligned_candidates(le, la, vmap, s.alpha_min, s.max_candidates)
-                c_valid = c_valid & scored.unsqueeze(-1)
-                masses.append(torch.where(scored, c_mass, nan))
-            ids.append(c_ids)
-            lpes.append(c_lpe)
-            lpas.append(c_lpa)
-            valids.append(c_valid)
-            maxes.append(c_max)
-            del chunk, le, la
-        del am_logits, exp_logits, out
+            for k, v in self._chunk_scores(le, am_logits, am_index, vmap, a, b).items():
+                parts.setdefault(k, []).append(v)
+            del chunk, le
+        del am_logits, exp_logits
+        return {k: torch.cat(v, 1).cpu() for k, v in parts.items()}
 
-        # 6. to CPU once, then cut each row at its length
-        gen_c = gen.cpu()
-        lengths_c = lengths.cpu().tolist()
-        finished_c = finished.cpu().tolist()
-        kl = torch.cat(kls, 1).cpu()
-        ids_c = torch.cat(ids, 1).cpu()
-        lpe_c = torch.cat(lpes, 1).cpu()
-        lpa_c = torch.cat(lpas, 1).cpu()
-        valid_c = torch.cat(valids, 1).cpu()
-        max_c = torch.cat(maxes, 1).cpu()
-        mass_c = torch.cat(masses, 1).cpu() if cross is not None else None
+    def _amateur_logits(self, batch: Mapping, traces: GeneratedTraces) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ONE teacher-forced amateur pass over prompt + trace[:-1], logits only at the ``T'``
+        trace steps (ids beyond its embedding fed as pad), no index; tokenizers that differ: over
+        its own prompt + the trace's text in its own tokens, with the index of each step's
+        position (:meth:`_cross_amateur_logits`)."""
+        if self._aligner is not None:
+            return self._cross_amateur_logits(batch, traces.tokens, traces.lengths)
+        amateur = self.amateur_model
+        am_ids = traces.sequences.to(next(amateur.parameters()).device)
+        n_embed = amateur.get_input_embeddings().num_embeddings
+        oov = am_ids >= n_embed
+        if bool(oov.any()):
+            if not self._warned_oov:
+                log.warning("expert generated ids beyond the amateur's embedding (%d); they are fed to the amateur as pad", n_embed)
+                self._warned_oov = True
+            am_ids = am_ids.masked_fill(oov, self.engine.pad_token_id)
+        return self._trace_logits(amateur, am_ids, traces.attn, traces.lengths, traces.tokens.shape[1]), None  # [B, T', V_a]
+
+    def _chunk_scores(self, le: torch.Tensor, am_logits: torch.Tensor, am_index: torch.Tensor | None,
+                      vmap: torch.Tensor | None, a: int, b: int) -> dict:
+        """The per-step quantities of steps ``a:b`` from the expert's log-probabilities ``le``
+        (:mod:`~lightreasoner.core.contrast`; a cross-tokenizer pair through
+        :mod:`~lightreasoner.core.alignment` and the expert-to-amateur id map ``vmap`` at the
+        steps it scores, NaN at the others)."""
+        s, dev = self.settings, le.device
+        if am_index is None:
+            la = am_logits[:, a:b].to(dev).float().log_softmax(-1)  # [B, c, V_a]
+            ids, lpe, lpa, valid, mx = contrast.top_candidates(le, la, s.alpha_min, s.max_candidates)
+            return {"kl": contrast.kl_shared(le, la), "ids": ids, "lpe": lpe, "lpa": lpa, "valid": valid, "max": mx}
+        idx = am_index[:, a:b].to(am_logits.device)  # [B, c]
+        rows = am_logits.gather(1, idx.clamp_min(0).unsqueeze(-1).expand(-1, -1, am_logits.shape[-1]))
+        la = rows.to(dev).float().log_softmax(-1)  # [B, c, V_a]
+        scored = (idx >= 0).to(dev)
+        nan = torch.tensor(float("nan"), device=dev)
+        ids, lpe, lpa, valid, mx, mass = align.aligned_candidates(le, la, vmap, s.alpha_min, s.max_candidates)
+        return {"kl": torch.where(scored, align.aligned_kl(le, la, vmap), nan), "ids": ids, "lpe": lpe, "lpa": lpa,
+                "valid": valid & scored.unsqueeze(-1), "max": mx, "mass": torch.where(scored, mass, nan)}
+
+    @staticmethod
+    def pack_records(batch: Mapping, traces: GeneratedTraces, scored: Mapping[str, torch.Tensor]) -> list[dict]:
+        """Cut each row at its length -> one scored trace per problem (keys
+        ``records.SCORED_TRACE_KEYS``, plus ``aligned_mass`` for a cross-tokenizer pair; CPU, fp32)."""
+        gen_c = traces.tokens.cpu()
+        lengths_c = traces.lengths.cpu().tolist()
+        finished_c = traces.finished.cpu().tolist()
         records = []
-        for i in range(len(prompts)):
+        for i, prompt in enumerate(traces.prompts):
             t = int(lengths_c[i])
-            v = valid_c[i, :t]
-            counts = v.sum(-1)
+            v = scored["valid"][i, :t]
             offsets = torch.zeros(t + 1, dtype=torch.long)
-            offsets[1:] = counts.cumsum(0)
-            records.append(
-                {
-                    "problem_id": str(batch["problem_id"][i]),
-                    "question_sha": str(batch["question_sha"][i]),
-                    "prompt_ids": torch.tensor(prompts[i], dtype=torch.long),
-                    "trace_ids": gen_c[i, :t].clone().long(),
-                    "finished": bool(finished_c[i]),
-                    "kl": kl[i, :t].clone().float(),
-                    "max_logp_e": max_c[i, :t].clone().float(),
-                    "cand_offsets": offsets,
-                    "cand_ids": ids_c[i, :t][v].to(torch.int32),
-                    "cand_logp_e": lpe_c[i, :t][v].float(),
-                    "cand_logp_a": lpa_c[i, :t][v].float(),
-                }
-            )
-            if mass_c is not None:
-                records[-1]["aligned_mass"] = mass_c[i, :t].clone().float()
+            offsets[1:] = v.sum(-1).cumsum(0)
+            rec = {
+                "problem_id": str(batch["problem_id"][i]),
+                "question_sha": str(batch["question_sha"][i]),
+                "prompt_ids": torch.tensor(prompt, dtype=torch.long),
+                "trace_ids": gen_c[i, :t].clone().long(),
+                "finished": bool(finished_c[i]),
+                "kl": scored["kl"][i, :t].clone().float(),
+                "max_logp_e": scored["max"][i, :t].clone().float(),
+                "cand_offsets": offsets,
+                "cand_ids": scored["ids"][i, :t][v].to(torch.int32),
+                "cand_logp_e": scored["lpe"][i, :t][v].float(),
+                "cand_logp_a": scored["lpa"][i, :t][v].float(),
+            }
+            if "mass" in scored:
+                rec["aligned_mass"] = scored["mass"][i, :t].clone().float()
+            records.append(rec)
         return records
 
     def _cross_amateur_logits(self, batch: Mapping, gen: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -549,21 +573,20 @@ def run_sampling(
 ) -> TraceCache:
     """Make sure every problem has a scored trace in the cache; return the cache.
 
-    Only problems without a stored record are sampled, by ``lightning.Trainer.predict`` with a
-    :class:`TraceWriter` (batches of ``sampling_cfg.batch_size`` fixed by problem index). A
-    filelock per key makes concurrent runs wait and then find the work done. ``models`` may be
-    ``(expert_model, amateur_model, tokenizer)`` already built (tests; a fourth item is the
-    amateur's own tokenizer); the specs still provide the identities for the key.
-    ``generation`` is the ``generation`` config node (the engine that writes the expert's
-    traces; default transformers). ``pair`` is the ``model_pair`` group's pair keys
-    (:class:`~lightreasoner.models.pairs.PairSettings`; default: one shared tokenizer, a second
-    model): a pair whose tokenizers differ (``alignment=string``) has its coverage in the
-    manifest and fails below ``min_coverage``. All settings are validated before anything is
-    written.
+    Only problems without a stored record are sampled (:func:`~lightreasoner.sampling.shards.fill_missing`:
+    batches of ``sampling_cfg.batch_size`` fixed by problem index, a filelock per key, held by
+    rank 0, so concurrent runs wait and then find the work done), by ``lightning.Trainer.predict``
+    with a :class:`TraceWriter`. ``models`` may be ``(expert_model, amateur_model, tokenizer)``
+    already built (tests; a fourth item is the amateur's own tokenizer); the specs still provide
+    the identities for the key. ``generation`` is the ``generation`` config node (the engine
+    that writes the expert's traces; default transformers). ``pair`` is the ``model_pair``
+    group's pair keys (:class:`~lightreasoner.models.pairs.PairSettings`; default: one shared
+    tokenizer, a second model): a pair whose tokenizers differ (``alignment=string``) has its
+    coverage in the manifest and fails below ``min_coverage``. All settings are validated before
+    anything is written.
     """
     cfg = dict(sampling_cfg) if not isinstance(sampling_cfg, SamplingSettings) else dataclass_dict(sampling_cfg)
     settings = SamplingSettings.from_cfg(cfg)
-    batch_size = settings.batch_size
     expert, amateur = ModelSpec.from_any(expert), ModelSpec.from_any(amateur)
     problems = list(problems)
     if not problems:
@@ -575,100 +598,65 @@ def run_sampling(
 
     pair = pair if isinstance(pair, PairSettings) else PairSettings.from_cfg(pair or {})
     if models is not None:
-        expert_model, amateur_model, tokenizer = models[:3]
-        amateur_tokenizer = models[3] if len(models) > 3 else tokenizer
+        tokenizer, amateur_tokenizer = models[2], (models[3] if len(models) > 3 else models[2])
     else:
-        expert_model = amateur_model = None
         tokenizer = load_tokenizer(expert, "model_pair.expert")
         amateur_tokenizer = tokenizer if pair.early_exit else load_tokenizer(amateur, "model_pair.amateur")
     cross = not check_pair_tokenizers(
         tokenizer, amateur_tokenizer, expert.display_name(), amateur.display_name(), alignment=pair.alignment
     ).shared
-
     fields = trace_key_fields(expert, amateur, dataset_identity, tokenizer, settings, engine=engine_key(generation), pair=pair.key_fields())
-    key = trace_key(fields)
-    record_keys = SCORED_TRACE_KEYS + (align.ALIGNMENT_KEYS if cross else ())
-    cache = TraceCache(Path(os.path.expanduser(cache_dir)) / "traces" / key, key, fields, record_keys=record_keys)
-    if not cache.missing(ids) and (cache.path / "manifest.json").is_file():
-        log.info("trace cache %s: all %d problems already scored", key[:12], len(ids))
-        if cross:
-            check_coverage(cache.manifest, pair, expert, amateur)
-        return cache
+    cache = TraceCache.at(cache_dir, fields, record_keys=SCORED_TRACE_KEYS + (align.ALIGNMENT_KEYS if cross else ()))
+    built = models is not None
 
-    cache.init_dir()
-    rank = _env_rank()
-    config = {**cfg, **dataclass_dict(settings), "batch_size": batch_size}
-    lock = None
-    if rank == 0:
-        from filelock import FileLock
+    def sample(groups: list[list[int]]) -> dict | None:
+        sampler = ContrastiveSampler(
+            expert, amateur, settings, expert_model=models[0] if built else None, amateur_model=models[1] if built else None,
+            tokenizer=tokenizer if built else None, amateur_tokenizer=amateur_tokenizer if built else None,
+            generation=generation, pair=pair,
+        )
+        return _predict_into(cache, sampler, problems, groups, trainer_kwargs, tokenizer, amateur_tokenizer if cross else None)
 
-        lock = FileLock(str(cache.lock_path))
-        lock.acquire()
-    try:
-        missing = set(cache.missing(ids))
-        run_info = None
-        if missing:
-            t0, c0 = time.time(), time.process_time()
-            prompt_ids = encode_prompts(tokenizer, [problems[i].question for i in range(len(problems))], settings.system_prompt)
-            # tokenizers that differ: the amateur reads the same question in its own chat template
-            amateur_prompts = (
-                encode_prompts(amateur_tokenizer, [p.question for p in problems], settings.system_prompt) if cross else None
-            )
-            batches = []
-            for start in range(0, len(problems), batch_size):
-                group = [i for i in range(start, min(start + batch_size, len(problems))) if ids[i] in missing]
-                if group:
-                    batches.append(
-                        make_batch(
-                            [ids[i] for i in group],
-                            [question_sha(problems[i].question) for i in group],
-                            [prompt_ids[i] for i in group],
-                            [amateur_prompts[i] for i in group] if cross else None,
-                        )
-                    )
-            log.info("trace cache %s: sampling %d of %d problems in %d batches", key[:12], len(missing), len(ids), len(batches))
-            sampler = ContrastiveSampler(
-                expert,
-                amateur,
-                settings,
-                expert_model=expert_model,
-                amateur_model=amateur_model,
-                tokenizer=tokenizer if models is not None else None,
-                amateur_tokenizer=amateur_tokenizer if models is not None else None,
-                generation=generation,
-                pair=pair,
-            )
-            writer = TraceWriter(cache)
-            trainer = _make_trainer(trainer_kwargs, writer)
-            loader = DataLoader(_BatchList(batches), batch_size=1, shuffle=False, collate_fn=_unwrap, num_workers=0)
-            trainer.predict(sampler, loader, return_predictions=False)
-            trainer.strategy.barrier()
-            if not trainer.is_global_zero:
-                return cache
-            sampled = [pid for pid in ids if pid in missing]
-            cache.sampled_now = len(sampled)
-            run_info = {
-                "sampled_problems": len(missing),
-                "generated_tokens": sum(int(r["trace_ids"].numel()) for r in cache.read(sampled)),
-                "batches": len(batches),
-                "wall_s": round(time.time() - t0, 3),
-                "cpu_s": round(time.process_time() - c0, 3),  # this process (rank 0) only
-                "device": str(trainer.strategy.root_device),
-                "world_size": trainer.world_size,
-                "dtype": {"expert": expert.dtype, "amateur": amateur.dtype},
-                "seed": settings.seed,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-        still = cache.missing(ids)
-        if still:
-            raise RuntimeError(f"trace cache {cache.path}: {len(still)} problems still missing after sampling (e.g. {still[:3]})")
-        manifest = cache.write_manifest(config, run_info)
-        if cross:
-            check_coverage(manifest, pair, expert, amateur)
-    finally:
-        if lock is not None:
-            lock.release()
+    config = {**cfg, **dataclass_dict(settings), "batch_size": settings.batch_size}
+    manifest = fill_missing(cache, ids, settings.batch_size, sample, config, lock=_env_rank() == 0)
+    if manifest is not None and cross:
+        check_coverage(manifest, pair, expert, amateur)
     return cache
+
+
+def _predict_into(cache: TraceCache, sampler: ContrastiveSampler, problems: Sequence[Problem], groups: list[list[int]],
+                  trainer_kwargs: Mapping | None, tokenizer, amateur_tokenizer=None) -> dict | None:
+    """Score the problems of ``groups`` (one batch each) by ``Trainer.predict`` into ``cache``;
+    return what the run adds to the manifest (None on a rank other than 0). ``amateur_tokenizer``:
+    the amateur's own, for a pair whose tokenizers differ (its prompts in its own template)."""
+    system = sampler.settings.system_prompt
+    prompt_ids = encode_prompts(tokenizer, [p.question for p in problems], system)
+    # tokenizers that differ: the amateur reads the same question in its own chat template
+    amateur_prompts = encode_prompts(amateur_tokenizer, [p.question for p in problems], system) if amateur_tokenizer is not None else None
+    batches = [
+        make_batch(
+            [problems[i].id for i in group],
+            [question_sha(problems[i].question) for i in group],
+            [prompt_ids[i] for i in group],
+            [amateur_prompts[i] for i in group] if amateur_prompts is not None else None,
+        )
+        for group in groups
+    ]
+    trainer = _make_trainer(trainer_kwargs, TraceWriter(cache))
+    loader = DataLoader(_BatchList(batches), batch_size=1, shuffle=False, collate_fn=_unwrap, num_workers=0)
+    trainer.predict(sampler, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    sampled = [problems[i].id for group in groups for i in group]
+    return {
+        "generated_tokens": sum(int(r["trace_ids"].numel()) for r in cache.read(sampled)),
+        "batches": len(batches),
+        "device": str(trainer.strategy.root_device),
+        "world_size": trainer.world_size,
+        "dtype": {"expert": sampler.expert_spec.dtype, "amateur": sampler.amateur_spec.dtype},
+        "seed": sampler.settings.seed,
+    }
 
 
 def check_coverage(manifest: Mapping, pair: PairSettings, expert: ModelSpec, amateur: ModelSpec) -> dict:
