@@ -1,9 +1,9 @@
 """Every bad input is one clear error (issue 15): a table of inputs and the message each gives.
 
 Config cases are Hydra overrides applied to a composed config and checked by
-``pipeline.validate`` in-process (the group's own settings class says what is wrong, before any
+``validation.validate`` in-process (the group's own settings class says what is wrong, before any
 work); data files go through ``benchmarks.load_problems``; models through ``models``; the
-cache directory and a full disk through ``pipeline.run`` on a tiny pair. A handful of cases run
+cache directory and a full disk through ``main.run`` on a tiny pair. A handful of cases run
 ``python train.py`` to prove the command line prints one line ``error: ...`` on stderr, exits
 with 2 and leaves nothing half-written. The trace cache's damage cases: tests/test_cache_damage.py.
 """
@@ -31,7 +31,8 @@ from lightreasoner.core import files
 from lightreasoner.data.benchmarks import load_problems
 from lightreasoner.core.config import unknown_group_option
 from lightreasoner.models.spec import ModelSpec, check_pair_tokenizers, load_model, load_tokenizer
-from lightreasoner.run.pipeline import run, validate
+from lightreasoner.run.main import run
+from lightreasoner.run.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lightreasoner.run.cli import Composer, PreflightError, check_jobs, preflight, split_argv, suggest
-from lightreasoner.run.pipeline import _evaluated_method
+from lightreasoner.run.summary import _evaluated_method
 from lightreasoner.run.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]

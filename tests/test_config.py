@@ -17,7 +17,7 @@ from lightreasoner.training.distill import DistillSettings, build_optimizer, lor
 from lightreasoner.eval.evaluate import EvalSettings
 from lightreasoner.generation import Engine, build_engine
 from lightreasoner.models.spec import ModelSpec, load_model, load_tokenizer, pair_specs
-from lightreasoner.run.pipeline import validate
+from lightreasoner.run.validation import validate
 from lightreasoner.sampling.sampler import SamplingSettings
 from lightreasoner.selection.select import SelectionSettings
 

@@ -28,7 +28,7 @@ from lightreasoner.eval.drift import (
     solution_perplexity,
     trace_drift,
 )
-from lightreasoner.run.pipeline import print_summary
+from lightreasoner.run.summary import print_summary
 from lightreasoner.data.records import Problem
 from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model
 

@@ -96,7 +96,7 @@ def test_the_benchmark_example_loads_and_validates(tmp_path):
 def test_the_method_example_trains_a_run(tmp_path, monkeypatch):
     """The page's method and its YAML, through a whole shrunken demo run in-process."""
     from lightreasoner.run.cli import Composer
-    from lightreasoner.run.pipeline import run
+    from lightreasoner.run.main import run
 
     as_module("lr_extend_method", examples()["method"])
     monkeypatch.setenv("LIGHTREASONER_CACHE", str(tmp_path / "cache"))

@@ -68,7 +68,7 @@ def test_malformed_revision_is_a_validation_error_naming_the_key(revision):
 
 
 def test_pipeline_validation_names_the_key():
-    from lightreasoner.run.pipeline import validate
+    from lightreasoner.run.validation import validate
 
     cfg = _compose(["experiment=paper_qwen25_math_1.5b", "model_pair.amateur.revision=060db649"])
     cfg.paths.output_dir = cfg.trainer.default_root_dir = "/tmp/lr-revision-test"  # no Hydra run here to fill them

@@ -49,7 +49,7 @@ def test_launcher_presets_compose(preset, target, keys):
 
 
 def test_fsdp_preset_composes_and_validates():
-    from lightreasoner.run.pipeline import validate
+    from lightreasoner.run.validation import validate
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["trainer=fsdp", "experiment=paper_qwen25_math_7b"])

@@ -3,7 +3,8 @@
 ``core`` (the method's math, config plumbing, file writers) is the ground floor; ``data`` and
 ``models`` stand on it; the stages (``generation``, ``sampling``, ``selection``, ``training``,
 ``eval``) above them; ``methods`` above the stages; ``run`` (entry points, validation, the
-pipeline) on top, imported by nothing; ``analysis`` reads finished runs without torch."""
+orchestrator ``run.main`` and its stages) on top, imported by nothing; ``analysis`` reads finished
+runs without torch."""
 
 from __future__ import annotations
 
@@ -143,9 +144,11 @@ def test_stores_sit_below_their_producers_and_files_is_the_ground_floor():
     assert "lightreasoner.sampling.sampler" not in store and not any(d.startswith("lightreasoner.selection") for d in store)
     assert "lightreasoner.sampling.trace_cache" in graph["lightreasoner.sampling.sampler"]
     assert graph["lightreasoner.core.files"] == set()
-    entry_points = {"lightreasoner.run.diagnose", "lightreasoner.run.app"}  # commands (app: train.py's): they stand above the pipeline
+    orchestrator = "lightreasoner.run.main"
+    assert orchestrator in graph
+    entry_points = {"lightreasoner.run.diagnose", "lightreasoner.run.app"}  # commands (app: train.py's): they stand above the orchestrator
     for name, deps in graph.items():  # nothing below the orchestrator imports it
-        assert "lightreasoner.run.pipeline" not in deps or name in entry_points, name
+        assert orchestrator not in deps or name in entry_points, name
     assert not any(e in deps for e in entry_points for name, deps in graph.items() if name != ENTRY), "an entry point is imported by a module"
     assert graph[ENTRY] == {"lightreasoner.run.app"}
 

@@ -96,7 +96,7 @@ def test_quirks_preset_turns_on_exactly_the_three_switches():
     off, on = _compose(["experiment=paper_qwen25_math_1.5b_instruct"]), _compose(["experiment=paper_qwen25_math_1.5b_instruct", "quirks=published"])
     flags = [("sampling", "published_generation"), ("distill", "published_loss_column"), ("distill", "published_softmax_width")]
     assert all(off[g][k] is False for g, k in flags) and all(on[g][k] is True for g, k in flags)
-    from lightreasoner.run.pipeline import validate
+    from lightreasoner.run.validation import validate
 
     on.paths.output_dir = on.trainer.default_root_dir = "/tmp/lr-quirks-test"  # no Hydra run here to fill them
     validate(on)  # the preset is a valid run

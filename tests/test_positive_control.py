@@ -184,7 +184,7 @@ def test_the_demo_presets_label_their_world(capsys):
     from hydra import compose, initialize_config_dir
 
     import lightreasoner.core.config  # noqa: F401
-    from lightreasoner.run.pipeline import print_summary
+    from lightreasoner.run.summary import print_summary
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         about = {e: compose("train", overrides=[f"experiment={e}"]).about for e in ("demo", "positive_control", "coder_cpu")}

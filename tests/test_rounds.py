@@ -41,7 +41,7 @@ def _cfg(tmp_path: Path, tiny_pair_dirs, *extra):
 
 
 def test_round_two_samples_with_round_ones_tuned_expert_under_its_own_key(tmp_path, tiny_pair_dirs):
-    from lightreasoner.run.pipeline import run
+    from lightreasoner.run.main import run
 
     run(_cfg(tmp_path, tiny_pair_dirs, "rounds=2", "distill.merge=false"))
     out = tmp_path / "run"
@@ -95,7 +95,7 @@ def test_round_two_samples_with_round_ones_tuned_expert_under_its_own_key(tmp_pa
     ],
 )
 def test_bad_rounds_are_one_error_before_any_work(tmp_path, tiny_pair_dirs, extra, msg):
-    from lightreasoner.run.pipeline import validate
+    from lightreasoner.run.validation import validate
 
     with pytest.raises(ValueError, match=msg):
         validate(_cfg(tmp_path, tiny_pair_dirs, *extra))
@@ -104,7 +104,7 @@ def test_bad_rounds_are_one_error_before_any_work(tmp_path, tiny_pair_dirs, extr
 
 def test_one_round_is_todays_run(tmp_path, tiny_pair_dirs):
     """rounds=1 (the default) leaves the summary without a rounds entry."""
-    from lightreasoner.run.pipeline import run
+    from lightreasoner.run.main import run
 
     state = run(_cfg(tmp_path, tiny_pair_dirs, "eval.models=[tuned]"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

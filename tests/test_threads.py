@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import lightreasoner.core.config  # noqa: F401
-from lightreasoner.run.pipeline import STAGE_NAMES, stage_threads
+from lightreasoner.run.validation import STAGE_NAMES, stage_threads
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -38,7 +38,7 @@ def test_auto_is_one_thread_for_the_demo_and_torch_default_for_real_models(monke
     ("threads={train: 2}", r"threads: unknown stage\(s\) \['train'\]"),
 ])
 def test_bad_threads_are_one_clear_error(override, message):
-    from lightreasoner.run.pipeline import validate
+    from lightreasoner.run.validation import validate
 
     with pytest.raises(ValueError, match=message):
         validate(_cfg(override))

@@ -1,1 +1,1 @@
-"""Entry points and orchestration: the command line's preflight, validation, the pipeline of stages, resume, the pair diagnostic, cache bundles."""
+"""Entry points and orchestration: the command line's preflight, validation, the orchestrator (main) and its stages, rounds, resume and summary, the pair diagnostic, cache bundles."""

@@ -466,7 +466,7 @@ def run(cfg, settings: DiagnoseSettings) -> dict:
     from lightreasoner.core.config import to_plain
     from lightreasoner.models.spec import pair_specs
     from lightreasoner.models.pairs import PairSettings
-    from lightreasoner.run.pipeline import prepare
+    from lightreasoner.run.main import prepare
     from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings
     from lightreasoner.selection.select import SelectionSettings
     from lightreasoner.run.validation import stage_threads

@@ -10,7 +10,8 @@ What each stage resumes from (nothing here duplicates it):
   regenerated; the report is recomputed from them).
 
 A finished fine-tune is recorded in ``<run>/stages.json`` with what the summary needs from
-it; a rerun finds the record and skips sampling and distillation. The record carries a hash of
+it (:func:`record_finished_training`); a rerun finds the record and skips sampling and
+distillation (:func:`restore_finished_training`). The record carries a hash of
 the settings that determine the fine-tune (:data:`TRAINING_GROUPS`): rerunning a name with
 different settings is one clear error, never a silent mix of two runs.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,9 +30,14 @@ from omegaconf import OmegaConf
 
 from lightreasoner.core.config import to_plain
 from lightreasoner.core.files import atomic_write_json
+from lightreasoner.data.records import RunState
 from lightreasoner.sampling.trace_cache import canonical_json
+from lightreasoner.training.checkpoints import merge_adapter
 
-__all__ = ["TRAINING_GROUPS", "training_identity", "StageRecord"]
+log = logging.getLogger("lightreasoner")
+
+__all__ = ["TRAINING_GROUPS", "training_identity", "StageRecord", "TRAINING_FIELDS", "record_finished_training",
+           "restore_finished_training"]
 
 TRAINING_GROUPS = ("model_pair", "dataset", "sampling", "selection", "method", "distill", "peft", "optimizer", "scheduler", "demo", "seed")
 """Config nodes whose values determine the fine-tune (``trainer`` adds its optimisation keys)."""
@@ -202,3 +209,43 @@ class StageRecord:
             "stages": {**(self.data.get("stages") or {}), stage: dict(record)},
         }
         atomic_write_json(self.path, self.data, sort_keys=False)
+
+
+TRAINING_FIELDS = ("selection", "sample_key", "sampling_cost", "training_problems", "optimisation", "tuned_tokens", "drift")
+"""What a finished fine-tune leaves for the summary (recorded in ``stages.json``)."""
+
+
+def record_finished_training(state: RunState) -> None:
+    """Record the finished fine-tune in the run's ``stages.json`` (:class:`StageRecord`)."""
+    state.stage_record.finish("distill", {
+        **{k: getattr(state, k) for k in TRAINING_FIELDS},
+        "adapter_dir": str(state.adapter_dir) if state.adapter_dir else None,
+        "merged_dir": str(state.merged_dir) if state.merged_dir else None,
+        "wall_s": {k: state.wall_s[k] for k in ("sample", "distill") if k in state.wall_s},
+        "cpu_s": {k: state.cpu_s[k] for k in ("sample", "distill") if k in state.cpu_s},
+    })
+
+
+def restore_finished_training(state: RunState) -> bool:
+    """A rerun of a named run whose fine-tune finished: take its results instead of training
+    again (True). False when there is none, or its adapter is gone (then it trains again)."""
+    done = state.stage_record.done("distill") if state.stage_record is not None else None
+    if not done:
+        return False
+    adapter = done.get("adapter_dir")
+    if not adapter or not Path(adapter).is_dir():
+        log.warning("resume: %s records a finished fine-tune but its adapter %s is missing; training again", state.stage_record.path, adapter)
+        return False
+    for k in TRAINING_FIELDS:
+        setattr(state, k, done.get(k))
+    state.selection, state.drift = state.selection or {}, state.drift or {}
+    state.adapter_dir = Path(adapter)
+    merged = Path(done["merged_dir"]) if done.get("merged_dir") else None
+    if merged is not None and not merged.is_dir():  # e.g. a run imported without its weights (cache_bundle)
+        log.info("resume: rebuilding the merged model %s from the adapter", merged)
+        merged = merge_adapter(state.adapter_dir, merged)
+    state.merged_dir = merged
+    state.wall_s.update(done.get("wall_s") or {})
+    state.cpu_s.update(done.get("cpu_s") or {})
+    log.info("resume: the fine-tune of this run finished earlier (%s); sampling and distillation skipped", adapter)
+    return True

@@ -4,7 +4,7 @@ Each config group is checked by the settings class of the code it configures; th
 span groups (the demo world against the named pair and dataset, ``tuned=`` against the pair's
 expert, ``eval.models`` entries, the cache directory, rounds). ``train.py`` runs
 :func:`validate` on every job before Hydra starts (:mod:`lightreasoner.run.cli`), and
-:func:`lightreasoner.run.pipeline.run` runs it again in-process; the heavy modules (torch,
+:func:`lightreasoner.run.main.run` runs it again in-process; the heavy modules (torch,
 Lightning) are imported only where a group's settings class lives.
 """
 

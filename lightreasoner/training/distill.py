@@ -555,7 +555,7 @@ class DistillModule(LightningModule):
         model: an already built causal LM to use instead of loading ``expert`` (its weights
             must be those ``expert`` names, since saved adapters record ``expert`` as base).
         settings: the checked ``distill`` group (:class:`DistillSettings`; built from config,
-            ``pipeline.distill_stage`` passes it): the objective is read from it, unchecked here.
+            ``run.stages.distill_stage`` passes it): the objective is read from it, unchecked here.
         loss: without ``settings``, the objective (``distill.loss``: ``forward_kl``, the method;
             ``reverse_kl``; ``jsd``), checked by :class:`DistillSettings`.
         jsd_beta: without ``settings``, the ``jsd`` mixing weight (``distill.jsd_beta``).
