@@ -151,7 +151,7 @@ def validate_light(cfg: DictConfig) -> None:
     known = {str(k) for k in OmegaConf.load(conf / "train.yaml") if k != "defaults"} | {p.name for p in conf.iterdir() if p.is_dir()}
     unknown = sorted(str(k) for k in cfg if str(k) not in known)
     if unknown:
-        near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.7)
         hint = f" (did you mean {near[0]}?)" if near else ""
         raise ValueError(f"unknown top-level key(s) {unknown}{hint}; expected some of {sorted(known)}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
