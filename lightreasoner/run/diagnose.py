@@ -458,17 +458,34 @@ def pair_label(cfg) -> str:
     return re.sub(r"[^\w.=-]+", "_", name)
 
 
+def forced_sampler(cfg):
+    """The contrastive sampler of the (prepared) pair ``cfg`` names, loaded, with its generation
+    engine replaced by a :class:`ForcedEngine`: ``(sampler, sampling settings, selection
+    settings, the replaced greedy engine)``. ``bench/diagnose.py`` times it against the bare
+    forward passes."""
+    from lightreasoner.core.config import to_plain
+    from lightreasoner.models.pairs import PairSettings
+    from lightreasoner.models.spec import pair_specs
+    from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings
+    from lightreasoner.selection.select import SelectionSettings
+
+    sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
+    sel = SelectionSettings.from_cfg(cfg.get("selection"), alpha_min=sampling.alpha_min)
+    expert, amateur = pair_specs(cfg)
+    sampler = ContrastiveSampler(expert, amateur, sampling, pair=PairSettings.from_cfg(cfg.model_pair))
+    sampler.configure_model()
+    greedy = sampler.engine
+    sampler.engine = ForcedEngine(sampler.expert_model, sampler.tokenizer, eos_token_ids=greedy.eos_token_ids)
+    return sampler, sampling, sel, greedy
+
+
 def run(cfg, settings: DiagnoseSettings) -> dict:
     """Diagnose the pair ``cfg`` names (a validated, composed run config); returns the report and
     writes ``diagnose.json`` and ``diagnose.md`` to the output directory."""
     import torch
 
-    from lightreasoner.core.config import to_plain
     from lightreasoner.models.spec import pair_specs
-    from lightreasoner.models.pairs import PairSettings
     from lightreasoner.run.main import prepare
-    from lightreasoner.sampling.sampler import ContrastiveSampler, SamplingSettings
-    from lightreasoner.selection.select import SelectionSettings
     from lightreasoner.run.validation import stage_threads
 
     t_start = time.perf_counter()
@@ -480,17 +497,11 @@ def run(cfg, settings: DiagnoseSettings) -> dict:
     t0 = time.perf_counter()
     prepare(cfg)
     timing["prepare_s"] = time.perf_counter() - t0
-    sampling = SamplingSettings.from_cfg(to_plain(cfg.sampling))
-    sel = SelectionSettings.from_cfg(cfg.get("selection"), alpha_min=sampling.alpha_min)
     expert, amateur = pair_specs(cfg)
-    pair = PairSettings.from_cfg(cfg.model_pair)
 
     t0 = time.perf_counter()
     problems, references = training_references(cfg.dataset, settings.problems, int(cfg.seed))
-    sampler = ContrastiveSampler(expert, amateur, sampling, pair=pair)
-    sampler.configure_model()
-    greedy = sampler.engine
-    sampler.engine = ForcedEngine(sampler.expert_model, sampler.tokenizer, eos_token_ids=greedy.eos_token_ids)
+    sampler, sampling, sel, greedy = forced_sampler(cfg)
     timing["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
