@@ -7,12 +7,16 @@ sweeps/README.md and docs/ is checked here, or named in :data:`NOT_RUN_HERE` wit
   ones the command names (a named ``model_pair``, ``dataset`` or ``experiment`` is what runs).
 - ``python -m lightreasoner.analysis.report`` / ``python bench/*.py``: every ``--flag`` is one the
   command's ``--help`` lists, and every path that is not a placeholder exists.
+- ``python -m lightreasoner.run.cache_bundle`` / ``python -m lightreasoner.demo.ship``: the
+  subcommand exists and every ``--flag`` is one its ``--help`` lists.
 - ``bash sweeps/X.sh step``: the script exists and has that step.
 - set-up lines (pip, pytest, apt-get, export, wandb, the offline-models tool): their kind is listed
   in :data:`SETUP` (they change the machine, or are the suite itself).
 
 A documented command that is neither checked nor listed fails the suite, and so does a listed
-command the docs no longer show.
+command the docs no longer show. Beside the commands: the config reference's group table lists
+exactly the options ``conf/`` has, its generated key list covers every key, the layout page
+matches ``tests/test_layout.py``'s floors, and the README's relative links exist.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ PLACEHOLDER = re.compile(r"<[^>]+>")
 DIAGNOSE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*python -m lightreasoner\.run\.diagnose\b")
 """``[VAR=value ...] python -m lightreasoner.run.diagnose ...``: the pair diagnostic."""
 
+MODULE_COMMANDS = ("lightreasoner.run.cache_bundle", "lightreasoner.demo.ship")
+"""Commands with subcommands (``export``/``import``, ``build``/``check``) and argparse flags."""
+
 
 def documented_commands() -> list[tuple[str, str]]:
     """``(where, command)`` for every command line of every fenced shell block."""
@@ -97,6 +104,8 @@ def _kind(command: str) -> str:
         return "sweep_script"
     if DIAGNOSE.match(command):
         return "diagnose"
+    if command.startswith(tuple(f"python -m {m}" for m in MODULE_COMMANDS)):
+        return "module"
     return "unknown"
 
 
@@ -205,6 +214,19 @@ def test_documented_bench_command_uses_real_options(command):
     _check_flags_and_paths(command, _help(script), 2)
 
 
+@pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "module"}))
+def test_documented_module_command_uses_a_real_subcommand_and_options(command):
+    args = shlex.split(command)
+    module, rest = args[2], args[3:]
+    top = _help("-m", module)
+    choices = re.search(r"\{([\w,]+)\}", top)
+    assert choices, f"{module}: no subcommands in its --help"
+    sub = rest[0] if rest else ""
+    assert sub in choices.group(1).split(","), f"{command}: {sub!r} is not one of {{{choices.group(1)}}}"
+    sub_help = top if module == "lightreasoner.demo.ship" else _help("-m", module, sub)
+    _check_flags_and_paths(command, sub_help, 3)
+
+
 @pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "diagnose"}))
 def test_documented_diagnose_command_composes_and_validates(command):
     """The diagnostic's own keys are read and checked, then every job composed and validated as
@@ -228,11 +250,14 @@ def test_documented_sweep_script_step_exists(command):
         assert step in steps, f"{command}: {parts[1]} has no step {step!r} (it has {sorted(steps)})"
 
 
-def test_the_readme_config_group_table_lists_every_option_in_conf():
-    """The README's ``Config groups`` table names exactly the options ``conf/`` has (``paper_*``
-    style wildcards are not allowed: a new preset must be listed)."""
-    text = (REPO / "README.md").read_text()
-    table = text.split("### Config groups (`conf/`)", 1)[1].split("\n### ", 1)[0]
+CONFIG_PAGE = REPO / "docs" / "reference" / "config.md"
+
+
+def test_the_config_group_table_lists_every_option_in_conf():
+    """The config reference's ``Config groups`` table names exactly the options ``conf/`` has
+    (``paper_*`` style wildcards are not allowed: a new preset must be listed)."""
+    text = CONFIG_PAGE.read_text()
+    table = text.split("## Config groups", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -246,7 +271,65 @@ def test_the_readme_config_group_table_lists_every_option_in_conf():
             expected |= {p.stem for p in (conf / g).glob("*.yaml")}
         if groups == ["hydra/launcher"]:
             expected.add("basic")  # Hydra's own
-        assert options == expected, f"{group_cell}: README lists {sorted(options)}, conf/ has {sorted(expected)}"
+        assert options == expected, f"{group_cell}: {CONFIG_PAGE.name} lists {sorted(options)}, conf/ has {sorted(expected)}"
     listed = {g for cell in rows for g in re.findall(r"`([\w/]+)`", cell)}
     on_disk = {p.name for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "demo", "paths")} | {"hydra/launcher"}
-    assert on_disk <= listed, f"config groups missing from the README table: {sorted(on_disk - listed)}"
+    assert on_disk <= listed, f"config groups missing from the table in {CONFIG_PAGE}: {sorted(on_disk - listed)}"
+
+
+def _config_keys_hook():
+    spec = importlib.util.spec_from_file_location("lr_docs_config_keys", REPO / "docs" / "hooks" / "config_keys.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_config_key_list_covers_every_key_and_settings_field():
+    """The site's key list (generated at build time by docs/hooks/config_keys.py) names every key
+    of every group's default file and every field of the settings classes it reads, and the page
+    holds the marker the hook replaces."""
+    hook = _config_keys_hook()
+    assert hook.MARKER in CONFIG_PAGE.read_text()
+    page = hook.render()
+    listed = set(re.findall(r"^- `([^`]+)`", page, re.M))
+    defaults = hook.train_defaults()
+    for group_dir in sorted(p for p in (REPO / "conf").iterdir() if p.is_dir() and p.name not in hook.SKIP_GROUPS):
+        option = defaults.get(group_dir.name, "default")
+        _, is_global, keys = hook.read_yaml(group_dir / f"{option}.yaml")
+        for key, value, _ in keys:
+            if value:
+                full = key if is_global else f"{group_dir.name}.{key}"
+                assert full in listed, f"conf/{group_dir.name}/{option}.yaml: {key} is missing from the generated key list"
+    for group, prefixes in hook.SETTINGS.items():
+        for prefix, cls in prefixes.items():
+            fields = hook.fields(cls)
+            assert fields, f"{cls}: not found in lightreasoner/ (the hook's SETTINGS names it)"
+            for name in fields:
+                if name in hook.NOT_KEYS.get((group, cls), set()):
+                    continue
+                key = f"{group}.{prefix}{name}"
+                assert key in listed or any(k.startswith(key + ".") for k in listed), f"{cls}.{name}: {key} is missing"
+    for name, (_, doc) in hook.fields("SelectionSettings").items():  # the field docs are what the page says
+        assert hook._prose(doc)[:60] in page, name
+    assert "- `diagnose.problems`" in page
+
+
+def test_the_layout_page_matches_the_floors():
+    """docs/reference/layout.md lists every subpackage with the floor tests/test_layout.py gives it."""
+    spec = importlib.util.spec_from_file_location("lr_test_layout_floors", REPO / "tests" / "test_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (REPO / "docs" / "reference" / "layout.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+) \|", text, re.M))
+    assert {k: int(v) for k, v in rows.items()} == module.FLOORS
+    on_disk = {p.name for p in (REPO / "lightreasoner").iterdir() if (p / "__init__.py").is_file()}
+    assert on_disk == set(rows), f"subpackages on disk {sorted(on_disk)}, on the page {sorted(rows)}"
+
+
+def test_the_readmes_relative_links_exist():
+    """The README is read on the repository, not in the site: its relative links name files that exist."""
+    for doc in (REPO / "README.md", REPO / "sweeps" / "README.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)}: link to {target} does not exist"
