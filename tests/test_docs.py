@@ -9,6 +9,7 @@ sweeps/README.md and docs/ is checked here, or named in :data:`NOT_RUN_HERE` wit
   command's ``--help`` lists, and every path that is not a placeholder exists.
 - ``python -m lightreasoner.run.cache_bundle`` / ``python -m lightreasoner.demo.ship``: the
   subcommand exists and every ``--flag`` is one its ``--help`` lists.
+- ``python docs/.../X.py ...``: a results page's figure script exists, and so do the files it is given.
 - ``bash sweeps/X.sh step``: the script exists and has that step.
 - set-up lines (pip, pytest, apt-get, export, wandb, the offline-models tool): their kind is listed
   in :data:`SETUP` (they change the machine, or are the suite itself).
@@ -106,6 +107,8 @@ def _kind(command: str) -> str:
         return "diagnose"
     if command.startswith(tuple(f"python -m {m}" for m in MODULE_COMMANDS)):
         return "module"
+    if re.match(r"^python docs/\S+\.py\b", command):
+        return "docs_script"
     return "unknown"
 
 
@@ -225,6 +228,17 @@ def test_documented_module_command_uses_a_real_subcommand_and_options(command):
     assert sub in choices.group(1).split(","), f"{command}: {sub!r} is not one of {{{choices.group(1)}}}"
     sub_help = top if module == "lightreasoner.demo.ship" else _help("-m", module, sub)
     _check_flags_and_paths(command, sub_help, 3)
+
+
+@pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "docs_script"}))
+def test_documented_results_script_and_its_files_exist(command):
+    """``python docs/.../script.py FILE ...`` (a results page's figure script): the script exists,
+    and every path it is given is a file there or an output in a directory that exists."""
+    args = shlex.split(command)[1:]
+    assert (REPO / args[0]).is_file(), command
+    for arg in args[1:]:
+        if "/" in arg and not arg.startswith("-"):
+            assert (REPO / arg).exists() or (REPO / arg).parent.is_dir(), f"{command}: {arg} does not exist"
 
 
 @pytest.mark.parametrize("command", sorted({cmd for _, cmd in COMMANDS if _kind(cmd) == "diagnose"}))
