@@ -3,7 +3,7 @@
 ``python -m lightreasoner.run.diagnose`` scores N reference solutions with the sampler's own
 scoring (one forward pass per reference per model, batched, then the candidates, KL and labels
 of every position). Its cost floor is the two models' bare forward passes over the same token
-batches. This script times both, side by side in one process on the same loaded models,
+batches, with next-token logits at the reference's positions only (``logits_to_keep``). This script times both, side by side in one process on the same loaded models,
 alternating the order each repeat, and prints the ratio (diagnostic / floor)::
 
     python bench/diagnose.py                       # the demo pair (shipped), 100 references
@@ -42,7 +42,8 @@ def compose(overrides: list[str]):
 
 
 def floor_batches(sampler, problems, references, batch_size: int, system_prompt):
-    """The token batches the diagnostic scores (prompt + reference + end of sequence), left-padded."""
+    """The token batches the diagnostic scores (prompt + reference + end of sequence), left-padded,
+    each with the number of final positions whose next-token logits it scores (the reference's)."""
     import torch
 
     from lightreasoner.data.prompts import encode_prompts
@@ -50,14 +51,15 @@ def floor_batches(sampler, problems, references, batch_size: int, system_prompt)
     tok = sampler.tokenizer
     eos = tok.eos_token_id if tok.eos_token_id is not None else sampler.engine.eos_token_ids[0]
     prompts = encode_prompts(tok, [p.question for p in problems], system_prompt)
-    rows = [p + tok(r, add_special_tokens=False)["input_ids"] + [int(eos)] for p, r in zip(prompts, references)]
+    refs = [tok(r, add_special_tokens=False)["input_ids"] + [int(eos)] for r in references]
+    rows = [p + r for p, r in zip(prompts, refs)]
     batches = []
     for a in range(0, len(rows), batch_size):
         chunk = rows[a : a + batch_size]
         width = max(len(r) for r in chunk)
         ids = torch.tensor([[int(eos)] * (width - len(r)) + r for r in chunk], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], dtype=torch.long)
-        batches.append((ids, mask))
+        batches.append((ids, mask, max(len(r) for r in refs[a : a + batch_size]) + 1))
     return batches
 
 
@@ -66,10 +68,11 @@ def bare_forward(sampler, batches) -> float:
 
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for ids, mask in batches:
+        for ids, mask, keep in batches:
             for model in (sampler.expert_model, sampler.amateur_model):
                 device = next(model.parameters()).device
-                model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().sum().item()
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep, use_cache=False)
+                out.logits.float().sum().item()
     return time.perf_counter() - t0
 
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     problems, references = training_references(cfg.dataset, args.n, int(cfg.seed))
     sampler, sampling, _, _ = forced_sampler(cfg)
     batches = floor_batches(sampler, problems, references, args.batch_size, sampling.system_prompt)
-    tokens = sum(int(m.sum()) for _, m in batches)
+    tokens = sum(int(m.sum()) for _, m, _ in batches)
 
     diag, floor = [], []
     for i in range(args.repeat):
