@@ -23,11 +23,10 @@ from lightreasoner.eval.drift import (
     DriftGuard,
     DriftSettings,
     HeldOut,
-    gold_solutions,
-    heldout_problems,
     solution_perplexity,
     trace_drift,
 )
+from lightreasoner.run.heldout import gold_solutions, heldout_problems
 from lightreasoner.run.summary import print_summary
 from lightreasoner.data.records import Problem
 from lightreasoner.models.tiny import build_char_tokenizer, build_tiny_model

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lightreasoner.data.records import RunState
-from lightreasoner.eval.drift import build_drift_guard
+from lightreasoner.run.heldout import build_drift_guard
 from lightreasoner.eval.evaluate import evaluate
 from lightreasoner.eval.tables import log_report
 from lightreasoner.methods import EVAL_ENTRIES, Method, TrainingData
