@@ -227,6 +227,49 @@ def test_lora_adapter_directory(tiny_dirs, data_dir, tmp_path):
     assert [e.token_ids for e in expect] != [b.token_ids for b in base_out]  # the adapter is really applied
 
 
+def test_model_references_their_records_identities_and_engines(tiny_dirs, tmp_path):
+    """Each kind of reference: its JSON form in the report (keys in this order), the identity the
+    shared store's key is computed from, the engine in its record, the base it was trained from."""
+    from peft import LoraConfig, get_peft_model
+
+    from lightreasoner.models.spec import load_model
+    from lightreasoner.training.checkpoints import merge_adapter, save_adapter
+    from lightreasoner.training.reference import AdapterRef, ContrastivePair, MergedRef, SpecRef, resolve_model_ref
+
+    spec = ModelSpec(name_or_path=tiny_dirs["base"])
+    adapter = save_adapter(get_peft_model(load_model(spec), LoraConfig(r=2, target_modules=["q_proj"])), tmp_path / "adapter", spec, "k")
+    merged = merge_adapter(adapter, tmp_path / "merged")
+    other = ModelSpec(name_or_path=tiny_dirs["other_template"])
+    configured = {"engine": "vllm", "dtype": "bfloat16"}
+
+    ref = resolve_model_ref(spec.to_dict())
+    assert isinstance(ref, SpecRef) and resolve_model_ref(tiny_dirs["base"]) == ref and ref.base is None
+    assert list(ref.to_dict().items()) == [("kind", "spec"), ("spec", spec.to_dict()), ("base", None), ("path", None)]
+    assert ref.identity() == spec.identity() and ref.engine_key(None) == {"engine": "hf", "dtype": "the model's"}
+    assert ref.engine_key(configured) == configured
+    assert resolve_model_ref("owner/model").to_dict()["spec"]["name_or_path"] == "owner/model"  # a hub name, read nowhere
+
+    ref = resolve_model_ref(str(adapter))
+    assert isinstance(ref, AdapterRef) and ref.base == spec
+    assert list(ref.to_dict().items()) == [("kind", "lora_adapter"), ("spec", None), ("base", spec.to_dict()), ("path", str(adapter.resolve()))]
+    assert ref.identity() == {"adapter": ModelSpec(name_or_path=str(adapter)).identity(), "base": spec.identity()}
+    assert ref.load_tokenizer("tuned").get_vocab() == SpecRef(spec).load_tokenizer("base").get_vocab()  # the adapter's copy
+    with pytest.raises(ValueError, match=r"^tuned: generation=vllm evaluates whole checkpoints, not a LoRA adapter; evaluate the merged"):
+        ref.load_engine("tuned", None, {"_target_": "lightreasoner.generation.vllm.VLLMEngine"})
+
+    ref = resolve_model_ref(str(merged))
+    as_spec = ModelSpec(name_or_path=str(merged.resolve()), dtype=spec.dtype, device=spec.device)
+    assert isinstance(ref, MergedRef) and ref.base == spec and ref.spec == as_spec and ref.identity() == as_spec.identity()
+    assert list(ref.to_dict()) == ["kind", "spec", "base", "path"] and ref.to_dict()["kind"] == "merged"
+
+    pair = ContrastivePair(spec, other, 0.1)
+    assert resolve_model_ref(pair) is pair and pair.base is None
+    assert list(pair.to_dict().items()) == [("kind", "contrastive_decoding"), ("spec", spec.to_dict()), ("amateur", other.to_dict()),
+                                            ("alpha", 0.1), ("base", None), ("path", None)]
+    assert pair.identity() == {"expert": spec.identity(), "amateur": other.identity(), "alpha": 0.1}
+    assert pair.engine_key(configured) == {"engine": "contrastive_decoding", "alpha": 0.1}
+
+
 def test_log_report(tmp_path):
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from lightreasoner.data.benchmarks import dataset_identity, known_datasets, load_problems
-from lightreasoner.training.checkpoints import CONTRASTIVE, load_ref_engine, load_ref_tokenizer, model_identity, resolve_model_ref
+from lightreasoner.training.reference import ModelRef, resolve_model_ref
 from lightreasoner.core.config import settings_from_cfg, to_plain
 from lightreasoner.eval.results import SharedResults, check_settings, read_rows
 from lightreasoner.eval.scoring import rescore_rows, score_output
@@ -205,7 +205,7 @@ class ModelPlan:
     runs and released after them."""
 
     name: str
-    info: dict
+    ref: ModelRef
     tokenizer: Any
     stop_ids: list[int]
     record: dict
@@ -218,7 +218,7 @@ class ModelPlan:
 
     def load_engine(self, generation: Mapping | None):
         if self.engine is None:
-            self.engine = load_ref_engine(self.info, self.what, self.tokenizer, generation)
+            self.engine = self.ref.load_engine(self.what, self.tokenizer, generation)
             self.engine.eos_token_ids = sorted(set(self.engine.eos_token_ids) | set(self.stop_ids))
         return self.engine
 
@@ -296,19 +296,18 @@ def plan_model(plan: EvalPlan, entry: dict) -> ModelPlan:
     whose pair and alpha are in the model identity, and compared with the others as such."""
     settings, system, template = plan.settings, plan.settings.system, plan.settings.prompt_template
     name = str(entry["name"])
-    info = resolve_model_ref(entry["ref"])
-    tokenizer = load_ref_tokenizer(info, f"eval.models[{name}]")
+    ref = resolve_model_ref(entry["ref"])
+    tokenizer = ref.load_tokenizer(f"eval.models[{name}]")
     fingerprint = template_fingerprint(tokenizer, system or None, template)
     vocab = tokenizer.get_vocab()
     stop_ids = sorted({int(vocab[t]) for t in settings.stop_tokens if t in vocab})
     record = {
-        **info,
-        "identity": model_identity(info),
+        **ref.to_dict(),
+        "identity": ref.identity(),
         "template_fingerprint": fingerprint,
         "prompt_example": chat_prompt(tokenizer, "<<QUESTION>>", system or None, template),
         "stop_token_ids": stop_ids,
-        "engine": {"engine": CONTRASTIVE, "alpha": info["alpha"]} if info["kind"] == CONTRASTIVE
-        else plan.engine_key or {"engine": "hf", "dtype": "the model's"},
+        "engine": ref.engine_key(plan.engine_key),
     }
     runs = []
     for bname, b in plan.benchmarks.items():
@@ -328,7 +327,7 @@ def plan_model(plan: EvalPlan, entry: dict) -> ModelPlan:
             "stop_token_ids": stop_ids,
         }
         runs.append(RunPlan(b, run_settings, plan.out_dir / _safe(name) / f"{bname}.jsonl"))
-    return ModelPlan(name, info, tokenizer, stop_ids, record, runs)
+    return ModelPlan(name, ref, tokenizer, stop_ids, record, runs)
 
 
 def evaluate_run(plan: EvalPlan, model: ModelPlan, run: RunPlan, progress: bool = True) -> dict:
@@ -462,7 +461,8 @@ def evaluate(
 ) -> dict:
     """Evaluate every model on every benchmark; write per-problem JSONL and the report.
 
-    ``models``: ``[{"name": str, "ref": ModelSpec dict | adapter/merged/model dir | hub name}]``.
+    ``models``: ``[{"name": str, "ref": ModelRef | ModelSpec dict | adapter/merged/model dir | hub name}]``
+    (:func:`~lightreasoner.training.reference.resolve_model_ref`).
     ``benchmarks``: dataset configs (``conf/dataset/*.yaml`` keys, paths resolved).
     ``eval_cfg``: the ``eval`` group (:class:`EvalSettings`; ``benchmarks``/``models`` there are
     the pipeline's, the arguments here are what runs). ``generation``: the ``generation`` config

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lightreasoner.models.spec import pair_specs
+from lightreasoner.training.reference import ContrastivePair
 
 from .base import Method
 
@@ -22,7 +23,7 @@ def contrastive_ref(cfg: Any, alpha: float | None = None) -> dict:
     (default ``selection.alpha``)."""
     expert, amateur = pair_specs(cfg)
     a = float(cfg.selection.alpha if alpha is None else alpha)
-    return {"name": EVAL_NAME, "ref": {EVAL_NAME: {"expert": expert.to_dict(), "amateur": amateur.to_dict(), "alpha": a}}}
+    return {"name": EVAL_NAME, "ref": ContrastivePair(expert, amateur, a)}
 
 
 @dataclass

@@ -284,19 +284,18 @@ def _same_model(a: dict, b: dict) -> bool:
 def check_tuned(cfg: DictConfig) -> None:
     """``tuned=``: an existing adapter or merged directory (or a hub id) whose base model is this
     run's expert, so ``base`` and ``tuned`` compare the same model before and after."""
-    from lightreasoner.training.checkpoints import resolve_model_ref
-    from lightreasoner.models.spec import ModelSpec
+    from lightreasoner.training.reference import resolve_model_ref
 
     tuned = cfg.get("tuned")
     if tuned is None:
         return
-    info = resolve_model_ref(str(tuned))
-    if info["kind"] == "spec":
-        ModelSpec.from_any(info["spec"]).check("tuned")
+    ref = resolve_model_ref(str(tuned))
+    ref.check("tuned")
+    if ref.base is None:
         return
-    base = info.get("base") or {}
+    base = ref.base.to_dict()
     expert = {"name_or_path": str(demo_expert_dir(cfg))} if is_demo_pair(cfg) else to_plain(cfg.model_pair.expert)
-    if base and not _same_model(base, expert):
+    if not _same_model(base, expert):
         shown = lambda s: f"{s.get('name_or_path')}{'/' + s['gguf_file'] if s.get('gguf_file') else ''}"  # noqa: E731
         raise ValueError(
             f"tuned: {tuned} was trained on {shown(base)}, but this run's expert (model_pair.expert) is {shown(expert)}; "

@@ -1,11 +1,9 @@
-"""Checkpoints on disk and the references that name them.
+"""Checkpoints on disk: LoRA adapters and merged models.
 
-A *model reference* (an ``eval.models`` entry, ``tuned=...``) is a ``ModelSpec`` mapping, a plain
-local directory or hub name, a LoRA adapter directory or a merged-model directory; the last two
-carry a ``lightreasoner.json`` (:data:`META_FILE`) with the full base spec.
-:func:`resolve_model_ref` says which, :func:`load_ref_model` / :func:`load_ref_tokenizer` load
-it. Adapters are saved with their base spec and sample key (:func:`save_adapter`), reloaded
-alone (:func:`load_adapted_model`) and merged into a standalone full-precision model
+An adapter or merged-model directory carries a ``lightreasoner.json`` (:data:`META_FILE`) with the
+full base spec (a model reference naming one is resolved by :mod:`.reference`). Adapters are
+saved with their base spec and sample key (:func:`save_adapter`), reloaded alone
+(:func:`load_adapted_model`) and merged into a standalone full-precision model
 (:func:`merge_adapter`); every directory is written into a temporary sibling and renamed into
 place, so a failure leaves nothing half-written.
 """
@@ -13,11 +11,9 @@ place, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -28,9 +24,6 @@ from lightreasoner.models.spec import ModelSpec
 
 META_FILE = "lightreasoner.json"
 """The metadata file of an adapter or merged-model directory."""
-
-CONTRASTIVE = "contrastive_decoding"
-"""The key of a contrastive-decoding model reference."""
 
 
 def _lora_summary(peft_model) -> dict:
@@ -153,99 +146,3 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, device: str = "c
         atomic_write_json(tmp / META_FILE, out_meta)
 
     return atomic_dir(Path(out_dir), write)
-
-
-def resolve_model_ref(ref: Any) -> dict:
-    """What a model entry's ``ref`` points at.
-
-    Returns ``{"kind", "spec", "base", "path"}``: ``kind`` is ``spec`` (a ModelSpec dict or a
-    plain dir/hub name, loaded with ``models.load_model``), ``lora_adapter`` (a dir whose
-    ``lightreasoner.json`` says so; ``base`` = its saved base spec) or ``merged`` (loaded as
-    a local ModelSpec at the base spec's dtype and device), or ``contrastive_decoding`` (a
-    mapping ``{"contrastive_decoding": {"expert", "amateur", "alpha"}}``: the pair decoding
-    contrastively; ``spec`` = the expert, ``amateur`` and ``alpha`` beside it).
-    """
-    if isinstance(ref, Mapping) and CONTRASTIVE in ref:
-        cd = dict(ref[CONTRASTIVE])
-        expert, amateur = ModelSpec.from_any(cd["expert"]), ModelSpec.from_any(cd["amateur"])
-        return {"kind": CONTRASTIVE, "spec": expert.to_dict(), "amateur": amateur.to_dict(), "alpha": float(cd["alpha"]), "base": None, "path": None}
-    if isinstance(ref, (ModelSpec, Mapping)) or hasattr(ref, "items"):
-        spec = ModelSpec.from_any(dict(ref) if not isinstance(ref, ModelSpec) else ref)
-        return {"kind": "spec", "spec": spec.to_dict(), "base": None, "path": None}
-    ref = str(ref)
-    path = Path(os.path.expanduser(ref))
-    meta_path = path / META_FILE
-    if path.is_dir() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        kind = meta.get("kind")
-        base = ModelSpec.from_any(meta["base"]).to_dict() if meta.get("base") else None
-        if kind == "lora_adapter":
-            if base is None:
-                raise ValueError(f"{meta_path}: a lora_adapter needs its 'base' model spec")
-            return {"kind": "lora_adapter", "spec": None, "base": base, "path": str(path.resolve())}
-        if kind == "merged" and base is not None:
-            spec = ModelSpec(
-                name_or_path=str(path.resolve()),
-                dtype=base["dtype"],
-                device=base["device"],
-                trust_remote_code=base["trust_remote_code"],
-            )
-            return {"kind": "merged", "spec": spec.to_dict(), "base": base, "path": str(path.resolve())}
-    name = str(path.resolve()) if path.exists() else ref
-    return {"kind": "spec", "spec": ModelSpec(name_or_path=name).to_dict(), "base": None, "path": None}
-
-
-def model_identity(info: dict) -> dict:
-    """Identity of a resolved model (file fingerprints or hub name + revision), for settings."""
-    if info["kind"] == "lora_adapter":
-        return {
-            "adapter": ModelSpec(name_or_path=info["path"]).identity(),
-            "base": ModelSpec.from_any(info["base"]).identity(),
-        }
-    if info["kind"] == CONTRASTIVE:
-        return {
-            "expert": ModelSpec.from_any(info["spec"]).identity(),
-            "amateur": ModelSpec.from_any(info["amateur"]).identity(),
-            "alpha": info["alpha"],
-        }
-    return ModelSpec.from_any(info["spec"]).identity()
-
-
-def load_ref_tokenizer(info: dict, what: str):
-    """The tokenizer of a resolved model reference (an adapter's own copy, else its base's)."""
-    if info["kind"] == "lora_adapter":
-        adapter = Path(info["path"])
-        source = ModelSpec(name_or_path=str(adapter)) if (adapter / "tokenizer_config.json").is_file() else ModelSpec.from_any(info["base"])
-        return models.load_tokenizer(source, what)
-    return models.load_tokenizer(ModelSpec.from_any(info["spec"]), what)
-
-
-def load_ref_model(info: dict, what: str):
-    """The model of a resolved model reference (an adapter attached to its rebuilt base; the
-    expert of a contrastive-decoding pair)."""
-    if info["kind"] == "lora_adapter":
-        model, _ = load_adapted_model(info["path"], device=None)
-        return model
-    return models.load_model(ModelSpec.from_any(info["spec"]), what)
-
-
-def load_ref_engine(info: dict, what: str, tokenizer, generation: Mapping | None = None):
-    """The generation engine that evaluates a resolved model reference: the configured engine
-    (``generation``) on its model, or the contrastive-decoding engine on its pair."""
-    from lightreasoner.generation import build_engine, engine_class
-
-    if info["kind"] == CONTRASTIVE:
-        from lightreasoner.generation.contrastive import ContrastiveDecodingEngine
-
-        amateur_spec = ModelSpec.from_any(info["amateur"])
-        models.check_pair_tokenizers(
-            tokenizer, models.load_tokenizer(amateur_spec, what), ModelSpec.from_any(info["spec"]).display_name(), amateur_spec.display_name()
-        )
-        amateur = models.load_model(amateur_spec, what)
-        return ContrastiveDecodingEngine(load_ref_model(info, what), tokenizer, amateur=amateur, alpha=info["alpha"])
-    if info["kind"] == "lora_adapter" and engine_class(generation).loads_own_weights:
-        raise ValueError(
-            f"{what}: generation={engine_class(generation).name} evaluates whole checkpoints, not a LoRA adapter; "
-            "evaluate the merged directory (distill.merge=true writes it)"
-        )
-    return build_engine(generation, lambda: load_ref_model(info, what), tokenizer, spec=info.get("spec"))
