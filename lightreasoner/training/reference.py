@@ -40,8 +40,8 @@ class ModelRef(ABC):
 
     @property
     def base(self) -> ModelSpec | None:
-        """The checkpoint it was trained from (an adapter's or a merged model's), else None."""
-        return None
+        """The checkpoint it was trained from (an adapter's or a merged model's ``trained_from``), else None."""
+        return getattr(self, "trained_from", None)
 
     @abstractmethod
     def to_dict(self) -> dict:
@@ -122,10 +122,6 @@ class MergedRef(_Checkpoint):
     trained_from: ModelSpec
     path: str
 
-    @property
-    def base(self) -> ModelSpec:
-        return self.trained_from
-
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": self.spec.to_dict(), "base": self.trained_from.to_dict(), "path": self.path}
 
@@ -137,10 +133,6 @@ class AdapterRef(ModelRef):
     kind: ClassVar[str] = "lora_adapter"
     trained_from: ModelSpec
     path: str
-
-    @property
-    def base(self) -> ModelSpec:
-        return self.trained_from
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": None, "base": self.trained_from.to_dict(), "path": self.path}
