@@ -6,7 +6,8 @@
 # evaluations from their per-problem records; the untuned models' rows live in the shared
 # evaluation store (eval.cache), so later steps reuse them.
 #   bash sweeps/coder_study.sh [STEP...]   # steps: budget untuned lightreasoner sft math500 report (default: all, in this order)
-#   (bundle / restore: carry finished runs and their caches to a fresh session through the repository)
+#   (bundle / restore: carry finished runs and their caches to another machine or session in a local,
+#    git-ignored folder, docs/results/coder_study_records/bundle/: copy it beside the checkout yourself)
 #   (lr_sample: LightReasoner's sampling alone, into the shared trace cache that `lightreasoner` then reads)
 #   (efficiency: both methods' sampling and fine-tune timed side by side on this machine, on a subset)
 # On a CPU, run it with the Python that has vLLM (README, "Generation engines"), e.g.
@@ -77,10 +78,10 @@ for step in $STEPS; do
         done
       fi ;;
     bundle)   # carry the finished runs and the caches they read (traces, SFT solutions, shared
-              # evaluation rows; no checkpoints or merged weights) into the repository
+              # evaluation rows; no checkpoints or merged weights) into a git-ignored folder
       runs=$(for r in lightreasoner sft math500_lightreasoner math500_sft; do if [ -d outputs/coder_study/$r/.hydra ]; then echo outputs/coder_study/$r; fi; done)
       $PY -m lightreasoner.run.cache_bundle export $runs --to docs/results/coder_study_records/bundle ;;
-    restore)  # in a fresh session: put the committed bundle back, then rerun any step to resume from it
+    restore)  # in a fresh session, after copying a bundle there: put it back, then rerun any step to resume from it
       $PY -m lightreasoner.run.cache_bundle import docs/results/coder_study_records/bundle ;;
     *) echo "unknown step '$step' (expected: budget untuned lr_sample lightreasoner sft math500 efficiency report bundle restore)" >&2; exit 2 ;;
   esac
