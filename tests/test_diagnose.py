@@ -12,16 +12,8 @@ import pytest
 import torch
 
 from lightreasoner.core import contrast
-from lightreasoner.run.diagnose import (
-    DiagnoseSettings,
-    advantage,
-    bootstrap_advantage,
-    main,
-    position_stats,
-    reference_positions,
-    reference_text,
-    split_diagnose_args,
-)
+from lightreasoner.eval.diagnostics import advantage, bootstrap_advantage, position_stats, reference_positions
+from lightreasoner.run.diagnose import DiagnoseSettings, main, reference_text, split_diagnose_args
 from lightreasoner.eval.stats import mcnemar_exact_p, wilson_interval
 from lightreasoner.data.records import Problem
 from lightreasoner.selection.select import SelectionSettings

@@ -22,10 +22,10 @@ expert's pick (argmax pE over the stored candidates, i.e. over the shared ids) a
 pick (argmax of ``selection.target``'s label, ``gamma``/``tau``/``top_k`` as configured); the kept
 positions are :func:`lightreasoner.selection.select.select`'s (any registered rule).
 
-Reported over all scored positions and over the kept ones (:func:`position_stats`): kept
+Reported over all scored positions and over the kept ones (:func:`lightreasoner.eval.diagnostics.position_stats`): kept
 fraction, KL quantiles, how often each pick is the reference token, and at **flips** (the picks
 differ) the **contrast advantage** = (contrast right - expert right) / flips, with two 95%
-intervals (:func:`advantage`): Wilson on the signed outcome among the decisive flips (those where
+intervals (:func:`~lightreasoner.eval.diagnostics.advantage`): Wilson on the signed outcome among the decisive flips (those where
 one of the two picks is right; positions treated as independent), scaled by the decisive share,
 and a bootstrap over references (positions of one reference resampled together). The same split
 by the reference token's class (:func:`lightreasoner.selection.select.token_class`). Beside them: the
@@ -36,7 +36,7 @@ the expert against contrastive decoding at the same alpha on the same N problems
 
 Written per pair: ``diagnose.json`` (the report) and ``diagnose.md`` in the output directory;
 with ``logger=wandb`` one W&B run (job_type ``diagnose``) whose summary holds the flat
-``diagnose/...`` keys of :func:`diagnose_metrics` (:func:`log_report`; ``logger=csv``: the same
+``diagnose/...`` keys of :func:`lightreasoner.analysis.diagnose_report.diagnose_metrics` (:func:`log_report`; ``logger=csv``: the same
 keys as one row of ``logs/version_*/metrics.csv``). ``python -m lightreasoner.analysis.report`` finds the
 ``diagnose.json`` files under its paths and adds their "Pair diagnostic" table to the report.
 
@@ -58,11 +58,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightreasoner.analysis.diagnose_report import diagnose_metrics, markdown, print_report
+from lightreasoner.eval.diagnostics import position_stats, reference_positions
+
 log = logging.getLogger("lightreasoner.run.diagnose")
 
-KL_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 0
 ANNOTATION = re.compile(r"<<[^<>]*>>")
 """GSM8K's calculator annotations (``<<48/2=24>>``)."""
 
@@ -200,151 +200,6 @@ def score_references(sampler, problems, references: Sequence[str], batch_size: i
         records.extend(sampler.score_batch(batch))
         log.info("diagnose: scored %d of %d references", b, len(problems))
     return records
-
-
-# ----------------------------------------------------------------------------- per position
-@dataclass
-class Positions:
-    """Every scored reference position (parallel lists)."""
-
-    problem: list[int]
-    """Index of the reference."""
-    step: list[int]
-    kl: list[float]
-    reference: list[int]
-    """The reference token."""
-    expert: list[int]
-    """argmax pE over the stored candidates."""
-    contrast: list[int]
-    """argmax of the configured label over the plausible set."""
-    kept: list[bool]
-    token_class: list[str]
-    unscored: int = 0
-    """Positions with no plausible stored candidate (a cross-tokenizer pair's unaligned steps)."""
-
-
-def reference_positions(records: Sequence[Mapping], sel, tokenizer, seed: int = 0) -> Positions:
-    """Picks and selection at every position of scored references (``sel``: resolved
-    :class:`~lightreasoner.selection.select.SelectionSettings`)."""
-    from lightreasoner.selection.select import _label, answer_span_starts, select, token_class
-
-    spans = answer_span_starts(records, tokenizer) if sel.rule == "answer_span" else None
-    verified = {str(r["problem_id"]): True for r in records}  # a reference solution is right by construction
-    samples = select(records, seed=seed, selector=sel, verified=verified, span_starts=spans)
-    kept = {(s.problem_id, int(t)) for s in samples for t in s.steps.tolist()}
-    out = Positions([], [], [], [], [], [], [], [])
-    for i, rec in enumerate(records):
-        off, ids, lpe = rec["cand_offsets"], rec["cand_ids"], rec["cand_logp_e"]
-        pid = str(rec["problem_id"])
-        for t in range(int(rec["kl"].numel())):
-            a, b = int(off[t]), int(off[t + 1])
-            label_ids, w = _label(rec, t, sel.alpha, sel.target, sel.tau, sel.top_k, getattr(sel, "gamma", 1.0)) if b > a else ([], [])
-            if len(w) == 0:
-                out.unscored += 1
-                continue
-            tok = int(rec["trace_ids"][t])
-            out.problem.append(i)
-            out.step.append(t)
-            out.kl.append(float(rec["kl"][t]))
-            out.reference.append(tok)
-            out.expert.append(int(ids[a:b][int(lpe[a:b].argmax())]))
-            out.contrast.append(int(label_ids[int(w.argmax())]))
-            out.kept.append((pid, t) in kept)
-            out.token_class.append(token_class(tokenizer.decode([tok])))
-    return out
-
-
-# ----------------------------------------------------------------------------- statistics
-def advantage(contrast_right: int, expert_right: int, flips: int) -> dict:
-    """The contrast advantage ``(c - e) / F`` at ``F`` flips with its 95% interval.
-
-    The signed outcome of a flip is +1 (the contrast's pick is the reference), -1 (the expert's
-    is) or 0 (neither). Among the ``D = c + e`` decisive flips the share ``c / D`` is binomial;
-    its Wilson interval ``[lo, hi]`` maps to ``(D / F) * (2 lo - 1, 2 hi - 1)`` (conditional on
-    ``D``; positions treated as independent). ``sign_test_p``: exact two-sided sign test of
-    ``c`` against ``e`` (McNemar's)."""
-    from lightreasoner.eval.stats import mcnemar_exact_p, wilson_interval
-
-    c, e, f = int(contrast_right), int(expert_right), int(flips)
-    if c + e > f:
-        raise ValueError(f"advantage: {c} + {e} decisive flips exceed {f} flips")
-    if f == 0:
-        return {"flips": 0, "contrast_right": 0, "expert_right": 0, "advantage": None, "ci95": None, "sign_test_p": 1.0}
-    d = c + e
-    lo, hi = wilson_interval(c, d)
-    scale = d / f
-    ci = [scale * (2 * lo - 1), scale * (2 * hi - 1)] if d else [0.0, 0.0]
-    return {"flips": f, "contrast_right": c, "expert_right": e, "advantage": (c - e) / f, "ci95": ci,
-            "sign_test_p": mcnemar_exact_p(c, e)}
-
-
-def bootstrap_advantage(per_reference: Sequence[tuple[int, int, int]], samples: int = BOOTSTRAP_SAMPLES,
-                        seed: int = BOOTSTRAP_SEED) -> list[float] | None:
-    """95% percentile interval of ``sum(c - e) / sum(F)`` with references resampled (each
-    reference's ``(c, e, F)`` together: positions of one solution are not independent)."""
-    import numpy as np
-
-    arr = np.asarray(per_reference, dtype=np.float64).reshape(-1, 3)
-    if not len(arr) or arr[:, 2].sum() == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(arr), size=(samples, len(arr)))
-    s = arr[idx].sum(axis=1)  # [samples, 3]
-    ok = s[:, 2] > 0
-    vals = (s[ok, 0] - s[ok, 1]) / s[ok, 2]
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
-def _block(pos: Positions, idx: list[int], n_refs: int) -> dict:
-    import numpy as np
-
-    from lightreasoner.selection.select import TOKEN_CLASSES
-
-    def counts(ii):
-        flips = [i for i in ii if pos.expert[i] != pos.contrast[i]]
-        c = sum(pos.contrast[i] == pos.reference[i] for i in flips)
-        e = sum(pos.expert[i] == pos.reference[i] for i in flips)
-        return flips, c, e
-
-    flips, c, e = counts(idx)
-    n = len(idx)
-    kl = np.asarray([pos.kl[i] for i in idx], dtype=np.float64)
-    kl = kl[np.isfinite(kl)]
-    per_ref = np.zeros((n_refs, 3))
-    for i in flips:
-        per_ref[pos.problem[i]] += (pos.contrast[i] == pos.reference[i], pos.expert[i] == pos.reference[i], 1)
-    adv = advantage(c, e, len(flips))
-    adv["ci95_bootstrap_by_reference"] = bootstrap_advantage(per_ref.tolist())
-    by_class = {}
-    for cls in TOKEN_CLASSES:
-        ii = [i for i in idx if pos.token_class[i] == cls]
-        f_c, c_c, e_c = counts(ii)
-        by_class[cls] = {"positions": len(ii), **advantage(c_c, e_c, len(f_c))}
-    return {
-        "positions": n,
-        "kl_mean": float(kl.mean()) if kl.size else None,
-        "kl_quantiles": {str(q): float(np.quantile(kl, q)) for q in KL_QUANTILES} if kl.size else {},
-        "expert_is_reference": sum(pos.expert[i] == pos.reference[i] for i in idx) / n if n else None,
-        "contrast_is_reference": sum(pos.contrast[i] == pos.reference[i] for i in idx) / n if n else None,
-        "flip_rate": len(flips) / n if n else None,
-        **adv,
-        "by_class": by_class,
-    }
-
-
-def position_stats(pos: Positions, n_refs: int) -> dict:
-    """The report over all scored positions and over the kept ones."""
-    every = list(range(len(pos.reference)))
-    kept = [i for i in every if pos.kept[i]]
-    return {
-        "scored_positions": len(every),
-        "unscored_positions": pos.unscored,
-        "kept_positions": len(kept),
-        "kept_fraction": len(kept) / len(every) if every else 0.0,
-        "all": _block(pos, every, n_refs),
-        "kept": _block(pos, kept, n_refs),
-    }
 
 
 # ----------------------------------------------------------------------------- beside the references
@@ -554,74 +409,6 @@ def run(cfg, settings: DiagnoseSettings) -> dict:
 
 
 # ----------------------------------------------------------------------------- logger (W&B summary)
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _interval(out: dict, key: str, ci) -> None:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(v) for v in ci):
-        out[f"{key}_lo"], out[f"{key}_hi"] = float(ci[0]), float(ci[1])
-
-
-SCOPE_METRICS = ("positions", "flips", "flip_rate", "contrast_right", "expert_right", "expert_is_reference",
-                 "contrast_is_reference", "advantage", "sign_test_p", "kl_mean")
-"""The fields of a scope block (:func:`_block`) logged as ``diagnose/<scope>/<field>``."""
-
-
-def diagnose_metrics(report: Mapping) -> dict:
-    """The report's figures as flat ``diagnose/...`` keys (a W&B run summary): numbers only, and
-    a figure the report does not hold (no flips, no trace cache, no answer level) is left out.
-
-    - ``diagnose/references``, ``reference_tokens``, ``scored_positions``, ``unscored_positions``,
-      ``kept_positions``, ``kept_fraction``;
-    - per scope (``all``: every scored position, ``kept``: the selected ones)
-      ``diagnose/<scope>/`` + :data:`SCOPE_METRICS` (``flip_rate`` = flips / positions, the flip
-      share), ``ci95_lo``/``ci95_hi`` (the advantage's Wilson interval),
-      ``ci95_bootstrap_by_reference_lo``/``_hi`` (its bootstrap over references) and
-      ``kl_p10``, ``kl_p25``, ``kl_p50``, ``kl_p75``, ``kl_p90``;
-    - ``diagnose/on_policy/label_argmax_differs`` (the on-policy flip rate), ``.../traces``,
-      ``.../kept_steps``, when the trace cache exists;
-    - ``diagnose/answer_level/n``, ``expert_accuracy``, ``contrastive_decoding_accuracy``,
-      ``diff`` (contrastive decoding - expert), ``diff_ci95_lo``/``_hi`` (paired bootstrap),
-      ``mcnemar_p``, when the answer level ran;
-    - ``diagnose/wall_s/total`` and ``diagnose/wall_s/<stage>`` (prepare, load,
-      teacher_forcing, statistics, answer_level)."""
-    if not isinstance(report, Mapping) or not isinstance(report.get("kept"), Mapping):
-        raise TypeError("diagnose_metrics: expected a pair diagnostic report (diagnose.json: a mapping with 'kept' and 'all')")
-    out: dict = {}
-    for key in ("references", "reference_tokens", "scored_positions", "unscored_positions", "kept_positions", "kept_fraction"):
-        if _number(report.get(key)):
-            out[f"diagnose/{key}"] = report[key]
-    for scope in ("all", "kept"):
-        b = report.get(scope) or {}
-        for key in SCOPE_METRICS:
-            if _number(b.get(key)):
-                out[f"diagnose/{scope}/{key}"] = b[key]
-        _interval(out, f"diagnose/{scope}/ci95", b.get("ci95"))
-        _interval(out, f"diagnose/{scope}/ci95_bootstrap_by_reference", b.get("ci95_bootstrap_by_reference"))
-        for q, v in (b.get("kl_quantiles") or {}).items():
-            if _number(v):
-                out[f"diagnose/{scope}/kl_p{round(100 * float(q)):02d}"] = v
-    op = report.get("on_policy") or {}
-    if op.get("found"):
-        for key in ("label_argmax_differs", "traces", "kept_steps"):
-            if _number(op.get(key)):
-                out[f"diagnose/on_policy/{key}"] = op[key]
-    a = report.get("answer_level") or {}
-    if "paired" in a:
-        p = a["paired"]
-        out["diagnose/answer_level/n"] = a["n"]
-        for name in ("expert", "contrastive_decoding"):
-            out[f"diagnose/answer_level/{name}_accuracy"] = a[name]["accuracy"]
-        out["diagnose/answer_level/diff"] = p["diff"]
-        _interval(out, "diagnose/answer_level/diff_ci95", p.get("ci95"))
-        out["diagnose/answer_level/mcnemar_p"] = p["mcnemar_p"]
-    for key, v in (report.get("timing") or {}).items():
-        if _number(v):
-            out["diagnose/wall_s/total" if key == "wall_s" else f"diagnose/wall_s/{key.removesuffix('_s')}"] = v
-    return out
-
-
 def log_report(cfg, report: Mapping, out_dir: str | Path, settings: DiagnoseSettings | None = None) -> dict | None:
     """Log the report into the configured ``logger`` (built by :func:`lightreasoner.training.loggers.build_logger`
     with its files under ``out_dir``).
@@ -662,102 +449,6 @@ def log_report(cfg, report: Mapping, out_dir: str | Path, settings: DiagnoseSett
         raise
     finish_logger(logger, None)
     return metrics
-
-
-# ----------------------------------------------------------------------------- tables
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _adv(b: Mapping) -> str:
-    if b.get("advantage") is None:
-        return "-"
-    lo, hi = b["ci95"]
-    return f"{100 * b['advantage']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
-def _boot(b: Mapping) -> str:
-    ci = b.get("ci95_bootstrap_by_reference")
-    return "-" if not ci else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
-
-
-SCOPE_HEADER = ("scope", "positions", "KL p50 / p90", "expert = ref", "contrast = ref", "flips", "contrast right",
-                "expert right", "advantage [Wilson 95%]", "bootstrap by ref")
-
-
-def table_rows(report: Mapping) -> tuple[list[tuple], list[tuple]]:
-    """The scope rows (all, kept) and the per-class rows (kept and all)."""
-    scope = []
-    for name in ("all", "kept"):
-        b = report[name]
-        q = b.get("kl_quantiles") or {}
-        kl = f"{q['0.5']:.3f} / {q['0.9']:.3f}" if q else "-"
-        scope.append((name, str(b["positions"]), kl, _pct(b["expert_is_reference"]), _pct(b["contrast_is_reference"]),
-                      str(b["flips"]), str(b["contrast_right"]), str(b["expert_right"]), _adv(b), _boot(b)))
-    classes = []
-    for name in ("kept", "all"):
-        for cls, c in report[name]["by_class"].items():
-            classes.append((name, cls, str(c["positions"]), str(c["flips"]), str(c["contrast_right"]), str(c["expert_right"]), _adv(c)))
-    return scope, classes
-
-
-CLASS_HEADER = ("scope", "class", "positions", "flips", "contrast right", "expert right", "advantage [Wilson 95%]")
-
-
-def summary_lines(report: Mapping) -> list[str]:
-    sel = report["selection"]
-    m, t = report["machine"], report["timing"]
-    lines = [
-        f"pair {report['pair']} ({report['expert']} / {report['amateur']}), {report['references']} {report['dataset']} "
-        f"{report['split']} references, {report['reference_tokens']} tokens; selection rule={sel['rule']} beta={sel['beta']} "
-        f"alpha={sel['alpha']} target={sel['target']} tau={sel['tau']} gamma={sel.get('gamma', 1.0)}",
-        f"kept fraction {_pct(report['kept_fraction'])} ({report['kept_positions']} of {report['scored_positions']} scored positions"
-        + (f"; {report['unscored_positions']} unscored" if report["unscored_positions"] else "") + ")",
-    ]
-    op = report.get("on_policy") or {}
-    if op.get("found"):
-        lines.append(f"on-policy flip rate (trace cache, {op['traces']} traces, {op['kept_steps']} kept steps): "
-                     f"label_argmax_differs = {_pct(op['label_argmax_differs'])}")
-    else:
-        lines.append("on-policy flip rate: no trace cache for this config")
-    a = report.get("answer_level")
-    if a and "skipped" in a:
-        lines.append(f"answer level: skipped ({a['skipped']})")
-    elif a:
-        p = a["paired"]
-        lines.append(f"answer level ({a['n']} problems, greedy, {a['max_new_tokens']} tokens): expert {_pct(a['expert']['accuracy'])}, "
-                     f"contrastive decoding (alpha={a['alpha']}) {_pct(a['contrastive_decoding']['accuracy'])}; "
-                     f"difference {100 * p['diff']:+.1f} pp [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}] "
-                     f"(paired bootstrap; only expert {p['only_baseline_correct']}, only contrastive {p['only_model_correct']}, "
-                     f"McNemar p {p['mcnemar_p']:.3g})")
-    lines.append(f"wall {t['wall_s']} s (teacher forcing {t['teacher_forcing_s']} s"
-                 + (f", answer level {t['answer_level_s']} s" if "answer_level_s" in t else "") + f"); {m['cpu']}, "
-                 f"{m['cores']} cores, {m['torch_threads']} torch threads; dtype {report['dtype']['expert']}/{report['dtype']['amateur']}")
-    return lines
-
-
-def markdown(report: Mapping) -> str:
-    scope, classes = table_rows(report)
-
-    def md(header, rows):
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows])
-
-    return (f"## Pair diagnostic: {report['pair']}\n\n" + "\n".join(f"- {ln}" for ln in summary_lines(report)) + "\n\n"
-            + md(SCOPE_HEADER, scope) + "\n\nBy the reference token's class:\n\n" + md(CLASS_HEADER, classes) + "\n")
-
-
-def print_report(report: Mapping) -> None:
-    from rich.console import Console
-
-    from lightreasoner.eval.tables import rich_table
-
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    scope, classes = table_rows(report)
-    for title, header, rows in ((f"pair diagnostic: {report['pair']}", SCOPE_HEADER, scope), ("by the reference token's class", CLASS_HEADER, classes)):
-        console.print(rich_table(title, header, rows))
-    for line in summary_lines(report):
-        console.print(line, highlight=False)
-    console.print(f"written: {report['out_dir']}/diagnose.json, diagnose.md", highlight=False)
 
 
 # ----------------------------------------------------------------------------- command line
