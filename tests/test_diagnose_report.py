@@ -1,5 +1,5 @@
 """The pair diagnostic's outputs beyond its own files: the flat ``diagnose/...`` W&B summary keys
-(:func:`lightreasoner.analysis.diagnose_report.diagnose_metrics`, :func:`~lightreasoner.run.diagnose.log_report` into an
+(:func:`lightreasoner.eval.diagnose_report.diagnose_metrics`, :func:`~lightreasoner.run.diagnose.log_report` into an
 offline W&B run and into the CSV logger) and the "Pair diagnostic" table of the sweep report
 (:func:`lightreasoner.analysis.diagnose_table.diagnose_table`, ``write_report`` on diagnose.json files). No model runs."""
 
@@ -18,7 +18,7 @@ from _wandb_offline import read_offline_run
 
 from lightreasoner.analysis import report as sweep_report
 from lightreasoner.analysis.diagnose_table import diagnose_table, format_diagnose_table
-from lightreasoner.analysis.diagnose_report import diagnose_metrics
+from lightreasoner.eval.diagnose_report import diagnose_metrics
 from lightreasoner.run.diagnose import DiagnoseSettings, log_report
 
 

@@ -36,7 +36,7 @@ the expert against contrastive decoding at the same alpha on the same N problems
 
 Written per pair: ``diagnose.json`` (the report) and ``diagnose.md`` in the output directory;
 with ``logger=wandb`` one W&B run (job_type ``diagnose``) whose summary holds the flat
-``diagnose/...`` keys of :func:`lightreasoner.analysis.diagnose_report.diagnose_metrics` (:func:`log_report`; ``logger=csv``: the same
+``diagnose/...`` keys of :func:`lightreasoner.eval.diagnose_report.diagnose_metrics` (:func:`log_report`; ``logger=csv``: the same
 keys as one row of ``logs/version_*/metrics.csv``). ``python -m lightreasoner.analysis.report`` finds the
 ``diagnose.json`` files under its paths and adds their "Pair diagnostic" table to the report.
 
@@ -58,7 +58,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightreasoner.analysis.diagnose_report import diagnose_metrics, markdown, print_report
+from lightreasoner.eval.diagnose_report import diagnose_metrics, markdown, print_report
 from lightreasoner.eval.diagnostics import position_stats, reference_positions
 
 log = logging.getLogger("lightreasoner.run.diagnose")
