@@ -48,16 +48,17 @@ def floor_batches(sampler, problems, references, batch_size: int, system_prompt)
 
     from lightreasoner.data.prompts import encode_prompts
 
-    tok = sampler.tokenizer
-    eos = tok.eos_token_id if tok.eos_token_id is not None else sampler.engine.eos_token_ids[0]
-    prompts = encode_prompts(tok, [p.question for p in problems], system_prompt)
-    refs = [tok(r, add_special_tokens=False)["input_ids"] + [int(eos)] for r in references]
+    from lightreasoner.run.diagnose import reference_ids
+
+    prompts = encode_prompts(sampler.tokenizer, [p.question for p in problems], system_prompt)
+    refs = reference_ids(sampler, references)
+    eos = refs[0][-1]  # every reference ends in the end-of-sequence id: the left padding
     rows = [p + r for p, r in zip(prompts, refs)]
     batches = []
     for a in range(0, len(rows), batch_size):
         chunk = rows[a : a + batch_size]
         width = max(len(r) for r in chunk)
-        ids = torch.tensor([[int(eos)] * (width - len(r)) + r for r in chunk], dtype=torch.long)
+        ids = torch.tensor([[eos] * (width - len(r)) + r for r in chunk], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], dtype=torch.long)
         batches.append((ids, mask, max(len(r) for r in refs[a : a + batch_size]) + 1))
     return batches

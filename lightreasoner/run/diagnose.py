@@ -179,18 +179,25 @@ class ForcedEngine(_engine_base()):
         return GeneratedBatch(tokens=torch.tensor(rows, dtype=torch.long), logits=None)
 
 
+def reference_ids(sampler, references: Sequence[str]) -> list[list[int]]:
+    """Each reference's token ids in the sampler's tokenizer, ending in the end-of-sequence id:
+    what :class:`ForcedEngine` "generates" (``bench/diagnose.py`` times the same tokens)."""
+    tok = sampler.tokenizer
+    eos = tok.eos_token_id if tok.eos_token_id is not None else sampler.engine.eos_token_ids[0]
+    return [tok(r, add_special_tokens=False)["input_ids"] + [int(eos)] for r in references]
+
+
 def score_references(sampler, problems, references: Sequence[str], batch_size: int, system_prompt) -> list[dict]:
     """Scored traces of the references (the sampler's prompts and scoring; one record each)."""
     from lightreasoner.data.prompts import encode_prompts
     from lightreasoner.sampling.sampler import make_batch, question_sha
 
     tok = sampler.tokenizer
-    eos = tok.eos_token_id if tok.eos_token_id is not None else sampler.engine.eos_token_ids[0]
     forced = sampler.engine
     questions = [p.question for p in problems]
     prompts = encode_prompts(tok, questions, system_prompt)
     amateur_prompts = encode_prompts(sampler._amateur_tokenizer, questions, system_prompt) if sampler._aligner is not None else None
-    refs = [tok(r, add_special_tokens=False)["input_ids"] + [int(eos)] for r in references]
+    refs = reference_ids(sampler, references)
     records = []
     for a in range(0, len(problems), batch_size):
         b = min(a + batch_size, len(problems))
